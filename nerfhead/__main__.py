@@ -1,0 +1,5 @@
+import sys
+
+from nerfhead.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""``nerfhead info``: what this machine can run and, for what it cannot, why."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _version(module: str) -> str:
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:
+        return f"unavailable ({type(e).__name__}: {e})"
+    return str(getattr(mod, "__version__", "installed"))
+
+
+def collect() -> dict:
+    import torch
+
+    from nerfhead import __version__
+    from nerfhead.ops._loader import extension_available, extension_error
+    from nerfhead.ops.backend import available_backends
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    return {
+        "nerfhead": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "devices": devices,
+        "extension": "loaded" if extension_available() else extension_error(),
+        "backends": {fam: available_backends(fam) for fam in ("hashgrid", "raymarch")},
+        "packages": {m: _version(m) for m in
+                     ("numpy", "cv2", "mediapipe", "imageio_ffmpeg", "scipy", "tensorboard",
+                      "facexlib", "lpips", "tinycudann", "nerfacc")},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+        return 0
+    for key in ("nerfhead", "python", "torch", "torch_cuda"):
+        print(f"{key:12s} {info[key]}")
+    print(f"{'devices':12s} {', '.join(info['devices'])}")
+    print(f"{'extension':12s} {info['extension']}")
+    for fam, backends in info["backends"].items():
+        for name, why in backends.items():
+            print(f"{fam + ' ' + name:20s} {'available' if not why else 'unavailable: ' + why}")
+    for name, ver in info["packages"].items():
+        print(f"{name:16s} {ver}")
+    return 0

@@ -1,0 +1,80 @@
+"""The contract every preprocessing step follows.
+
+A ``Step`` names its inputs and outputs (paths relative to the dataset folder; ``"@video"``
+is the source video), the part of the config that affects it, a ``run`` function that does
+the work and a ``check`` function that verifies the outputs afterwards. The driver hashes
+inputs + settings; when they match the manifest's record and the outputs still pass
+``check``, the step is skipped. Steps write files atomically (``atomic_path``) so an
+interrupted run never leaves a half-written output that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class StepError(RuntimeError):
+    """A preprocessing step failed; the message names the step and the file involved."""
+
+    def __init__(self, step: str, message: str, path: str | os.PathLike | None = None):
+        where = f" ({path})" if path is not None else ""
+        super().__init__(f"preprocess step '{step}'{where}: {message}")
+        self.step = step
+        self.path = None if path is None else str(path)
+
+
+@dataclass
+class StepContext:
+    """What a step gets: where to read and write, the full config, the manifest so far."""
+
+    data_dir: Path  #: the dataset folder being written
+    video: Path  #: the source video
+    cfg: Any  #: preprocess.config.PreprocessConfig (each step reads its own section)
+    manifest: dict  #: manifest.json content so far (read-only for steps; the driver writes it)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("preprocess"))
+
+    def path(self, rel: str) -> Path:
+        return self.data_dir / rel
+
+    def num_frames(self) -> int:
+        """Number of decoded frames (recorded by the decode step)."""
+        try:
+            return int(self.manifest["video"]["num_frames"])
+        except KeyError as e:
+            raise StepError("decode", "manifest has no frame count; run the decode step first",
+                            self.data_dir / "manifest.json") from e
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    inputs: tuple[str, ...]  #: files/folders read (relative to data_dir; "@video" = source)
+    outputs: tuple[str, ...]  #: files/folders written (relative to data_dir)
+    #: does the work; returns stats for the manifest. A ``"manifest"`` entry in the returned
+    #: dict (a mapping) is merged into the manifest's top level instead (decode's ``"video"``).
+    run: Callable[[StepContext], dict | None]
+    check: Callable[[StepContext], None]  #: raises StepError if the outputs are wrong/missing
+    settings: Callable[[Any], dict]  #: the config values that affect this step (hashed)
+    doc: str = ""
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.",
+                               suffix=suffix if suffix is not None else final.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
