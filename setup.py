@@ -82,7 +82,8 @@ setup(
         # mediapipe==0.10.21 itself is installed with --no-deps (its metadata pins numpy<2,
         # jax and opencv-contrib, none of which it needs for the APIs we use); these are what
         # it does import.
-        "preprocess": ["absl-py", "attrs", "flatbuffers", "protobuf>=3.20,<5", "sounddevice"],
+        "preprocess": ["absl-py", "attrs", "flatbuffers", "protobuf>=3.20,<5", "sounddevice",
+                       "eos-py==1.5.0"],
         "dev": ["pytest>=7", "ninja"],
         "backends": ["nerfacc==0.5.3"],
     },
