@@ -1,0 +1,230 @@
+"""Audio features per video frame, shaped [N, T, C] (dataset contract, COMMON.md).
+
+Two kinds:
+
+* ``mel``: 80-band log-mel spectrogram at 100 frames/s (n_fft 800, hop 160, window 800 at
+  16 kHz, 55-7600 Hz, Slaney mel scale: the Wav2Lip/SyncTalk front end), scaled to [-4, 4];
+  per video frame a window of 16 mel frames (160 ms) centred on the frame's time -> [N, 16, 80].
+* ``ow``: Google's speech-embedding model (96-d every 80 ms over a 775 ms receptive field),
+  run with onnxruntime from the ONNX files that the ``openwakeword`` package ships (no
+  download). Embeddings are linearly resampled to 50/s (two per video frame, the rate of the
+  DeepSpeech/wav2vec features of ER-NeRF) and windowed 16 per frame -> [N, 16, 96].
+
+Video frame ``i`` is taken to be at time ``i / fps`` seconds; feature frame ``j`` of a stream
+at ``rate`` frames/s is at ``j / rate``. The window for frame ``i`` covers feature frames
+``c - T/2 .. c + T/2 - 1`` with ``c = round(i * rate / fps)``; indices outside the stream repeat
+its first/last frame (edge padding).
+
+Audio is decoded by the ffmpeg that imageio-ffmpeg bundles, so any audio or video container
+works; no librosa/torchaudio (both are heavy or pull another torch here).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+MEL_RATE = 100.0  #: mel frames per second (hop 160 at 16 kHz)
+OW_RATE = 50.0  #: rate the speech embeddings are resampled to
+OW_DIM = 96
+
+
+class AudioError(RuntimeError):
+    """Audio could not be read or featurised; the message names the file."""
+
+
+def _ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of any audio/video file to float32 mono in [-1, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
+           "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sr), "-f", "s16le", "-acodec",
+           "pcm_s16le", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        if "matches no streams" in err or "does not contain any stream" in err:
+            raise AudioError(f"{path} has no audio stream")
+        reason = err.splitlines()[-1] if err else "ffmpeg failed"
+        raise AudioError(f"cannot decode audio from {path}: {reason}")
+    samples = np.frombuffer(proc.stdout, dtype="<i2").astype(np.float32) / 32768.0
+    if samples.size == 0:
+        raise AudioError(f"{path}: audio stream is empty")
+    return samples
+
+
+# ---------------------------------------------------------------------------------------- mel
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear (3 bands per 200 Hz) below 1 kHz, logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    logstep = np.log(6.4) / 27.0
+    lin = f / f_sp
+    log = min_log_hz / f_sp + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep
+    return np.where(f >= min_log_hz, log, lin)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = 800, n_mels: int = 80,
+                   fmin: float = 55.0, fmax: float = 7600.0) -> np.ndarray:
+    """[n_mels, n_fft//2+1] triangular filters, area-normalised (Slaney), float32."""
+    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel_pts = np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2)
+    hz_pts = _mel_to_hz(mel_pts)
+    lower = (fft_freqs[None, :] - hz_pts[:-2, None]) / np.diff(hz_pts)[:-1, None]
+    upper = (hz_pts[2:, None] - fft_freqs[None, :]) / np.diff(hz_pts)[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz_pts[2:] - hz_pts[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+def log_mel(samples: np.ndarray, sr: int = SAMPLE_RATE, n_fft: int = 800, hop: int = 160,
+            win: int = 800, n_mels: int = 80, fmin: float = 55.0, fmax: float = 7600.0,
+            preemphasis: float = 0.97) -> np.ndarray:
+    """[frames, n_mels] float32 log-mel at ``sr / hop`` frames/s, frame j centred at j*hop.
+
+    Pre-emphasis, |STFT| (Hann window), mel, 20*log10 - 20 dB, then min -100 dB mapped
+    linearly to [-4, 4] (the normalisation of the Wav2Lip front end that SyncTalk uses).
+    """
+    x = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if x.ndim != 1:
+        raise ValueError(f"log_mel expects mono samples [S], got shape {tuple(x.shape)}")
+    if preemphasis:
+        x = torch.cat([x[:1], x[1:] - preemphasis * x[:-1]])
+    if x.numel() < n_fft // 2 + 1:  # reflect padding needs more samples than half a window
+        x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.numel()))
+    spec = torch.stft(x, n_fft=n_fft, hop_length=hop, win_length=win,
+                      window=torch.hann_window(win), center=True, pad_mode="reflect",
+                      return_complex=True).abs()  # [F, frames]
+    fb = torch.from_numpy(mel_filterbank(sr, n_fft, n_mels, fmin, fmax))
+    mel = fb @ spec
+    db = 20.0 * torch.log10(torch.clamp(mel, min=1e-5)) - 20.0
+    norm = torch.clamp(8.0 * (db + 100.0) / 100.0 - 4.0, -4.0, 4.0)
+    return norm.T.contiguous().numpy().astype(np.float32)
+
+
+# -------------------------------------------------------------------------------- windowing
+def default_num_frames(num_samples: int, sr: int = SAMPLE_RATE, fps: float = 25.0) -> int:
+    """Video frames covered by the audio: frame i exists while i / fps < duration."""
+    return max(1, int(np.ceil(num_samples / sr * fps - 1e-6)))
+
+
+def frame_windows(feat: np.ndarray, num_frames: int, fps: float = 25.0, window: int = 16,
+                  rate: float = MEL_RATE) -> np.ndarray:
+    """[num_frames, window, C] windows of ``feat`` [T, C] (``rate`` frames/s), one per video
+    frame, centred on the frame's time, edge-padded at both ends."""
+    feat = np.asarray(feat)
+    if feat.ndim != 2 or feat.shape[0] == 0:
+        raise ValueError(f"frame_windows expects a non-empty [T, C] array, got {feat.shape}")
+    centres = np.rint(np.arange(num_frames) * rate / fps).astype(np.int64)
+    offsets = np.arange(window) - window // 2
+    idx = np.clip(centres[:, None] + offsets[None, :], 0, feat.shape[0] - 1)
+    return np.ascontiguousarray(feat[idx])
+
+
+# ----------------------------------------------------------------------- speech embedding (ow)
+def _ow_model_dir() -> Path | None:
+    spec = importlib.util.find_spec("openwakeword")  # locate without importing (it pulls sklearn)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "resources" / "models"
+
+
+def ow_available() -> bool:
+    """True when onnxruntime and openwakeword's shipped speech-embedding models are present."""
+    d = _ow_model_dir()
+    return (importlib.util.find_spec("onnxruntime") is not None and d is not None
+            and (d / "melspectrogram.onnx").is_file() and (d / "embedding_model.onnx").is_file())
+
+
+@lru_cache(maxsize=1)
+def _ow_sessions():
+    if not ow_available():
+        raise AudioError("audio feature 'ow' needs onnxruntime and openwakeword==0.4.0 "
+                         "(pip install onnxruntime openwakeword==0.4.0); not installed")
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    d = _ow_model_dir()
+    mel = ort.InferenceSession(str(d / "melspectrogram.onnx"), opts, providers=["CPUExecutionProvider"])
+    emb = ort.InferenceSession(str(d / "embedding_model.onnx"), opts, providers=["CPUExecutionProvider"])
+    return mel, emb
+
+
+OW_WINDOW, OW_STEP = 76, 8  #: the embedding model's input: 76 mel frames; one output per 8
+
+
+def speech_embeddings(samples: np.ndarray, sr: int = SAMPLE_RATE, batch: int = 256):
+    """Speech embeddings [K, 96] and the time (s) of each one's receptive-field centre."""
+    if sr != SAMPLE_RATE:
+        raise ValueError("speech embeddings need 16 kHz audio")
+    mel_sess, emb_sess = _ow_sessions()
+    pcm = np.clip(np.asarray(samples, np.float32) * 32768.0, -32768, 32767)
+    # pad half a receptive field of silence each side so the first/last frames get an
+    # embedding centred on them rather than only ones half a second inside the clip
+    pad = OW_WINDOW // 2 * 160
+    pcm = np.concatenate([np.zeros(pad, np.float32), pcm, np.zeros(pad, np.float32)])
+    spec = np.squeeze(mel_sess.run(None, {"input": pcm[None, :]})[0], axis=(0, 1)) / 10.0 + 2.0
+    if spec.shape[0] < OW_WINDOW:  # clips shorter than ~50 ms: one window, padded with its edge
+        spec = np.pad(spec, ((0, OW_WINDOW - spec.shape[0]), (0, 0)), mode="edge")
+    starts = np.arange(0, max(spec.shape[0] - OW_WINDOW, 0) + 1, OW_STEP)
+    wins = np.stack([spec[s:s + OW_WINDOW] for s in starts])[..., None].astype(np.float32)
+    out = [emb_sess.run(None, {"input_1": wins[i:i + batch]})[0].reshape(-1, OW_DIM)
+           for i in range(0, len(wins), batch)]
+    mel_hop = len(pcm) / sr / spec.shape[0]  # ~10 ms per ONNX mel frame
+    times = (starts + OW_WINDOW / 2) * mel_hop - pad / sr
+    return np.concatenate(out).astype(np.float32), times
+
+
+def _ow_stream(samples: np.ndarray, sr: int) -> np.ndarray:
+    """Embeddings resampled to OW_RATE frames/s (frame j at j / OW_RATE s)."""
+    emb, times = speech_embeddings(samples, sr)
+    grid = np.arange(int(np.ceil(len(samples) / sr * OW_RATE))) / OW_RATE
+    return np.stack([np.interp(grid, times, emb[:, c]) for c in range(emb.shape[1])],
+                    axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------- extract
+def extract(path_or_samples, kind: str = "mel", num_frames: int | None = None,
+            fps: float = 25.0, window: int = 16, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Audio features for ``num_frames`` video frames: float32 [N, window, C].
+
+    ``path_or_samples``: a file (any audio/video container) or float mono samples at ``sr``.
+    ``num_frames`` defaults to the frames the audio covers at ``fps``.
+    """
+    if isinstance(path_or_samples, (str, os.PathLike)):
+        samples = load_audio(path_or_samples, sr)
+    else:
+        samples = np.asarray(path_or_samples, dtype=np.float32)
+    if num_frames is None:
+        num_frames = default_num_frames(len(samples), sr, fps)
+    if kind == "mel":
+        feat, rate = log_mel(samples, sr), sr / 160.0
+    elif kind == "ow":
+        feat, rate = _ow_stream(samples, sr), OW_RATE
+    else:
+        raise ValueError(f"unknown audio feature kind {kind!r}; use 'mel' or 'ow'")
+    return frame_windows(feat, num_frames, fps, window, rate).astype(np.float32)

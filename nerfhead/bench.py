@@ -1,0 +1,52 @@
+"""``nerfhead bench kernels|render``.
+
+``kernels``: the op micro-benchmarks of ``nerfhead.ops.bench_kernels`` (hash grid, marching).
+``render``: frames per second and ms per stage of a trained run (``RUN``) or of an untrained
+model of a preset (``--synthetic``), see ``nerfhead.render.bench``; prints a table and, with
+``--json``, writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="target", metavar="TARGET")
+    # kernels: options are read by nerfhead.ops.bench_kernels.run(args) (imported only in run
+    # so that `nerfhead --help` never imports torch)
+    k = sub.add_parser("kernels", help="op micro-benchmarks (hash grid, ray marching)")
+    k.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    k.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    k.add_argument("--json", default=None, help="also write the results here")
+    r = sub.add_parser("render", help="render FPS and ms per stage")
+    r.add_argument("run_dir", nargs="?", metavar="RUN", help="trained run folder")
+    r.add_argument("--synthetic", action="store_true", help="untrained model of --preset instead of a run")
+    r.add_argument("--preset", default="tiny", help="--synthetic: model preset (default tiny)")
+    r.add_argument("--resolution", type=int, default=512,
+                   help="square frame size (synthetic; for a run: 0 keeps its training size) [512]")
+    r.add_argument("--frames", type=int, default=10, help="timed frames (after 2 warm-up) [10]")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    r.add_argument("--json", default=None, help="also write the results here")
+
+
+def run(args) -> int:
+    if args.target == "kernels":
+        try:
+            from nerfhead.ops import bench_kernels
+        except ImportError as e:
+            print(f"nerfhead bench kernels: the kernel benchmarks cannot be loaded: {e}",
+                  file=sys.stderr)
+            return 1
+        return int(bench_kernels.run(args) or 0)
+    if args.target == "render":
+        if not args.synthetic and not args.run_dir:
+            print("nerfhead bench render: give a RUN folder or --synthetic", file=sys.stderr)
+            return 2
+        from nerfhead.render.bench import main
+
+        main(args)
+        return 0
+    print("nerfhead bench: choose a target: kernels or render", file=sys.stderr)
+    return 2

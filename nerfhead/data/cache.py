@@ -1,0 +1,49 @@
+"""A bounded least-recently-used cache for decoded frames.
+
+The dataset never preloads a clip: each image is decoded on first use and kept here until
+``capacity`` newer entries push it out, so host memory stays at about
+``capacity * H * W * 3`` bytes whatever the clip length.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+V = TypeVar("V")
+
+
+class LRUCache:
+    """Maps keys to values, evicting the least recently used beyond ``capacity`` entries."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"LRUCache capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self._items: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, load: Callable[[], V]) -> V:
+        """The cached value for ``key``, calling ``load()`` (and caching it) on a miss."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        value = load()
+        self._items[key] = value
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def nbytes(self) -> int:
+        """Bytes held by cached numpy arrays (other values count 0)."""
+        return sum(getattr(v, "nbytes", 0) for v in self._items.values())
+
+    def clear(self) -> None:
+        self._items.clear()

@@ -1,0 +1,335 @@
+"""Dataset folders (nerfhead preprocess or SyncTalk layout) -> frames, poses, audio, rays.
+
+What is read (DESIGN §3): ``transforms_{train,val}.json`` (focal_len, cx, cy, optional h/w,
+frames with img_id / aud_id / transform_matrix), ``gt_imgs/<img_id>.jpg`` (targets),
+``torso_imgs/<img_id>.png`` (RGBA torso, optional), ``bc.jpg`` (background plate),
+audio features (``aud_mel.npy`` preferred, then ``aud_ow.npy``, then SyncTalk's
+``aud.npy`` [N,16,29] / [N,16,1024] / [N,512]), ``bs.npy`` [N,52] blendshapes (optional:
+zeros with a warning), mouth landmarks from ``landmarks.npy`` [N,478,3] or
+``ori_imgs/<i>.lms`` (68 iBUG points, SyncTalk).
+
+Memory is bounded: arrays are memory-mapped, images are decoded on first use and kept in
+an LRU cache of ``DataConfig.cache_size`` frames (resized to the training resolution).
+
+Ray sampling (``TalkingHeadDataset.sample``) is a pure function of the frame and the
+``torch.Generator`` passed in, so the trainer can make it a function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from nerfhead.data.cache import LRUCache
+from nerfhead.models.rays import Camera, nerf_matrix_to_ngp
+
+log = logging.getLogger("nerfhead.data")
+
+# Outer + inner lip contour in MediaPipe's 478-point mesh; iBUG-68 mouth is 48..67.
+MEDIAPIPE_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0,
+                  37, 39, 40, 185, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415,
+                  310, 311, 312, 13, 82, 81, 80, 191)
+IBUG_MOUTH = tuple(range(48, 68))
+AUDIO_FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy", "precomputed": "aud.npy"}
+
+
+class DatasetError(RuntimeError):
+    """A dataset folder is missing something or holds a malformed file (named in the message)."""
+
+
+@dataclass
+class DataConfig:
+    """How a dataset folder is read and how training rays are drawn from it."""
+
+    image_size: int = 0
+    """Resize frames so the longer side has this many pixels (0: native resolution)."""
+    audio: Literal["auto", "mel", "ow", "precomputed"] = "auto"
+    """Audio feature: auto = aud_mel.npy, else aud_ow.npy, else SyncTalk's aud.npy."""
+    cache_size: int = 256
+    """Decoded frames kept in memory (LRU; each is H*W*3 bytes per image kind)."""
+    num_rays: int = 4096
+    """Rays per training step (head and torso stages): one frame, random pixels."""
+    patch_size: int = 32
+    """Lips stage: the mouth box is sampled as a patch_size x patch_size grid of rays."""
+    mouth_margin: float = 0.25
+    """Lips stage: the lip landmarks' box is grown by this fraction of its size per side."""
+    max_frames: int = 0
+    """Use only the first max_frames frames of the split (0: all); for quick experiments."""
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise DatasetError(f"dataset: {path} not found (run `nerfhead preprocess` first)") from e
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"dataset: {path} is not valid JSON: {e}") from e
+
+
+def _image_size_of(root: Path, img_id: int) -> tuple[int, int] | None:
+    for sub, ext in (("gt_imgs", "jpg"), ("ori_imgs", "jpg")):
+        img = cv2.imread(str(root / sub / f"{img_id}.{ext}"))
+        if img is not None:
+            return img.shape[:2]
+    return None
+
+
+def read_transforms(path) -> tuple[np.ndarray, Camera, np.ndarray, np.ndarray]:
+    """Read a transforms_*.json file.
+
+    Returns ``(c2w, camera, frame_ids, aud_ids)``: c2w [N, 4, 4] float32 exactly as in the
+    file (OpenGL, metres), the pinhole ``Camera`` (size from ``h``/``w`` when present, else
+    from the first frame's image, else ``2*cy`` x ``2*cx``), ``img_id`` [N] and ``aud_id``
+    [N] int64 (``aud_id`` defaults to ``img_id`` when absent).
+    """
+    path = Path(path)
+    meta = _load_json(path)
+    try:
+        focal = float(meta["focal_len"])
+        cx, cy = float(meta["cx"]), float(meta["cy"])
+        frames = meta["frames"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"dataset: {path} lacks focal_len/cx/cy/frames ({e})") from e
+    if not frames:
+        raise DatasetError(f"dataset: {path} has no frames")
+    try:
+        c2w = np.asarray([f["transform_matrix"] for f in frames], dtype=np.float32)
+        img_ids = np.asarray([int(f["img_id"]) for f in frames], dtype=np.int64)
+        aud_ids = np.asarray([int(f.get("aud_id", f["img_id"])) for f in frames], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"dataset: {path}: malformed frame entry ({e})") from e
+    if c2w.shape[1:] != (4, 4) or not np.isfinite(c2w).all():
+        raise DatasetError(f"dataset: {path}: transform_matrix must be finite 4x4, got {c2w.shape[1:]}")
+    if "h" in meta and "w" in meta:
+        h, w = int(meta["h"]), int(meta["w"])
+    else:
+        hw = _image_size_of(path.parent, int(img_ids[0]))
+        h, w = hw if hw else (round(2 * cy), round(2 * cx))
+    return c2w, Camera(focal=focal, cx=cx, cy=cy, height=h, width=w), img_ids, aud_ids
+
+
+def load_audio_features(root: Path, kind: str = "auto") -> tuple[np.ndarray, str]:
+    """Memory-mapped audio features [N, T, C] (a [N, C] file becomes [N, 1, C]) and their kind."""
+    order = ["mel", "ow", "precomputed"] if kind == "auto" else [kind]
+    for k in order:
+        p = root / AUDIO_FILES[k]
+        if p.exists():
+            try:
+                arr = np.load(p, mmap_mode="r")
+            except ValueError as e:
+                raise DatasetError(f"dataset: cannot read audio features {p}: {e}") from e
+            if arr.ndim == 2:
+                arr = arr[:, None, :]
+            if arr.ndim != 3 or arr.shape[0] == 0:
+                raise DatasetError(f"dataset: {p} must be [N, T, C] or [N, C], got {arr.shape}")
+            return arr, k
+    raise DatasetError(f"dataset: no audio features in {root} (looked for "
+                       f"{[AUDIO_FILES[k] for k in order]})")
+
+
+def _read_rgb(path: Path, size: tuple[int, int], flags=cv2.IMREAD_COLOR) -> np.ndarray:
+    img = cv2.imread(str(path), flags)
+    if img is None:
+        raise DatasetError(f"dataset: cannot read image {path}")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    code = cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    img = cv2.cvtColor(img, code)
+    h, w = size
+    if img.shape[:2] != (h, w):
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(img)
+
+
+@dataclass
+class RayBatch:
+    """Pixels of one frame: coordinates, targets and the background behind the head."""
+
+    u: Tensor  #: [R] pixel columns (int64)
+    v: Tensor  #: [R] pixel rows (int64)
+    rgb: Tensor  #: [R, 3] target colours in [0, 1]
+    bg: Tensor  #: [R, 3] background colour per ray (torso-over-plate or plate)
+    patch: tuple[int, int] | None = None  #: (h, w) when the rays form a row-major patch
+
+
+class TalkingHeadDataset:
+    """One split of a dataset folder; frames are decoded lazily (see module docstring).
+
+    Attributes: ``camera`` (at the training resolution), ``poses`` [N, 4, 4] model-frame
+    c2w (torch), ``poses_file`` (as in the file), ``img_ids``, ``aud_ids``, ``audio``
+    [Na, T, C] (memmap), ``audio_kind``, ``blendshapes`` [Nb, 52] (memmap or zeros).
+    """
+
+    def __init__(self, root, cfg: DataConfig | None = None, split: str = "train"):
+        self.root = Path(root)
+        self.cfg = cfg or DataConfig()
+        self.split = split
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset: folder {self.root} does not exist")
+        c2w, cam, img_ids, aud_ids = read_transforms(self.root / f"transforms_{split}.json")
+        if self.cfg.max_frames > 0:
+            c2w, img_ids, aud_ids = (a[: self.cfg.max_frames] for a in (c2w, img_ids, aud_ids))
+        self.native_camera = cam
+        if self.cfg.image_size > 0:
+            s = self.cfg.image_size / max(cam.height, cam.width)
+            cam = cam.scaled(max(1, round(cam.height * s)), max(1, round(cam.width * s)))
+        self.camera = cam
+        self.poses_file = c2w
+        self.poses = torch.from_numpy(nerf_matrix_to_ngp(c2w.astype(np.float64)).astype(np.float32))
+        self.img_ids, self.aud_ids = img_ids, aud_ids
+        self.audio, self.audio_kind = load_audio_features(self.root, self.cfg.audio)
+        if aud_ids.max() >= self.audio.shape[0] or aud_ids.min() < 0:
+            raise DatasetError(f"dataset: transforms_{split}.json uses aud_id up to {aud_ids.max()} "
+                               f"but the audio features have {self.audio.shape[0]} frames")
+        self.blendshapes = self._load_optional("bs.npy", (52,))
+        if self.blendshapes is None:
+            log.warning("dataset %s: no bs.npy; expressions are zero (eyes will not blink)", self.root)
+            self.blendshapes = np.zeros((int(img_ids.max()) + 1, 52), np.float32)
+        self.landmarks = self._load_optional("landmarks.npy", (478, 3))
+        self.has_torso_imgs = (self.root / "torso_imgs").is_dir()
+        self._cache = LRUCache(self.cfg.cache_size)
+        self._background: np.ndarray | None = None
+        self._lms_cache = LRUCache(max(16, self.cfg.cache_size))
+
+    # ------------------------------------------------------------------ arrays
+    def _load_optional(self, name: str, tail: tuple[int, ...]) -> np.ndarray | None:
+        p = self.root / name
+        if not p.exists():
+            return None
+        arr = np.load(p, mmap_mode="r")
+        if arr.shape[1:] != tail:
+            raise DatasetError(f"dataset: {p} must be [N, {', '.join(map(str, tail))}], got {arr.shape}")
+        if arr.shape[0] <= self.img_ids.max():
+            raise DatasetError(f"dataset: {p} has {arr.shape[0]} frames but img_id reaches {self.img_ids.max()}")
+        return arr
+
+    def __len__(self) -> int:
+        return len(self.img_ids)
+
+    def expression(self, i: int) -> np.ndarray:
+        """The 52 blendshapes of frame ``i`` of this split (float32)."""
+        return np.asarray(self.blendshapes[self.img_ids[i]], dtype=np.float32)
+
+    # ------------------------------------------------------------------ images
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.camera.height, self.camera.width
+
+    def background(self) -> np.ndarray:
+        """bc.jpg at the training resolution, uint8 [H, W, 3]."""
+        if self._background is None:
+            self._background = _read_rgb(self.root / "bc.jpg", self.size)
+        return self._background
+
+    def image(self, i: int) -> np.ndarray:
+        """Target frame ``i`` (gt_imgs/<img_id>.jpg), uint8 [H, W, 3], cached."""
+        img_id = int(self.img_ids[i])
+        return self._cache.get(("gt", img_id), lambda: _read_rgb(
+            self.root / "gt_imgs" / f"{img_id}.jpg", self.size))
+
+    def head_background(self, i: int) -> np.ndarray:
+        """What lies behind the head in frame ``i``: torso_imgs RGBA over bc.jpg (uint8)."""
+        if not self.has_torso_imgs:
+            return self.background()
+        img_id = int(self.img_ids[i])
+
+        def load():
+            rgba = _read_rgb(self.root / "torso_imgs" / f"{img_id}.png", self.size, cv2.IMREAD_UNCHANGED)
+            if rgba.shape[2] != 4:
+                raise DatasetError(f"dataset: torso_imgs/{img_id}.png must be RGBA")
+            a = rgba[..., 3:].astype(np.float32) / 255.0
+            out = rgba[..., :3] * a + self.background() * (1.0 - a)
+            return np.round(out).astype(np.uint8)
+
+        return self._cache.get(("torso", img_id), load)
+
+    def cache_nbytes(self) -> int:
+        return self._cache.nbytes()
+
+    # ------------------------------------------------------------------ mouth
+    def mouth_box(self, i: int) -> tuple[int, int, int, int]:
+        """Square box (x0, y0, x1, y1), exclusive end, around the lips at training resolution."""
+        img_id = int(self.img_ids[i])
+        if self.landmarks is not None:
+            pts = np.asarray(self.landmarks[img_id][list(MEDIAPIPE_LIPS), :2], np.float32)
+        else:
+            pts = self._lms_cache.get(img_id, lambda: self._read_lms(img_id))[list(IBUG_MOUTH)]
+        sx, sy = self.camera.width / self.native_camera.width, self.camera.height / self.native_camera.height
+        pts = pts * np.array([sx, sy], np.float32)
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        half = max(x1 - x0, y1 - y0) * (0.5 + self.cfg.mouth_margin)
+        half = max(half, self.cfg.patch_size / 2)  # at least one ray per pixel of the patch
+        H, W = self.size
+        half = min(half, min(H, W) / 2)
+        x0 = int(np.clip(round(cx - half), 0, W - 2 * half))
+        y0 = int(np.clip(round(cy - half), 0, H - 2 * half))
+        side = round(2 * half)
+        return x0, y0, x0 + side, y0 + side
+
+    def _read_lms(self, img_id: int) -> np.ndarray:
+        p = self.root / "ori_imgs" / f"{img_id}.lms"
+        try:
+            pts = np.loadtxt(p, dtype=np.float32)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"dataset: lips stage needs landmarks.npy or {p} ({e})") from e
+        if pts.shape != (68, 2):
+            raise DatasetError(f"dataset: {p} must hold 68 x 2 landmarks, got {pts.shape}")
+        return pts
+
+    # ------------------------------------------------------------------ rays
+    def sample(self, i: int, mode: str, generator: torch.Generator, num_rays: int | None = None,
+               bg_kind: str = "head") -> RayBatch:
+        """Pixels of frame ``i`` for one training step.
+
+        mode: ``random`` (``num_rays`` uniform pixels of the whole frame) or ``mouth``
+        (a ``patch_size``² grid covering the mouth box, randomly jittered by up to one
+        stride). bg_kind: ``head`` (torso-over-plate: the head stages) or ``plate``
+        (bc.jpg: the torso stage, where the torso field explains the torso).
+        """
+        H, W = self.size
+        if mode == "random":
+            n = num_rays or self.cfg.num_rays
+            flat = torch.randint(0, H * W, (n,), generator=generator)
+            u, v, patch = flat % W, flat // W, None
+        elif mode == "mouth":
+            x0, y0, x1, _ = self.mouth_box(i)
+            P = self.cfg.patch_size
+            stride = max(1, (x1 - x0) // P)
+            off = torch.randint(0, stride, (2,), generator=generator)
+            ar = torch.arange(P)
+            v, u = torch.meshgrid(y0 + off[1] + ar * stride, x0 + off[0] + ar * stride, indexing="ij")
+            u, v = u.reshape(-1).clamp(0, W - 1), v.reshape(-1).clamp(0, H - 1)
+            patch = (P, P)
+        else:
+            raise ValueError(f"unknown ray sampling mode {mode!r} (random or mouth)")
+        target = torch.from_numpy(self.image(i))[v, u].float() / 255.0
+        bg_img = self.head_background(i) if bg_kind == "head" else self.background()
+        bg = torch.from_numpy(bg_img)[v, u].float() / 255.0
+        return RayBatch(u=u, v=v, rgb=target, bg=bg, patch=patch)
+
+
+def dataset_fingerprint(root) -> dict:
+    """Small record of a dataset folder (for the run's config): path and frame counts."""
+    root = Path(root)
+    out = {"path": str(root.resolve())}
+    for split in ("train", "val"):
+        p = root / f"transforms_{split}.json"
+        if p.exists():
+            out[f"{split}_frames"] = len(_load_json(p).get("frames", []))
+    out["layout"] = "nerfhead" if (root / "manifest.json").exists() else "synctalk"
+    return out
+
+
+def is_dataset_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "transforms_train.json").exists()

@@ -1,0 +1,177 @@
+"""``nerfhead evaluate RUN``: metrics on frames the model never trained on.
+
+Default: the validation split (last 1/11 of the clip) of the run's dataset, driven by the
+dataset's own audio features for those frames and rendered with their tracked poses.
+``--audio-from CLIP``: another preprocessed clip of the same speaker; every frame of it is
+rendered with its audio features, its poses and its camera, and compared with its frames.
+
+Renders are made at the run's training resolution; GT, originals and masks are resized to it
+(INTER_AREA). Landmarks for LMD are detected on frames resized to 512x512. Outputs in
+``--out`` (default RUN/eval): metrics.json, report.md, per_frame.png, frame_<id>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("nerfhead.eval")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="training run folder")
+    p.add_argument("--data", default=None, help="dataset folder (default: the run's)")
+    p.add_argument("--audio-from", default=None, metavar="CLIP",
+                   help="evaluate on another preprocessed clip of the same speaker (its audio, "
+                        "poses and frames)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/eval)")
+    p.add_argument("--max-frames", type=int, default=None, help="evaluate at most this many frames")
+    p.add_argument("--previews", type=int, default=4, help="GT|render|error PNGs to write")
+    p.add_argument("--no-torso", action="store_true", help="render without the torso")
+    p.add_argument("--checkpoint", default=None, help="checkpoint (default: the run's latest)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--syncnet", default=None,
+                   help="SyncNet weights (syncnet_v2.model) for LSE-C/LSE-D; default: "
+                        "nerfhead.weights lookup, reported unavailable when absent")
+
+
+def eval_frames(data_dir: Path, clip: bool):
+    """(c2w, camera, img_ids, aud_ids, split name) of the frames to evaluate."""
+    from nerfhead.data.dataset import read_transforms
+
+    if not clip:
+        c2w, cam, ids, aud = read_transforms(data_dir / "transforms_val.json")
+        return c2w, cam, ids, aud, "val"
+    parts = [read_transforms(data_dir / f"transforms_{s}.json") for s in ("train", "val")]
+    return (np.concatenate([p[0] for p in parts]), parts[0][1], np.concatenate([p[2] for p in parts]),
+            np.concatenate([p[3] for p in parts]), "all (--audio-from clip)")
+
+
+def load_lpips(device):
+    from nerfhead.eval.lpips import LPIPS, LPIPSUnavailable
+
+    try:
+        return LPIPS.load(device=device), None
+    except LPIPSUnavailable as e:
+        return None, str(e)
+
+
+def load_detector():
+    from nerfhead.eval.lipsync import FaceLandmarks
+    from nerfhead.weights import WeightsUnavailable
+
+    try:
+        return FaceLandmarks(), None
+    except (WeightsUnavailable, ImportError, RuntimeError) as e:
+        return None, str(e)
+
+
+def syncnet_weights_found(path) -> bool:
+    from nerfhead.weights import WeightsUnavailable, resolve
+
+    try:
+        resolve("syncnet", path=path)
+        return True
+    except WeightsUnavailable:
+        return False
+
+
+def val_audio(data_dir: Path, aud_ids: np.ndarray) -> np.ndarray | None:
+    """The waveform that drives the evaluated frames (aud.wav from the first aud_id on)."""
+    from nerfhead.audio.features import load_audio
+
+    wav = data_dir / "aud.wav"
+    if not wav.is_file():
+        return None
+    samples = load_audio(wav)
+    per_frame = 16000 // 25
+    if not np.all(np.diff(aud_ids) == 1):
+        log.warning("evaluated frames are not contiguous in the audio; lip-sync proxy uses "
+                    "the audio of each frame stitched in order")
+        return np.concatenate([samples[a * per_frame:(a + 1) * per_frame] for a in aud_ids])
+    return samples[int(aud_ids[0]) * per_frame:(int(aud_ids[-1]) + 1) * per_frame]
+
+
+def evaluate(args) -> dict:
+    from nerfhead.data.dataset import load_audio_features
+    from nerfhead.eval.report import SequenceEvaluator, write_report
+    from nerfhead.eval.lipsync import syncnet_scores
+    from nerfhead.render.cli import DatasetFrames, pick_device, resize_to, to_uint8
+    from nerfhead.train.checkpoint import load_run
+    from tqdm import tqdm
+
+    device = pick_device(args.device)
+    run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
+    model = run.model
+    clip = args.audio_from is not None
+    data_dir = Path(args.audio_from or args.data or run.dataset_dir)
+    c2w, cam, ids, aud_ids, split = eval_frames(data_dir, clip)
+    feats, kind = load_audio_features(data_dir, model.audio_kind)
+    if args.max_frames:
+        c2w, ids, aud_ids = c2w[:args.max_frames], ids[:args.max_frames], aud_ids[:args.max_frames]
+    if aud_ids.max() >= len(feats):
+        raise SystemExit(f"{data_dir}: audio features have {len(feats)} frames but frame "
+                         f"{int(aud_ids.max())} is evaluated")
+    # render at the training resolution with this clip's intrinsics
+    camera = cam.scaled(run.camera.height, run.camera.width)
+    H, W = camera.height, camera.width
+    frames = DatasetFrames(data_dir)
+    bg = None
+    if clip and (data_dir / "bc.jpg").is_file():  # this clip's own background plate
+        import cv2
+
+        plate = cv2.cvtColor(cv2.imread(str(data_dir / "bc.jpg")), cv2.COLOR_BGR2RGB)
+        bg = resize_to(plate, H, W).astype(np.float32) / 255.0
+    lpips, lpips_reason = load_lpips(device)
+    detector, det_reason = load_detector()
+    if detector is None:
+        log.warning("landmark detector unavailable (%s): no LMD or lip-sync proxy", det_reason)
+    k = min(args.previews, len(ids))
+    preview = tuple(int(ids[j]) for j in np.linspace(0, len(ids) - 1, k).astype(int)) if k else ()
+    ev = SequenceEvaluator(detector, lpips, lpips_reason, preview, det_reason)
+    renders = [] if syncnet_weights_found(args.syncnet) else None  # kept only for SyncNet
+    feats_seq = np.asarray(feats)[aud_ids]  # the audio of the evaluated frames, in order
+    for j in tqdm(range(len(ids)), desc="evaluate", unit="frame"):
+        fid = int(ids[j])
+        # frames never trained on have no per-frame latent: the mean latent is used
+        out = model.render_frame(c2w[j], feats_seq, j, frames.expression(fid), latent_index=None,
+                                 bg=bg, with_torso=not args.no_torso, camera=camera)
+        render = to_uint8(out["rgb"])
+        gt = resize_to(frames.gt(fid), H, W)
+        original = resize_to(frames.original(fid), H, W)
+        mask = resize_to(frames.face_mask(fid), H, W)
+        ev.add(fid, render, gt, original, mask)
+        if renders is not None:
+            renders.append(render)
+    audio = val_audio(data_dir, aud_ids)
+    info = {"run": str(run.run_dir), "step": run.step, "stage": run.stage, "data": str(data_dir),
+            "split": split, "resolution": [H, W], "device": device, "audio_kind": kind,
+            "audio": f"{data_dir / 'aud.wav'} (features {kind}) for the evaluated frames"}
+    result = ev.finish(audio, info)
+    result["syncnet"] = syncnet_scores(renders or [], audio, args.syncnet, device,
+                                       landmarks=ev.render_landmarks)
+    if detector is not None:
+        detector.close()
+    out_dir = Path(args.out) if args.out else Path(run.run_dir) / "eval"
+    return write_report(result, ev.previews, out_dir)
+
+
+def run(args) -> int:
+    import sys
+
+    from nerfhead.render.cli import known_errors
+
+    try:
+        result = evaluate(args)
+    except known_errors() as e:
+        print(f"nerfhead evaluate: {e}", file=sys.stderr)
+        return 2
+    full, por = result["modes"]["full"], result["modes"]["portrait"]
+    fmt = lambda s: "n/a" if s.get("mean") is None else f"{s['mean']:.3f}"  # noqa: E731
+    print(f"{result['frames']} frames: PSNR {fmt(full['psnr'])} / portrait {fmt(por['psnr'])}, "
+          f"SSIM {fmt(full['ssim'])}, LMD {fmt(full['lmd'])}; report in "
+          f"{Path(args.out) if args.out else Path(result['run']) / 'eval'}/report.md")
+    return 0

@@ -1,0 +1,91 @@
+"""ModelConfig: the ``model:`` section of a training preset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# MediaPipe Face Landmarker blendshape category indices (ARKit names, alphabetical after
+# "_neutral" = 0). The upper-face subset conditions the field so the eyes blink and the
+# brows move; the mouth is left to audio.
+BLENDSHAPE_INDEX = {
+    "browDownLeft": 1, "browDownRight": 2, "browInnerUp": 3, "browOuterUpLeft": 4,
+    "browOuterUpRight": 5, "eyeBlinkLeft": 9, "eyeBlinkRight": 10, "eyeSquintLeft": 19,
+    "eyeSquintRight": 20, "eyeWideLeft": 21, "eyeWideRight": 22, "jawOpen": 25,
+}
+UPPER_FACE = ("eyeBlinkLeft", "eyeBlinkRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft",
+              "eyeWideRight", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+              "browOuterUpRight")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the talking head (face field, audio, expression, torso, marching)."""
+
+    aabb: tuple[float, float, float, float, float, float] = (-1.0, -0.5, -1.0, 1.0, 0.5, 1.0)
+    """Head box in model units (metres x 4, ngp axes: y is the depth axis toward the camera)."""
+    grid_levels: int = 16
+    """Hash-grid levels of each of the three face planes."""
+    grid_features: int = 2
+    """Features per level per plane."""
+    grid_log2_size: int = 14
+    """log2 of the rows per level of each plane's table (ER-NeRF: 14)."""
+    grid_base_resolution: int = 64
+    """Coarsest plane resolution (vertices per axis)."""
+    grid_finest_resolution: int = 512
+    """Finest plane resolution."""
+    plane_merge: Literal["concat", "sum", "product"] = "concat"
+    """How the xy, yz, xz plane features combine (ER-NeRF concatenates)."""
+    hidden_dim: int = 64
+    """Width of the density and colour MLPs."""
+    geo_feat_dim: int = 64
+    """Features passed from the density MLP to the colour MLP."""
+    sigma_layers: int = 3
+    """Layers of the density MLP."""
+    color_layers: int = 2
+    """Layers of the colour MLP."""
+    sh_degree: int = 4
+    """Spherical-harmonics bands encoding the view direction."""
+    audio_dim: int = 32
+    """Size of the audio code."""
+    audio_window: int = 8
+    """Neighbouring frames mixed by the temporal attention smoother (1 disables it)."""
+    expression: tuple[str, ...] = UPPER_FACE
+    """Blendshapes (MediaPipe names) that condition the field."""
+    latent_dim: int = 4
+    """Per-frame latent (individual code) size fed to the colour MLP; 0 disables."""
+    uncertainty: bool = True
+    """Predict per-sample uncertainty (composited; used by the uncertainty-weighted loss)."""
+    torso: bool = True
+    """Build the 2D deformable torso field (trained in the torso stage)."""
+    torso_levels: int = 16
+    """Torso hash-grid levels (2D, image coordinates)."""
+    torso_log2_size: int = 16
+    """log2 rows per level of the torso table."""
+    torso_finest_resolution: int = 1024
+    """Finest torso grid resolution."""
+    torso_hidden_dim: int = 32
+    """Width of the torso MLPs."""
+    torso_latent_dim: int = 8
+    """Per-frame torso latent size (0 disables)."""
+    occupancy_resolution: int = 128
+    """Cells per axis of the occupancy grid (power of two)."""
+    density_threshold: float = 10.0
+    """Occupancy threshold (min with the grid's mean density, as torch-ngp)."""
+    dt_gamma: float = 1.0 / 256
+    """Step grows as t * dt_gamma (clamped to the grid's min / max step)."""
+    max_steps: int = 1024
+    """Most samples per ray (also sets the smallest step 2*sqrt(3)/max_steps)."""
+    min_near: float = 0.05
+    """Nearest sample distance from the camera."""
+    T_thresh: float = 1e-4
+    """Rays stop when transmittance falls below this."""
+    backend: str = "auto"
+    """Op backend: auto (CUDA kernels for CUDA tensors, torch references on CPU), torch, cuda."""
+
+    def expression_indices(self) -> list[int]:
+        unknown = [n for n in self.expression if n not in BLENDSHAPE_INDEX]
+        if unknown:
+            raise ValueError(f"model.expression: unknown blendshape(s) {unknown}; "
+                             f"known: {sorted(BLENDSHAPE_INDEX)}")
+        return [BLENDSHAPE_INDEX[n] for n in self.expression]

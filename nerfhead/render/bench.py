@@ -1,0 +1,172 @@
+"""Render benchmark: frames per second and milliseconds per stage.
+
+Stages of one frame, timed separately (CUDA is synchronised around each):
+
+- ``audio``: audio encoder + temporal smoother for the frame (``TalkingHead.conditions``);
+- ``rays``: pixel rays of the camera;
+- ``march+composite``: occupancy-grid ray marching, field queries and compositing of the head
+  (``render_head_inference``);
+- ``torso``: the 2D torso field and its composite over the background;
+- ``compositing``: to uint8 + Portrait-Sync blend into an original frame;
+- ``encode``: H.264 encoding of the frame (``VideoWriter``, measured per frame in a batch).
+
+FPS is reported for the head only (audio + rays + march) and for head + torso + compositing
+(the full per-frame path, without video encoding, which runs in ffmpeg's own process).
+
+``--synthetic`` builds an untrained model of a preset (default ``tiny``) at the requested
+resolution; its occupancy grid starts fully occupied and an untrained field is nearly
+transparent, so rays march to ``max_steps``: an upper bound on the marching cost of a trained
+model, whose grid is sparse and whose rays terminate early in the face.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STAGES = ("audio", "rays", "march+composite", "torso", "compositing", "encode")
+
+
+def synthetic_model(preset: str, resolution: int, device: str):
+    from nerfhead.config import load_section
+    from nerfhead.models.config import ModelConfig
+    from nerfhead.models.talking_head import ModelMeta, TalkingHead
+
+    cfg = load_section(ModelConfig, preset, "model")
+    cam = {"focal": 1.2 * resolution, "cx": resolution / 2, "cy": resolution / 2,
+           "height": resolution, "width": resolution}
+    torch.manual_seed(0)
+    model = TalkingHead(cfg, ModelMeta(audio_len=16, audio_channels=80, audio_kind="mel",
+                                       num_latents=8, camera=cam)).to(device).eval()
+    if model.torso is not None:
+        model.has_torso.fill_(True)
+    return model
+
+
+def synthetic_pose() -> np.ndarray:
+    """A camera 0.8 m in front of the head origin looking at it (transforms convention)."""
+    c2w = np.eye(4, dtype=np.float32)
+    c2w[2, 3] = 0.8
+    return c2w
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def time_frame(model, c2w, feats, index: int, camera, times: dict, original=None, mask=None):
+    """One frame through every stage, adding seconds per stage to ``times``."""
+    from nerfhead.models.rays import full_frame_pixels, nerf_matrix_to_ngp, pixel_rays
+    from nerfhead.models.renderer import render_head_inference
+    from nerfhead.render.compositing import portrait_blend
+
+    dev = model.device
+    H, W = camera.height, camera.width
+
+    def mark(name, t0):
+        _sync(dev)
+        t1 = time.perf_counter()
+        times[name] = times.get(name, 0.0) + (t1 - t0)
+        return t1
+
+    t = time.perf_counter()
+    cond = model.conditions(feats, index, np.zeros(52, np.float32), None)
+    t = mark("audio", t)
+    pose = nerf_matrix_to_ngp(torch.as_tensor(c2w, dtype=torch.float64)).float().to(dev)
+    u, v = full_frame_pixels(camera, dev)
+    rays_o, rays_d = pixel_rays(pose, camera, u, v)
+    t = mark("rays", t)
+    head = render_head_inference(model.field, model.grid, model.cfg, rays_o, rays_d, cond)
+    t = mark("march+composite", t)
+    back = model.background.reshape(-1, 3) if model.background.shape[:2] == (H, W) else \
+        torch.ones(H * W, 3, device=dev)
+    if model.torso is not None and bool(model.has_torso):  # a head-stage run has no torso yet
+        rgba = model.torso_rgba(u, v, pose, model.torso_latent(None), camera)
+        back = rgba[:, :3] * rgba[:, 3:] + back * (1 - rgba[:, 3:])
+    rgb = (head["rgb"] + (1 - head["alpha"][:, None]) * back).reshape(H, W, 3).clamp(0, 1)
+    t = mark("torso", t)
+    frame = np.clip(np.rint(rgb.cpu().numpy() * 255), 0, 255).astype(np.uint8)
+    if original is not None:
+        frame = portrait_blend(frame, original, mask)
+    mark("compositing", t)
+    return frame
+
+
+def run_bench(model, camera, num_frames: int = 10, warmup: int = 2, feats=None, c2w=None) -> dict:
+    """Time ``num_frames`` frames (after ``warmup``); returns the result dict."""
+    from nerfhead.render.video import VideoWriter
+
+    dev = model.device
+    if feats is None:
+        feats = np.random.default_rng(0).normal(size=(num_frames + warmup, 16, 80)).astype(np.float32)
+    c2w = synthetic_pose() if c2w is None else c2w
+    rng = np.random.default_rng(1)
+    original = rng.integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
+    mask = np.zeros((camera.height, camera.width), np.uint8)
+    mask[camera.height // 4:camera.height * 3 // 4, camera.width // 4:camera.width * 3 // 4] = 255
+    times: dict = {}
+    for i in range(warmup):
+        time_frame(model, c2w, feats, i % len(feats), camera, {}, original, mask)
+    frames = [time_frame(model, c2w, feats, (warmup + i) % len(feats), camera, times, original, mask)
+              for i in range(num_frames)]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with VideoWriter(Path(tmp) / "bench.mp4", fps=25, audio=None) as vw:
+            for f in frames:
+                vw.write(f)
+        times["encode"] = time.perf_counter() - t0
+    ms = {k: 1000.0 * times.get(k, 0.0) / num_frames for k in STAGES}
+    head_ms = ms["audio"] + ms["rays"] + ms["march+composite"]
+    full_ms = head_ms + ms["torso"] + ms["compositing"]
+    return {"device": str(dev), "resolution": [camera.height, camera.width], "frames": num_frames,
+            "ms_per_stage": ms, "fps_head": 1000.0 / head_ms if head_ms else None,
+            "fps_head_torso_compositing": 1000.0 / full_ms if full_ms else None,
+            "fps_with_encode": 1000.0 / (full_ms + ms["encode"]) if full_ms else None,
+            "torch_threads": torch.get_num_threads(),
+            "backend": getattr(model.cfg, "backend", "auto")}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"render benchmark on {result['device']} at {result['resolution'][1]}x"
+             f"{result['resolution'][0]}, {result['frames']} frames ({result.get('model', '')})",
+             f"{'stage':<18}{'ms/frame':>10}"]
+    lines += [f"{k:<18}{v:>10.2f}" for k, v in result["ms_per_stage"].items()]
+    lines += [f"{'FPS head only':<28}{result['fps_head']:>8.2f}",
+              f"{'FPS head+torso+composite':<28}{result['fps_head_torso_compositing']:>8.2f}",
+              f"{'FPS incl. H.264 encode':<28}{result['fps_with_encode']:>8.2f}"]
+    return "\n".join(lines)
+
+
+def main(args) -> dict:
+    """``nerfhead bench render``: args.run_dir or args.synthetic, resolution, frames, device."""
+    from nerfhead.render.cli import pick_device
+
+    device = pick_device(args.device)
+    if args.synthetic:
+        model = synthetic_model(args.preset, args.resolution, device)
+        camera, label = model.camera, f"synthetic untrained '{args.preset}' model"
+        feats, c2w = None, None
+    else:
+        from nerfhead.data.dataset import load_audio_features
+        from nerfhead.render.poses import dataset_poses
+        from nerfhead.train.checkpoint import load_run
+
+        run = load_run(args.run_dir, device=device)
+        model = run.model
+        camera = run.camera.scaled(args.resolution, args.resolution) if args.resolution else run.camera
+        feats, _ = load_audio_features(Path(run.dataset_dir), model.audio_kind)
+        c2w = dataset_poses(run.dataset_dir, "val")[0][0]
+        label = f"run {run.run_dir} step {run.step}"
+    result = run_bench(model, camera, args.frames, feats=feats, c2w=c2w)
+    result["model"] = label
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,1 @@
+"""Training: configs, losses, checkpoints (``load_run``), the trainer and ``nerfhead train``."""

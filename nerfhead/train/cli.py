@@ -1,0 +1,97 @@
+"""``nerfhead train DATA --config head|lips|torso|tiny|file.yaml --out RUN [...]``.
+
+Examples::
+
+    nerfhead train data/obama --config head --out runs/obama_head
+    nerfhead train data/obama --config lips --init runs/obama_head --out runs/obama_lips
+    nerfhead train data/obama --config torso --init runs/obama_lips --out runs/obama_torso
+    nerfhead train data/obama --config tiny --out runs/tiny --device cpu --set data.image_size=96
+
+A run folder that already holds a checkpoint resumes from it (``--no-resume`` refuses).
+With ``--init`` the model section and (unless set) ``data.image_size`` come from that run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n", 2)[2]
+    p.add_argument("data", help="dataset folder (nerfhead preprocess output or SyncTalk layout)")
+    p.add_argument("--config", default="head",
+                   help="preset name (head, lips, torso, tiny) or a YAML file [head]")
+    p.add_argument("--out", required=True, help="run folder (created; resumed when it has a checkpoint)")
+    p.add_argument("--init", default=None, help="run folder or checkpoint to start this stage from")
+    p.add_argument("--iters", type=int, default=None, help="override train.iters")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [auto]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set data.image_size=256 (repeatable)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="require an existing checkpoint in --out and continue from it")
+    resume.add_argument("--no-resume", action="store_true",
+                        help="fail instead of resuming when --out already has checkpoints")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: train.cpu_threads; 1 is fastest on a "
+                        "machine shared with other jobs)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    import torch
+
+    from nerfhead.config import ConfigError
+    from nerfhead.data.dataset import DatasetError
+    from nerfhead.train.checkpoint import CheckpointError, list_checkpoints
+    from nerfhead.train.config import load_configs
+    from nerfhead.train.trainer import Trainer, TrainingDiverged
+
+    log = logging.getLogger("nerfhead.train")
+    overrides = list(args.overrides)
+    if args.iters is not None:
+        overrides.append(f"train.iters={args.iters}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    has_ckpt = bool(list_checkpoints(args.out))
+    if args.resume and not has_ckpt:
+        print(f"nerfhead train: --resume given but {args.out} has no checkpoint", file=sys.stderr)
+        return 2
+    if args.no_resume and has_ckpt:
+        print(f"nerfhead train: {args.out} already has checkpoints (--no-resume)", file=sys.stderr)
+        return 2
+    try:
+        if args.init and not any(o.startswith("data.image_size=") for o in overrides):
+            # a later stage continues at the resolution its head was trained at
+            from nerfhead.train.checkpoint import read_checkpoint
+
+            size = read_checkpoint(args.init)["configs"]["data"]["image_size"]
+            overrides.insert(0, f"data.image_size={size}")
+        configs = load_configs(args.config, overrides)
+        threads = args.threads or configs["train"].cpu_threads
+        if threads and device.startswith("cpu"):
+            torch.set_num_threads(threads)
+        trainer = Trainer(args.data, configs, args.out, device=device, init=args.init)
+        log.info("stage %s on %s: %d train frames at %dx%d, audio %s %s, device %s",
+                 trainer.stage, args.data, len(trainer.train_set), trainer.train_set.camera.width,
+                 trainer.train_set.camera.height, trainer.train_set.audio_kind,
+                 tuple(trainer.train_set.audio.shape[1:]), device)
+        result = trainer.fit(progress=not args.no_progress)
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
+        print(f"nerfhead train: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"nerfhead train: {e}", file=sys.stderr)
+        return 1
+    last = result["validations"][-1]["psnr"] if result["validations"] else float("nan")
+    print(f"trained {trainer.stage} to step {result['step']}: val PSNR {last:.2f} dB; "
+          f"checkpoint {result['checkpoint']}")
+    return 0

@@ -1,0 +1,337 @@
+"""The training loop of one stage (head, lips or torso).
+
+Determinism: everything random in step ``k`` (which frame, which pixels, the march jitter,
+the occupancy update's samples) comes from generators seeded with ``(seed, k)``, and the
+checkpoint holds the model (with its occupancy grid), optimiser, scheduler and RNG states,
+so a run resumed from step ``k`` computes the same losses as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from nerfhead.config import ConfigError, to_dict
+from nerfhead.data.dataset import TalkingHeadDataset, dataset_fingerprint
+from nerfhead.models.rays import pixel_rays
+from nerfhead.models.talking_head import ModelMeta, TalkingHead
+from nerfhead.train import losses
+from nerfhead.train.checkpoint import (
+    configs_from_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+
+log = logging.getLogger("nerfhead.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+def step_generator(seed: int, step: int, stream: int = 0, device="cpu") -> torch.Generator:
+    """Generator for the randomness of one step (stream 0: data + jitter, 1: the grid
+    update's frame, 2: the grid update's cells, on the model's device)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(((seed * 1_000_003 + step) * 8 + stream) % (2 ** 63))
+    return g
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Trainer:
+    """Trains ``configs["train"].stage`` on ``data_dir`` into ``run_dir``.
+
+    configs: ``{"model", "data", "train"}`` dataclasses. When ``run_dir`` already holds a
+    checkpoint the run resumes from it (its saved configs win, except ``train.iters``).
+    ``init``: a run folder or checkpoint whose weights start this stage (lips / torso start
+    from a head run); its model config replaces ``configs["model"]``.
+    """
+
+    def __init__(self, data_dir, configs: dict, run_dir, device: str = "cpu", init=None,
+                 resume: bool = True):
+        self.run_dir = Path(run_dir)
+        self.data_dir = Path(data_dir)
+        self.device = torch.device(device)
+        resume_ckpt = read_checkpoint(self.run_dir) if resume and list_checkpoints(self.run_dir) else None
+        init_ckpt = None
+        if resume_ckpt is not None:
+            iters = configs["train"].iters
+            configs = configs_from_checkpoint(resume_ckpt)
+            configs["train"].iters = iters
+            log.info("resuming %s from step %d", resume_ckpt["path"], resume_ckpt["step"])
+        elif init is not None:
+            init_ckpt = read_checkpoint(init)
+            configs = dict(configs, model=configs_from_checkpoint(init_ckpt)["model"])
+            log.info("initialising from %s (stage %s, step %d)", init_ckpt["path"],
+                     init_ckpt["stage"], init_ckpt["step"])
+        self.configs = configs
+        self.mcfg, self.dcfg, self.tcfg = configs["model"], configs["data"], configs["train"]
+        self.stage = self.tcfg.stage
+        self.train_set = TalkingHeadDataset(self.data_dir, self.dcfg, "train")
+        self.val_set = (TalkingHeadDataset(self.data_dir, self.dcfg, "val")
+                        if (self.data_dir / "transforms_val.json").exists() else None)
+        ds = self.train_set
+        meta = ModelMeta(audio_len=int(ds.audio.shape[1]), audio_channels=int(ds.audio.shape[2]),
+                         audio_kind=ds.audio_kind, num_latents=len(ds),
+                         camera=dict(vars(ds.camera)))
+        if init_ckpt is not None:
+            had = init_ckpt["meta"]
+            if (had["audio_kind"], had["audio_len"], had["audio_channels"]) != \
+                    (meta.audio_kind, meta.audio_len, meta.audio_channels):
+                raise ConfigError(
+                    f"--init {init_ckpt['path']} was trained on {had['audio_kind']} audio features "
+                    f"[T={had['audio_len']}, C={had['audio_channels']}] but {self.data_dir} provides "
+                    f"{meta.audio_kind} [T={meta.audio_len}, C={meta.audio_channels}] "
+                    "(set data.audio to the same kind)")
+        torch.manual_seed(self.tcfg.seed)  # weight initialisation is a function of the seed
+        np.random.seed(self.tcfg.seed % 2 ** 32)
+        self.model = TalkingHead(self.mcfg, meta).to(self.device)
+        self.step = 0
+        if resume_ckpt is not None:
+            self.model.load_state_dict(resume_ckpt["model"])
+        else:
+            self._fresh_start(init_ckpt)
+        self._setup_optimiser()
+        if resume_ckpt is not None:
+            self.optimizer.load_state_dict(resume_ckpt["optimizer"])
+            self.scheduler.load_state_dict(resume_ckpt["scheduler"])
+            set_rng_state(resume_ckpt["rng"])
+            self.step = int(resume_ckpt["step"])
+        self.perceptual = (losses.PatchPerceptualLoss(self.device, self.tcfg.lambda_lpips,
+                                                      self.tcfg.lambda_patch_ssim)
+                           if self.stage == "lips" else None)
+        self._writer = None
+        self.history: list[dict] = []  # per-step {"step", "loss", "psnr"} of this process
+        self.validations: list[dict] = []
+
+    # ------------------------------------------------------------------ setup
+    def _fresh_start(self, init_ckpt: dict | None) -> None:
+        ds, model = self.train_set, self.model
+        if init_ckpt is not None:
+            state = init_ckpt["model"]
+            own = model.state_dict()
+            # latents are per training frame: kept only when the frame count matches
+            skip = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
+            skip.add("background")
+            missing = model.load_state_dict({k: v for k, v in state.items() if k not in skip},
+                                            strict=False)
+            if skip - {"background"}:
+                log.warning("init: not loaded (shape differs): %s", sorted(skip - {"background"}))
+            if missing.unexpected_keys:
+                log.warning("init: unexpected keys ignored: %s", missing.unexpected_keys)
+        else:
+            rows = np.linspace(0, ds.audio.shape[0] - 1, min(ds.audio.shape[0], 2048)).astype(int)
+            model.audio_encoder.set_statistics(np.asarray(ds.audio[rows], np.float32))
+            if self.tcfg.mark_unseen:
+                picks = np.linspace(0, len(ds) - 1, min(len(ds), 16)).astype(int)
+                cam = ds.camera
+                model.grid.mark_unseen(ds.poses[picks].to(self.device), cam.focal, cam.cx, cam.cy,
+                                       cam.width, cam.height)
+        with torch.no_grad():
+            model.background.copy_(torch.from_numpy(ds.background()).float().div(255).to(self.device))
+        if self.stage == "torso":
+            if init_ckpt is None:
+                log.warning("torso stage without --init: the head is untrained")
+            model.has_torso.fill_(True)
+        if self.stage == "lips" and init_ckpt is None:
+            log.warning("lips stage without --init: fine-tuning an untrained head")
+
+    def _setup_optimiser(self) -> None:
+        t, m = self.tcfg, self.model
+        if self.stage == "torso":
+            if m.torso is None:
+                raise ConfigError("train.stage torso needs a model with a torso field "
+                                  "(model.torso: true in the head run)")
+            for p in m.head_parameters():
+                p.requires_grad_(False)
+            grid_params = list(m.torso.grid.parameters()) + [m.torso_latents]
+            net_params = list(m.torso.deform_net.parameters()) + list(m.torso.rgba_net.parameters())
+        else:
+            grid_params = list(m.field.planes.parameters()) + [m.latents]
+            ids = {id(p) for p in grid_params}
+            net_params = [p for p in m.head_parameters() if id(p) not in ids]
+        self.optimizer = torch.optim.Adam([{"params": grid_params, "lr": t.lr_grid},
+                                           {"params": net_params, "lr": t.lr_net}],
+                                          betas=(0.9, 0.99), eps=1e-15)
+        iters, decay = max(t.iters, 1), t.lr_decay
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda s: decay ** min(s / iters, 1.0))
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        return self._writer
+
+    def save_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        doc = {k: to_dict(v) for k, v in self.configs.items()}
+        doc["dataset"] = dataset_fingerprint(self.data_dir)
+        path = self.run_dir / "config.yaml"
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False)))
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir, self.step, self.model, self.configs, self.stage,
+                               self.data_dir, self.optimizer, self.scheduler,
+                               keep=self.tcfg.keep_checkpoints)
+
+    # ------------------------------------------------------------------ one step
+    def _random_conditions(self, g: torch.Generator):
+        ds = self.train_set
+        j = int(torch.randint(0, len(ds), (1,), generator=g))
+        return self.model.conditions(ds.audio, int(ds.aud_ids[j]), ds.expression(j), j)
+
+    def train_step(self, step: int) -> dict:
+        """One optimisation step at ``step``; returns {"loss", "psnr", "samples_per_ray"}."""
+        t, ds, m, dev = self.tcfg, self.train_set, self.model, self.device
+        m.train()
+        if self.stage != "torso" and step > 0 and step % t.grid_update_every == 0:
+            g_pick = step_generator(t.seed, step, 1)
+            g_cells = step_generator(t.seed, step, 2, dev)
+            m.update_grid(lambda: self._random_conditions(g_pick), generator=g_cells)
+        g = step_generator(t.seed, step)
+        i = int(torch.randint(0, len(ds), (1,), generator=g))
+        batch = ds.sample(i, "mouth" if self.stage == "lips" else "random", g,
+                          bg_kind="plate" if self.stage == "torso" else "head")
+        pose = ds.poses[i].to(dev)
+        rays_o, rays_d = pixel_rays(pose, ds.camera, batch.u, batch.v)
+        noise = torch.rand(batch.u.shape[0], generator=g).to(dev)
+        target, bg = batch.rgb.to(dev), batch.bg.to(dev)
+        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), i)
+        if self.stage == "torso":
+            with torch.no_grad():
+                head = m.render_head_rays(rays_o, rays_d, cond, noise)
+            rgba = m.torso_rgba(batch.u, batch.v, pose, m.torso_latents[i], ds.camera)
+            a = rgba[:, 3:]
+            pred = head["rgb"] + (1 - head["alpha"][:, None]) * (rgba[:, :3] * a + (1 - a) * bg)
+            loss = ((pred - target) ** 2).mean() + t.lambda_entropy * losses.alpha_entropy(a)
+        else:
+            head = m.render_head_rays(rays_o, rays_d, cond, noise)
+            pred = head["rgb"] + (1 - head["alpha"][:, None]) * bg
+            use_unc = (self.stage == "head" and self.mcfg.uncertainty
+                       and step >= t.uncertainty_start * t.iters)
+            loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
+                    else ((pred - target) ** 2).mean())
+            loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+            if head["audio_att"].numel():
+                loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+            if self.stage == "lips":
+                P = batch.patch
+                to_img = lambda x: x.T.reshape(1, 3, P[0], P[1])
+                loss = loss + self.perceptual(to_img(pred), to_img(target))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            last = list_checkpoints(self.run_dir)
+            raise TrainingDiverged(
+                f"training loss became {value} at step {step} (stage {self.stage}); stopped "
+                f"without saving. Last good checkpoint: {last[-1] if last else 'none'}. "
+                "Try a lower train.lr_grid / train.lr_net or check the dataset.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": value, "psnr": losses.psnr(pred.detach(), target),
+                "samples_per_ray": head["weights"].shape[0] / max(1, target.shape[0])}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Render ``val_frames`` validation frames: PSNR, PNG (GT | render | error), TB image."""
+        vs = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
+        m = self.model.eval()
+        picks = np.linspace(0, len(vs) - 1, min(len(vs), max(1, self.tcfg.val_frames))).astype(int)
+        rows, psnrs = [], []
+        for j in picks:
+            gt = torch.from_numpy(vs.image(j)).float().div(255).to(self.device)
+            torso = self.stage == "torso"
+            bg = None if torso else torch.from_numpy(vs.head_background(j)).float().div(255)
+            out = m.render_frame(vs.poses_file[j], vs.audio, int(vs.aud_ids[j]), vs.expression(j),
+                                 None, bg=bg, with_torso=torso)
+            psnrs.append(losses.psnr(out["rgb"], gt))
+            err = (out["rgb"] - gt).abs().mean(-1, keepdim=True).expand(-1, -1, 3).mul(4).clamp(0, 1)
+            rows.append(torch.cat([gt, out["rgb"], err], 1).cpu().numpy())
+        strip = (np.concatenate(rows, 0) * 255).round().astype(np.uint8)
+        out_dir = self.run_dir / "val"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        png = out_dir / f"step_{self.step:07d}.png"
+        _atomic_write(png, lambda tmp: cv2.imwrite(tmp, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)))
+        result = {"step": self.step, "psnr": float(np.mean(psnrs)), "image": str(png)}
+        self.writer.add_scalar("val/psnr", result["psnr"], self.step)
+        self.writer.add_image("val/gt_render_error", strip, self.step, dataformats="HWC")
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        self.validations.append(result)
+        return result
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, progress: bool = True, until: int | None = None) -> dict:
+        """Train from ``self.step`` to ``train.iters`` (or stop early at step ``until``, as an
+        interrupted run would); checkpoints, validation, logging. Ends with a checkpoint."""
+        from tqdm import tqdm
+
+        t = self.tcfg
+        stop = t.iters if until is None else min(until, t.iters)
+        self.save_config()
+        bar = tqdm(total=t.iters, initial=self.step, disable=not progress, unit="it",
+                   desc=f"train {self.stage}", dynamic_ncols=True)
+        window_t, window_n, saved_at, validated_at = time.perf_counter(), 0, -1, -1
+        try:
+            while self.step < stop:
+                stats = self.train_step(self.step)
+                self.step += 1
+                window_n += 1
+                self.history.append({"step": self.step - 1, **stats})
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.iters:
+                    now = time.perf_counter()
+                    ips = window_n / max(now - window_t, 1e-9)
+                    window_t, window_n = now, 0
+                    w = self.writer
+                    w.add_scalar("train/loss", stats["loss"], self.step)
+                    w.add_scalar("train/psnr", stats["psnr"], self.step)
+                    w.add_scalar("train/lr_grid", self.optimizer.param_groups[0]["lr"], self.step)
+                    w.add_scalar("train/iters_per_s", ips, self.step)
+                    w.add_scalar("train/samples_per_ray", stats["samples_per_ray"], self.step)
+                    bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}")
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save()
+                    saved_at = self.step
+                if t.val_every and self.step % t.val_every == 0:
+                    res = self.validate()
+                    validated_at = self.step
+                    bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
+            if saved_at != self.step:
+                self.save()
+            if validated_at != self.step:
+                res = self.validate()
+                bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+        return {"step": self.step, "validations": self.validations,
+                "checkpoint": str(list_checkpoints(self.run_dir)[-1])}

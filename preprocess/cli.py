@@ -1,0 +1,79 @@
+"""``nerfhead preprocess VIDEO --out DATA``: a talking-head video to a training dataset folder.
+
+Reruns resume: steps whose inputs, settings and code are unchanged are skipped (see
+``preprocess.driver``). ``--steps`` runs a subset whose dependencies are already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+STEPS_HELP = """steps, in order (manifest keys): decode (25 fps head crop + 16 kHz audio),
+landmarks (MediaPipe 478 + blendshapes + 68-point .lms), parsing (head/neck/torso masks),
+background (bc.jpg, gt_imgs, torso_imgs), face_fit (focal search + coarse pose), tracking
+(stable head keypoints), bundle_adjustment (poses -> transforms_*.json), audio (aud_mel.npy,
+aud_ow.npy), previews (previews/*.png)"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = STEPS_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("video", help="source video (any container/codec ffmpeg reads, with audio)")
+    p.add_argument("--out", required=True, metavar="DATA", help="dataset folder to write")
+    p.add_argument("--config", default="preprocess",
+                   help="preset name in configs/ or a YAML path (default: preprocess)")
+    p.add_argument("--steps", default=None, metavar="a,b",
+                   help="run only these steps (comma-separated); default: all, in order")
+    p.add_argument("--force", action="store_true", help="rerun the selected steps even if up to date")
+    p.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                   help="use only the first S seconds of the video")
+    p.add_argument("--start-seconds", type=float, default=None, metavar="S",
+                   help="skip the first S seconds of the video")
+    p.add_argument("--crop-size", type=int, default=None, metavar="PX",
+                   help="side of the square frames (default from the config: 512)")
+    p.add_argument("--weights", default=None, metavar="DIR",
+                   help="folder with model files (face_landmarker.task, sfm/ ...)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set landmarks.max_gap=20")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nerfhead.config import ConfigError, parse_override
+    from preprocess.config import load_preprocess_config
+    from preprocess.driver import run_steps, summary
+    from preprocess.steps import StepError
+
+    overrides: dict = {}
+    try:
+        for text in args.set:
+            section, name, value = parse_override(text)
+            overrides.setdefault(section, {})[name] = value
+        dec = overrides.setdefault("decode", {})
+        if args.max_seconds is not None:
+            dec["max_seconds"] = args.max_seconds
+        if args.start_seconds is not None:
+            dec["start_seconds"] = args.start_seconds
+        if args.crop_size is not None:
+            dec["crop_size"] = args.crop_size
+        if args.weights:
+            overrides["weights_dir"] = args.weights
+            # steps that resolve model files without a weights_dir still look here
+            previous = os.environ.get("NERFHEAD_WEIGHTS")
+            os.environ["NERFHEAD_WEIGHTS"] = os.pathsep.join(
+                [args.weights] + ([previous] if previous else []))
+        cfg = load_preprocess_config(args.config, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"nerfhead preprocess: config error: {e}", file=sys.stderr)
+        return 2
+    only = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
+    try:
+        results = run_steps(args.video, args.out, cfg, only=only, force=args.force)
+    except StepError as e:
+        print(f"nerfhead preprocess failed: {e}", file=sys.stderr)
+        return 1
+    print(summary(results))
+    print(f"dataset: {os.path.abspath(args.out)}")
+    return 0

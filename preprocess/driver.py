@@ -1,0 +1,270 @@
+"""Runs the preprocessing steps in order, skipping those already done, and keeps
+``manifest.json`` up to date.
+
+A step is skipped when its manifest record's fingerprint (hash of its input files, its
+settings and its code) equals the current one AND its ``check`` passes on the files on disk.
+Input files are hashed by content when small (<= 64 KiB) and by size + mtime otherwise, so a
+rerun of an earlier step (new frames, new mtimes) makes every step that reads its outputs run
+again, while a step whose inputs did not change stays skipped. A step's record is deleted from
+the manifest before it runs and written back only after it finished and passed its check: an
+error or an interrupt leaves no record, so the next run redoes that step.
+
+Manifest layout::
+
+    {"format": 1, "created": ..., "updated": ..., "versions": {"nerfhead": ..., "numpy": ...},
+     "video": {...decode: source, sizes, fps, num_frames, crop_box [x0, y0, side], crop_size},
+     ...other top-level sections steps return under their stats' "manifest" key,
+     "steps": {"<name>": {"fingerprint", "inputs_hash", "settings", "code", "seconds",
+                          "finished", "stats"}}}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import glob
+import hashlib
+import inspect
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from preprocess.steps import Step, StepContext, StepError, atomic_path
+
+MANIFEST = "manifest.json"
+SMALL_FILE = 64 << 10  #: files up to this size (json, txt, small npy) are hashed by content
+log = logging.getLogger("preprocess")
+
+
+def default_steps() -> list[Step]:
+    """Every preprocessing step, in the order they run."""
+    from preprocess.audio import AUDIO
+    from preprocess.background import BACKGROUND_STEP
+    from preprocess.bundle import BUNDLE_STEP
+    from preprocess.decode import DECODE
+    from preprocess.focal import FACE_FIT_STEP
+    from preprocess.landmarks import LANDMARKS
+    from preprocess.parsing import PARSING_STEP
+    from preprocess.previews import PREVIEWS
+    from preprocess.tracking import TRACKING_STEP
+
+    return [DECODE, LANDMARKS, PARSING_STEP, BACKGROUND_STEP, FACE_FIT_STEP, TRACKING_STEP,
+            BUNDLE_STEP, AUDIO, PREVIEWS]
+
+
+# ----------------------------------------------------------------------------- fingerprints
+def _json_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_entry(path: Path, rel: str) -> list:
+    st = path.stat()
+    if st.st_size <= SMALL_FILE:
+        return [rel, st.st_size, hashlib.sha256(path.read_bytes()).hexdigest()]
+    return [rel, st.st_size, st.st_mtime_ns]
+
+
+def _expand(data_dir: Path, pattern: str) -> list[Path]:
+    """Files matched by an input entry: a file, every file under a folder, or a glob."""
+    if glob.has_magic(pattern):
+        paths = sorted(data_dir.glob(pattern))
+    else:
+        paths = [data_dir / pattern]
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file()
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            files.append(p)
+    return files
+
+
+BOOKKEEPING = ("steps", "updated", "created", "versions", "format")  #: manifest keys not hashed
+
+
+def inputs_hash(step: Step, data_dir: Path, video: Path, manifest: dict | None = None) -> str:
+    """Hash of everything a step reads. ``manifest.json`` as an input stands for the
+    manifest's data sections (``video``...), not its bookkeeping, which changes every step."""
+    entries = []
+    for pattern in step.inputs:
+        if pattern == MANIFEST:
+            entries.append([MANIFEST, {k: v for k, v in (manifest or {}).items()
+                                       if k not in BOOKKEEPING}])
+            continue
+        if pattern == "@video":
+            st = video.stat() if video.is_file() else None
+            entries.append(["@video", str(video.resolve()), st and st.st_size, st and st.st_mtime_ns])
+            continue
+        files = _expand(data_dir, pattern)
+        entries.append([pattern, [_file_entry(f, str(f.relative_to(data_dir))) for f in files]]
+                       if files else [pattern, "missing"])
+    return _json_hash(entries)
+
+
+def code_version(step: Step) -> str:
+    """nerfhead's version + a hash of the source file that defines the step's ``run``."""
+    import nerfhead
+
+    try:
+        src = Path(inspect.getsourcefile(step.run)).read_bytes()
+    except (TypeError, OSError):
+        src = b""
+    return f"{nerfhead.__version__}+{hashlib.sha256(src).hexdigest()[:12]}"
+
+
+def fingerprint(step: Step, ctx: StepContext) -> dict:
+    settings = step.settings(ctx.cfg)
+    rec = {"inputs_hash": inputs_hash(step, ctx.data_dir, ctx.video, ctx.manifest),
+           "settings": settings, "code": code_version(step)}
+    rec["fingerprint"] = _json_hash([rec["inputs_hash"], settings, rec["code"]])
+    return rec
+
+
+# --------------------------------------------------------------------------------- manifest
+def versions() -> dict:
+    import importlib
+
+    out = {}
+    for name in ("nerfhead", "numpy", "mediapipe", "cv2", "torch"):
+        try:
+            out[name] = str(importlib.import_module(name).__version__)
+        except Exception as e:  # a missing optional library is recorded, not fatal
+            out[name] = f"unavailable ({type(e).__name__})"
+    return out
+
+
+def load_manifest(data_dir: Path) -> dict:
+    path = data_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StepError("driver", f"manifest is not valid JSON ({e}); delete it to start over", path) from e
+
+
+def write_manifest(data_dir: Path, manifest: dict) -> None:
+    manifest["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    with atomic_path(data_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+
+
+# ----------------------------------------------------------------------------- dependencies
+def _overlaps(a: str, b: str) -> bool:
+    """Whether output entry ``a`` can produce something input entry ``b`` reads."""
+    if a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/"):
+        return True
+    return fnmatch.fnmatch(a, b) or fnmatch.fnmatch(b, a)
+
+
+def dependencies(step: Step, steps: Sequence[Step]) -> list[Step]:
+    """Earlier steps whose outputs this step reads."""
+    earlier = steps[: [s.name for s in steps].index(step.name)]
+    return [d for d in earlier if any(_overlaps(o, i) for o in d.outputs for i in step.inputs)]
+
+
+# ------------------------------------------------------------------------------------- run
+@dataclass
+class StepResult:
+    name: str
+    status: str  #: 'ran', 'skipped' or 'failed'
+    seconds: float
+    message: str = ""
+
+
+def _is_done(step: Step, ctx: StepContext) -> bool:
+    if step.name not in ctx.manifest.get("steps", {}):
+        return False
+    try:
+        step.check(ctx)
+        return True
+    except (StepError, OSError, ValueError, KeyError):
+        return False
+
+
+def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
+              only: Sequence[str] | None = None, force: bool = False,
+              steps: Sequence[Step] | None = None) -> list[StepResult]:
+    """Run ``steps`` (default: all, in order) on ``video`` into ``data_dir``.
+
+    ``only`` restricts to the named steps (their dependencies must already be done);
+    ``force`` reruns them even when their records match. Raises StepError on the first
+    failure after recording what ran; returns one StepResult per selected step.
+    """
+    steps = list(default_steps() if steps is None else steps)
+    names = [s.name for s in steps]
+    data_dir, video = Path(data_dir), Path(video)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(data_dir)
+    manifest.setdefault("format", 1)
+    manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    manifest.setdefault("steps", {})
+    manifest["versions"] = versions()
+    ctx = StepContext(data_dir=data_dir, video=video, cfg=cfg, manifest=manifest)
+
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise StepError("driver", f"unknown step(s) {unknown}; steps are {names}")
+        selected = [s for s in steps if s.name in only]
+        for s in selected:
+            missing = [d.name for d in dependencies(s, steps)
+                       if d.name not in only and not _is_done(d, ctx)]
+            if missing:
+                raise StepError("driver", f"step '{s.name}' needs {missing} done first; run "
+                                          f"them too (--steps {','.join(missing + [s.name])}) "
+                                          f"or run without --steps", data_dir / MANIFEST)
+    else:
+        selected = steps
+
+    results: list[StepResult] = []
+    for step in selected:
+        fp = fingerprint(step, ctx)
+        record = manifest["steps"].get(step.name)
+        if not force and record and record.get("fingerprint") == fp["fingerprint"] and _is_done(step, ctx):
+            log.info("%s: up to date, skipped", step.name)
+            results.append(StepResult(step.name, "skipped", 0.0))
+            continue
+        manifest["steps"].pop(step.name, None)  # no record while the outputs are in flux
+        write_manifest(data_dir, manifest)
+        log.info("%s: running (%s)", step.name, step.doc or "")
+        t0 = time.perf_counter()
+        try:
+            stats = dict(step.run(ctx) or {})
+            for key, value in (stats.pop("manifest", None) or {}).items():
+                manifest[key] = value  # top-level sections a step owns (e.g. decode's "video")
+            step.check(ctx)
+        except Exception as e:
+            secs = time.perf_counter() - t0
+            results.append(StepResult(step.name, "failed", secs, str(e)))
+            write_manifest(data_dir, manifest)
+            log.error("%s", summary(results))
+            if isinstance(e, StepError):
+                raise
+            raise StepError(step.name, f"{type(e).__name__}: {e}") from e
+        secs = time.perf_counter() - t0
+        # the fingerprint is taken again: outputs of this step may live beside its inputs
+        fp = fingerprint(step, ctx)
+        manifest["steps"][step.name] = {
+            **fp, "seconds": round(secs, 3), "stats": stats,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        write_manifest(data_dir, manifest)
+        results.append(StepResult(step.name, "ran", secs))
+        log.info("%s: done in %.1f s", step.name, secs)
+    return results
+
+
+def summary(results: Sequence[StepResult]) -> str:
+    """A plain-text table of step, status and seconds."""
+    width = max([len(r.name) for r in results] + [4])
+    lines = [f"{'step':<{width}}  {'status':<8}  {'seconds':>8}"]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {r.status:<8}  {r.seconds:8.1f}"
+                     + (f"  {r.message[:120]}" if r.message else ""))
+    lines.append(f"{'total':<{width}}  {'':<8}  {sum(r.seconds for r in results):8.1f}")
+    return "\n".join(lines)

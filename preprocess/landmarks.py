@@ -1,0 +1,213 @@
+"""Step ``landmarks``: MediaPipe Face Landmarker on every frame.
+
+Writes ``landmarks.npy`` [N, 478, 3] (x, y in crop pixels, z = MediaPipe's z x width),
+``bs_raw.npy`` [N, 52] blendshapes as detected, ``bs.npy`` the same smoothed over time
+(Savitzky-Golay: removes frame-to-frame flicker of eye/brow scores without lagging mouth
+motion the way a causal filter would), and ``ori_imgs/<i>.lms``, the 68 iBUG points ("x y"
+per line) taken from the 478 through ``IBUG68_FROM_MEDIAPIPE``.
+
+The landmarker runs in VIDEO mode (it tracks between frames, faster and steadier than
+per-image detection). Frames without a face: runs of up to ``max_gap`` frames are filled by
+linear interpolation between the neighbouring detections (or copied from the nearest one at
+the clip's ends) and listed in the manifest; a longer run fails with its frame range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from preprocess.steps import Step, StepContext, StepError, atomic_path
+
+
+@dataclass
+class LandmarksConfig:
+    """Face landmarks and blendshapes per frame."""
+
+    max_gap: int = 10  #: longest run of frames without a face that is interpolated
+    smooth_window: int = 5  #: Savitzky-Golay window (frames, odd) for bs.npy; 1 disables
+    smooth_order: int = 2  #: Savitzky-Golay polynomial order
+    min_detection_confidence: float = 0.5  #: MediaPipe face detection threshold
+    min_tracking_confidence: float = 0.5  #: MediaPipe landmark tracking threshold
+
+
+STEP = "landmarks"
+
+# 478-point MediaPipe face mesh index for each of the 68 iBUG points, in iBUG order. Chosen on
+# the canonical mesh so that left/right pairs are mirror indices (e.g. 93<->323, 33<->263).
+# "right"/"left" are the subject's (right = image left for a frontal face).
+IBUG68_FROM_MEDIAPIPE: tuple[int, ...] = (
+    # 0-16 jaw: right ear level (234) down the face oval to the chin (152), up to 454
+    234, 93, 132, 58, 172, 136, 150, 176, 152, 400, 379, 365, 397, 288, 361, 323, 454,
+    # 17-21 right brow, outer -> inner (upper brow contour)
+    70, 63, 105, 66, 107,
+    # 22-26 left brow, inner -> outer
+    336, 296, 334, 293, 300,
+    # 27-30 nose bridge, between the eyes -> tip
+    168, 197, 5, 4,
+    # 31-35 nose base, right alar -> subnasale (2) -> left alar
+    98, 97, 2, 326, 327,
+    # 36-41 right eye: outer corner, upper lid x2, inner corner, lower lid x2
+    33, 160, 158, 133, 153, 144,
+    # 42-47 left eye: inner corner, upper lid x2, outer corner, lower lid x2
+    362, 385, 387, 263, 373, 380,
+    # 48-59 outer lips: right corner, upper lip to the left corner (291), lower lip back
+    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,
+    # 60-67 inner lips: right corner, upper inner, left corner (308), lower inner
+    78, 81, 13, 311, 308, 402, 14, 178,
+)
+assert len(IBUG68_FROM_MEDIAPIPE) == 68
+
+
+@contextlib.contextmanager
+def make_landmarker(weights_dir=None, video_mode: bool = True, blendshapes: bool = True,
+                    min_detection_confidence: float = 0.5,
+                    min_tracking_confidence: float = 0.5) -> Iterator[object]:
+    """A MediaPipe FaceLandmarker (Tasks API) from ``face_landmarker.task`` via the resolver."""
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from nerfhead.weights import resolve
+
+    model = resolve("face_landmarker", weights_dir=weights_dir)
+    opts = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(model)),
+        running_mode=vision.RunningMode.VIDEO if video_mode else vision.RunningMode.IMAGE,
+        num_faces=1, output_face_blendshapes=blendshapes,
+        min_face_detection_confidence=min_detection_confidence,
+        min_face_presence_confidence=min_detection_confidence,
+        min_tracking_confidence=min_tracking_confidence)
+    lm = vision.FaceLandmarker.create_from_options(opts)
+    try:
+        yield lm
+    finally:
+        lm.close()
+
+
+def fill_gaps(found: np.ndarray, arrays: list[np.ndarray], max_gap: int) -> list[tuple[int, int]]:
+    """Interpolate, in place along axis 0, the rows of ``arrays`` where ``found`` is False.
+
+    Returns the filled runs as inclusive ``(first, last)`` frame ranges. Raises ValueError
+    naming the first run longer than ``max_gap`` (or when no frame has a face).
+    """
+    n = len(found)
+    good = np.flatnonzero(found)
+    if good.size == 0:
+        raise ValueError(f"no face in any of the {n} frames")
+    runs, i = [], 0
+    while i < n:
+        if found[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and not found[j + 1]:
+            j += 1
+        runs.append((i, j))
+        i = j + 1
+    for a, b in runs:
+        if b - a + 1 > max_gap:
+            raise ValueError(f"no face in frames {a}-{b} ({b - a + 1} frames > max_gap {max_gap})")
+    missing = np.flatnonzero(~found)
+    for arr in arrays:
+        flat = arr.reshape(n, -1)
+        for c in range(flat.shape[1]):  # np.interp holds the end values beyond the first/last face
+            flat[missing, c] = np.interp(missing, good, flat[good, c])
+    return runs
+
+
+def smooth_blendshapes(bs: np.ndarray, window: int, order: int) -> np.ndarray:
+    from scipy.signal import savgol_filter
+
+    if window <= 1 or len(bs) < window:
+        return bs.copy()
+    return np.clip(savgol_filter(bs, window, order, axis=0, mode="interp"), 0.0, 1.0).astype(np.float32)
+
+
+def run(ctx: StepContext) -> dict:
+    import cv2
+    import mediapipe as mp
+    from tqdm import tqdm
+
+    cfg: LandmarksConfig = ctx.cfg.landmarks
+    n = ctx.num_frames()
+    fps = float(ctx.manifest["video"].get("fps", 25.0))
+    img_dir = ctx.path("ori_imgs")
+    lms = np.zeros((n, 478, 3), np.float32)
+    bs = np.zeros((n, 52), np.float32)
+    found = np.zeros(n, bool)
+    bs_names: list[str] = []
+    with make_landmarker(getattr(ctx.cfg, "weights_dir", None), True, True,
+                         cfg.min_detection_confidence, cfg.min_tracking_confidence) as lm:
+        for i in tqdm(range(n), desc="landmarks", unit="frame", leave=False):
+            bgr = cv2.imread(str(img_dir / f"{i}.jpg"))
+            if bgr is None:
+                raise StepError(STEP, "frame missing or unreadable", img_dir / f"{i}.jpg")
+            h, w = bgr.shape[:2]
+            image = mp.Image(image_format=mp.ImageFormat.SRGB,
+                             data=np.ascontiguousarray(bgr[:, :, ::-1]))
+            res = lm.detect_for_video(image, int(round(i * 1000 / fps)))
+            if not res.face_landmarks:
+                continue
+            found[i] = True
+            lms[i] = [(p.x * w, p.y * h, p.z * w) for p in res.face_landmarks[0][:478]]
+            cats = res.face_blendshapes[0]
+            bs[i] = [c.score for c in cats]
+            if not bs_names:
+                bs_names = [c.category_name for c in cats]
+    try:
+        gaps = fill_gaps(found, [lms, bs], cfg.max_gap)
+    except ValueError as e:
+        raise StepError(STEP, str(e), img_dir) from e
+    bs_smooth = smooth_blendshapes(bs, cfg.smooth_window, cfg.smooth_order)
+
+    for name, arr in (("landmarks.npy", lms), ("bs_raw.npy", bs), ("bs.npy", bs_smooth)):
+        with atomic_path(ctx.path(name)) as tmp:
+            np.save(tmp, arr)
+    ibug = lms[:, IBUG68_FROM_MEDIAPIPE, :2]
+    for i in range(n):
+        with atomic_path(img_dir / f"{i}.lms") as tmp:
+            np.savetxt(tmp, ibug[i], fmt="%.2f")
+    jaw = bs_smooth[:, bs_names.index("jawOpen")] if "jawOpen" in bs_names else None
+    return {"frames_with_face": int(found.sum()), "interpolated_ranges": [list(r) for r in gaps],
+            "interpolated_frames": int((~found).sum()), "blendshape_names": bs_names,
+            "jaw_open_range": None if jaw is None else [float(jaw.min()), float(jaw.max())]}
+
+
+def check(ctx: StepContext) -> None:
+    n = ctx.num_frames()
+    for name, shape in (("landmarks.npy", (n, 478, 3)), ("bs.npy", (n, 52)), ("bs_raw.npy", (n, 52))):
+        p = ctx.path(name)
+        try:
+            arr = np.load(p, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise StepError(STEP, f"unreadable: {e}", p) from e
+        if arr.shape != shape or not np.isfinite(arr).all():
+            raise StepError(STEP, f"expected finite {shape}, got {arr.shape}", p)
+    for i in (0, n - 1):
+        p = ctx.path(f"ori_imgs/{i}.lms")
+        try:
+            pts = np.loadtxt(p)
+        except OSError as e:
+            raise StepError(STEP, "missing", p) from e
+        if pts.shape != (68, 2):
+            raise StepError(STEP, f"expected 68 'x y' lines, got {pts.shape}", p)
+
+
+def settings(cfg) -> dict:
+    from nerfhead.config import to_dict
+
+    return {**to_dict(cfg.landmarks), "ibug_map": list(IBUG68_FROM_MEDIAPIPE)}
+
+
+def load_ibug68(path: str | Path) -> np.ndarray:
+    """Read one ``<i>.lms`` file -> [68, 2] float."""
+    return np.loadtxt(path).reshape(68, 2)
+
+
+LANDMARKS = Step(STEP, inputs=("ori_imgs/*.jpg",),
+                 outputs=("landmarks.npy", "bs.npy", "bs_raw.npy", "ori_imgs/*.lms"),
+                 run=run, check=check, settings=settings,
+                 doc="MediaPipe 478 landmarks, 52 smoothed blendshapes, 68-point .lms files")

@@ -1,0 +1,90 @@
+"""`nerfhead run`: step order, stage chaining, resume; end to end on a real clip (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nerfhead import pipeline
+from nerfhead.cli import build_parser
+
+
+def _args(*argv):
+    return build_parser().parse_args(["run", *argv])
+
+
+def test_pipeline_chains_steps_and_skips_finished_ones(tmp_path, monkeypatch):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really a video: preprocess is replaced below")
+    calls = []
+
+    def fake(argv):
+        calls.append(argv)
+        if argv[0] == "render":
+            (tmp_path / "out" / "render.mp4").write_bytes(b"x")
+
+    monkeypatch.setattr(pipeline, "_subcommand", fake)
+    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    out = tmp_path / "out"
+    args = _args(str(video), "--preset", "head,lips", "--out", str(out), "--max-seconds", "3",
+                 "--iters", "5", "--device", "cpu")
+    assert pipeline.run(args) == 0
+    names = [c[0] for c in calls]
+    assert names == ["preprocess", "train", "train", "render", "evaluate"]
+    assert float(calls[0][calls[0].index("--max-seconds") + 1]) == 3.0
+    lips = calls[2]
+    assert lips[lips.index("--config") + 1] == "lips"
+    assert lips[lips.index("--init") + 1] == str(out / "run")  # the lips stage starts from head
+    assert calls[3][calls[3].index("--poses") + 1] == "val"
+    assert calls[3][1] == str(out / "run_lips")
+    # rerun: render.mp4 exists -> skipped; evaluate runs again as metrics.json is missing
+    calls.clear()
+    assert pipeline.run(args) == 0
+    assert [c[0] for c in calls] == ["preprocess", "train", "train", "evaluate"]
+
+
+def test_pipeline_missing_video(tmp_path):
+    assert pipeline.run(_args(str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o"))) == 2
+
+
+def test_subcommand_failure_names_the_step(monkeypatch):
+    with pytest.raises(SystemExit, match="nerfhead train"):
+        pipeline._subcommand(["train", "/nonexistent/data", "--out", "/tmp/nerfhead_never",
+                              "--config", "tiny", "--device", "cpu"])
+
+
+def test_write_val_audio_takes_the_val_frames(tmp_path):
+    from nerfhead.audio.features import load_audio
+    from nerfhead.data.synthetic import make_dataset
+    from nerfhead.render.video import write_wav
+
+    data = make_dataset(tmp_path / "d", num_frames=22, size=16)  # val = frames 20, 21
+    samples = np.zeros(22 * 640)
+    samples[20 * 640:] = 0.5
+    write_wav(data / "aud.wav", samples)
+    out = pipeline.write_val_audio(data, tmp_path / "val.wav")
+    got = load_audio(out)
+    assert len(got) == 2 * 640 and np.allclose(got, 0.5, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_run_end_to_end_on_real_clip(hdtf_video, tmp_path):
+    """preprocess -> train (tiny) -> render -> evaluate on 3 s of the HDTF clip."""
+    from nerfhead.cli import main
+    from nerfhead.render.video import probe
+
+    out = tmp_path / "e2e"
+    rc = main(["run", str(hdtf_video), "--preset", "tiny", "--out", str(out), "--max-seconds", "3",
+               "--crop-size", "256", "--iters", "30", "--device", "cpu", "--eval-frames", "4",
+               "--set", "data.image_size=64", "--set", "train.val_every=1000"])
+    assert rc == 0
+    info = probe(out / "render.mp4")
+    n_val = 75 // 11  # 3 s at 25 fps, last 1/11 is validation
+    assert info["has_audio"] and info["duration"] == pytest.approx(n_val / 25, abs=0.06)
+    result = json.loads((out / "eval" / "metrics.json").read_text())
+    assert result["frames"] == 4
+    assert result["modes"]["full"]["psnr"]["count"] == 4
+    assert result["modes"]["portrait"]["psnr"]["mean"] > 0
+    assert (out / "eval" / "report.md").is_file()
