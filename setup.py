@@ -83,7 +83,10 @@ setup(
         # jax and opencv-contrib, none of which it needs for the APIs we use); these are what
         # it does import.
         "preprocess": ["absl-py", "attrs", "flatbuffers", "protobuf>=3.20,<5", "sounddevice",
-                       "eos-py==1.5.0"],
+                       "eos-py==1.5.0",
+                       # optional "ow" audio feature: Google's speech-embedding ONNX model
+                       # shipped inside the openwakeword wheel, run with onnxruntime
+                       "onnxruntime", "openwakeword==0.4.0"],
         "dev": ["pytest>=7", "ninja"],
         "backends": ["nerfacc==0.5.3"],
     },
