@@ -19,6 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k = sub.add_parser("kernels", help="op micro-benchmarks (hash grid, ray marching)")
     k.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     k.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    k.add_argument("--full", action="store_true",
+                   help="training sizes on CPU too (the default on a GPU): 2^18 points, 65,536 rays")
+    k.add_argument("--points", type=int, default=None, help="points per encode call")
+    k.add_argument("--rays", type=int, default=None, help="rays per march+composite call")
+    k.add_argument("--levels", type=int, default=None, help="hash-grid levels [16]")
+    k.add_argument("--repeats", type=int, default=None, help="timed calls per row (median)")
     k.add_argument("--json", default=None, help="also write the results here")
     r = sub.add_parser("render", help="render FPS and ms per stage")
     r.add_argument("run_dir", nargs="?", metavar="RUN", help="trained run folder")

@@ -115,8 +115,9 @@ class LPIPS(nn.Module):
             raise LPIPSUnavailable(f"cannot read LPIPS weights ({bpath}, {lpath}): {e}") from None
         return cls(backbone, linear).to(device)
 
-    @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Differentiable in ``a`` and ``b`` (the lips stage trains with it); the network's own
+        weights are frozen. Metric callers wrap it in ``torch.no_grad``."""
         dev = self.shift.device
         fa = self.net(((a.to(dev, torch.float32) * 2 - 1) - self.shift) / self.scale)
         fb = self.net(((b.to(dev, torch.float32) * 2 - 1) - self.shift) / self.scale)
@@ -133,4 +134,5 @@ class LPIPS(nn.Module):
 
         a = to_float_image(img_a).permute(2, 0, 1)[None].float()
         b = to_float_image(img_b).permute(2, 0, 1)[None].float()
-        return float(self(a, b)[0])
+        with torch.no_grad():
+            return float(self(a, b)[0])

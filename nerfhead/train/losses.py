@@ -52,11 +52,7 @@ def ssim(a: Tensor, b: Tensor, size: int = 7) -> Tensor:
 
 
 class PatchPerceptualLoss:
-    """LPIPS on a patch when its weights can be found, else 1 - SSIM (with a warning).
-
-    ``nerfhead.eval.lpips.LPIPS.forward`` runs under ``no_grad`` (it is a metric), so the
-    differentiable pass here reuses its modules (AlexNet taps, linear heads, constants).
-    """
+    """LPIPS on a patch when its weights can be found, else 1 - SSIM (with a warning)."""
 
     def __init__(self, device, lambda_lpips: float, lambda_ssim: float, net=None):
         """``net``: an ``nerfhead.eval.lpips.LPIPS`` to use instead of loading one."""
@@ -83,15 +79,7 @@ class PatchPerceptualLoss:
         """pred, target: [1, 3, P, P] in [0, 1]."""
         if self.net is None:
             return self.weight * (1 - ssim(pred, target))
-        net = self.net
-        fa = net.net(((pred * 2 - 1) - net.shift) / net.scale)
-        fb = net.net(((target * 2 - 1) - net.shift) / net.scale)
-        total = pred.new_zeros(())
-        for xa, xb, lin in zip(fa, fb, net.lins):
-            na = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            nb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + lin((na - nb) ** 2).mean()
-        return self.weight * total
+        return self.weight * self.net(pred, target).mean()
 
 
 def psnr(pred: Tensor, target: Tensor) -> float:
