@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from nerfhead.fileio import atomic_path
 
 
 class WeightsUnavailable(RuntimeError):
@@ -88,18 +89,12 @@ def _sha256(path: Path) -> str:
 
 
 def _download(spec: WeightsFile, dest: Path, timeout: float) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as r:
+    with atomic_path(dest, suffix=".part") as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout) as r:
             while chunk := r.read(1 << 20):
                 out.write(chunk)
-        if spec.sha256 and _sha256(Path(tmp)) != spec.sha256:
+        if spec.sha256 and _sha256(tmp) != spec.sha256:
             raise WeightsUnavailable(f"download of {spec.url} does not match its SHA-256")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def resolve(key: str, path: str | os.PathLike | None = None, weights_dir=None,

@@ -201,8 +201,15 @@ def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
     }
     with atomic_path(ctx.path("bundle_adjustment.pt")) as tmp:
         torch.save(result, tmp)
+    # frames where the landmarks step found no face were interpolated there; their images are
+    # unusable (occlusion, decoding damage), so they are left out of training and validation
+    no_face = np.zeros(len(frame_ok), bool)
+    ranges = ctx.manifest.get("steps", {}).get("landmarks", {}).get("stats", {}) \
+        .get("interpolated_ranges", [])
+    for a, b in ranges:
+        no_face[a:b + 1] = True
     counts = write_transforms(ctx.data_dir, pose_to_c2w(euler2.cpu().numpy(), trans2.cpu().numpy()),
-                              focal, h, w, keep=frame_ok)
+                              focal, h, w, keep=frame_ok & ~no_face)
     from preprocess.geometry_previews import pose_curves_preview
 
     pose_curves_preview(ctx.data_dir, euler0.cpu().numpy(), trans0.cpu().numpy(),
@@ -212,6 +219,7 @@ def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
             "reproj_err_px_after": float(np.nanmean(err_after)),
             "jitter_before": jit_before, "jitter_after": jit_after,
             "train_frames": counts["train"], "val_frames": counts["val"],
+            "frames_without_face_left_out": int(no_face.sum()),
             "seconds": round(time.time() - t_start, 2)}
 
 

@@ -10,13 +10,13 @@ interrupted run never leaves a half-written output that a rerun would trust.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from nerfhead.fileio import atomic_path  # noqa: F401  (steps import it from here)
 
 
 class StepError(RuntimeError):
@@ -62,19 +62,3 @@ class Step:
     check: Callable[[StepContext], None]  #: raises StepError if the outputs are wrong/missing
     settings: Callable[[Any], dict]  #: the config values that affect this step (hashed)
     doc: str = ""
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` only on success."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.",
-                               suffix=suffix if suffix is not None else final.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -171,6 +171,8 @@ def test_geometry_steps_on_real_grid_clip(tmp_path, grid_video, weights_dir):
     n = manifest["video"]["num_frames"]
     cfg = {"face_fit": FaceFitConfig(sfm_path=str(weights_dir / "sfm"), search_frames=12,
                                      search_iters=80, lm_max_nfev=30, fit_iters=300)}
+    # as if the landmarks step had found no face in frames 5-6 and interpolated them
+    manifest["steps"] = {"landmarks": {"stats": {"interpolated_ranges": [[5, 6]]}}}
     ctx = StepContext(tmp_path, grid_video, cfg, manifest)
     stats = {}
     for step in (FACE_FIT_STEP, TRACKING_STEP, BUNDLE_STEP):
@@ -183,6 +185,10 @@ def test_geometry_steps_on_real_grid_clip(tmp_path, grid_video, weights_dir):
     assert ba["reproj_err_px_after"] < min(1.5, ba["reproj_err_px_before"])
     assert ba["jitter_after"]["rot_deg"] < ba["jitter_before"]["rot_deg"]
     assert ba["jitter_after"]["trans_mm"] < ba["jitter_before"]["trans_mm"]
-    assert ba["train_frames"] + ba["val_frames"] == n - trk["dropped_frames"]
+    assert ba["frames_without_face_left_out"] == 2
+    train_ids = {f["img_id"] for f in json.loads((tmp_path / "transforms_train.json").read_text())["frames"]}
+    assert not train_ids & {5, 6}
+    dropped = set(trk["dropped_frame_ids"]) | {5, 6}
+    assert ba["train_frames"] + ba["val_frames"] == n - len(dropped)
     for name in ("face_fit", "keypoints", "pose_curves"):
         assert (tmp_path / "previews" / f"{name}.png").stat().st_size > 10_000

@@ -16,8 +16,6 @@ lip-sync proxy and returns the ``metrics.json`` dict; ``write_report`` writes th
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -25,6 +23,7 @@ import numpy as np
 
 from nerfhead.eval import metrics as M
 from nerfhead.eval.lipsync import sync_proxy
+from nerfhead.fileio import atomic_write
 from nerfhead.render.compositing import portrait_blend
 
 MODES = ("full", "portrait")
@@ -106,16 +105,6 @@ class SequenceEvaluator:
 
 
 # ------------------------------------------------------------------------------ writing
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
 
 def _write_png(path: str, img: np.ndarray) -> None:
     if not cv2.imwrite(path, img):
@@ -173,7 +162,7 @@ def plot_per_frame(result: dict, path: Path) -> None:
     axes[0, 0].legend(loc="best", fontsize=8)
     axes[-1, 0].set_xlabel("frame id")
     fig.tight_layout()
-    _atomic_write(path, lambda t: fig.savefig(t, dpi=100, format="png"))
+    atomic_write(path, lambda t: fig.savefig(t, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -187,7 +176,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Evaluation of {result.get('run', '?')}", "",
              f"- checkpoint step {result.get('step')} ({result.get('stage')}), split "
              f"`{result.get('split')}` of `{result.get('data')}`: {result['frames']} frames at "
-             f"{result.get('resolution')}", f"- driving audio: {result.get('audio')}", "",
+             f"{result.get('resolution')}", f"- driving audio: {result.get('audio')}",
+             f"- torso: {result.get('torso', 'rendered')}", "",
              "| metric | without masks (full frame) | with masks (portrait) |", "|---|---|---|"]
     rows = [("PSNR (dB) ↑", "psnr", 2), ("SSIM ↑", "ssim", 4), ("LPIPS ↓", "lpips", 4),
             ("LMD (px @512) ↓", "lmd", 3), ("face PSNR (dB) ↑", "face_psnr", 2),
@@ -243,7 +233,7 @@ def write_report(result: dict, previews: dict, out_dir) -> dict:
     for fid, (gt, render) in sorted(previews.items()):
         p = out_dir / f"frame_{fid:05d}.png"
         img = cv2.cvtColor(side_by_side(gt, render), cv2.COLOR_RGB2BGR)
-        _atomic_write(p, lambda t, img=img: _write_png(t, img))
+        atomic_write(p, lambda t, img=img: _write_png(t, img))
         paths.append(p)
     plot_per_frame(result, out_dir / "per_frame.png")
     result["_preview_paths"] = paths
@@ -251,7 +241,7 @@ def write_report(result: dict, previews: dict, out_dir) -> dict:
     result.pop("_preview_paths")
     result["previews"] = [p.name for p in paths]
     result = json_safe(result)
-    _atomic_write(out_dir / "report.md", lambda t: Path(t).write_text(md))
-    _atomic_write(out_dir / "metrics.json",
+    atomic_write(out_dir / "report.md", lambda t: Path(t).write_text(md))
+    atomic_write(out_dir / "metrics.json",
                   lambda t: Path(t).write_text(json.dumps(result, indent=1, allow_nan=False)))
     return result

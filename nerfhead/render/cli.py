@@ -96,6 +96,17 @@ class DatasetFrames:
             return self._image("gt_imgs", str(int(i)), "jpg")
         return self.original(i)
 
+    def torso(self, i: int) -> np.ndarray | None:
+        """``torso_imgs/<i>.png`` as RGBA uint8, or None when the dataset has none."""
+        import cv2
+
+        if not (self.root / "torso_imgs" / f"{int(i)}.png").is_file():
+            return None
+        img = cv2.imread(str(self.root / "torso_imgs" / f"{int(i)}.png"), cv2.IMREAD_UNCHANGED)
+        if img is None or img.ndim != 3 or img.shape[2] != 4:
+            raise FileNotFoundError(f"{self.root / 'torso_imgs' / f'{int(i)}.png'} is not an RGBA image")
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+
     def face_mask(self, i: int) -> np.ndarray:
         import cv2
 

@@ -16,9 +16,7 @@ crash never leaves a truncated ``step_*.pt``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 
 from nerfhead.config import from_dict, to_dict
 from nerfhead.data.dataset import DataConfig
+from nerfhead.fileio import atomic_path
 from nerfhead.models.config import ModelConfig
 from nerfhead.models.rays import Camera
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
@@ -74,14 +73,8 @@ def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage
         "rng": rng_state(),
     }
     final = d / f"step_{step:07d}.pt"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(final) as tmp:
+        torch.save(payload, tmp)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import yaml
 
 from nerfhead.config import ConfigError, to_dict
 from nerfhead.data.dataset import TalkingHeadDataset, dataset_fingerprint
+from nerfhead.fileio import atomic_write
 from nerfhead.models.rays import pixel_rays
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
 from nerfhead.train import losses
@@ -48,16 +47,6 @@ def step_generator(seed: int, step: int, stream: int = 0, device="cpu") -> torch
     g.manual_seed(((seed * 1_000_003 + step) * 8 + stream) % (2 ** 63))
     return g
 
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Trainer:
@@ -192,7 +181,7 @@ class Trainer:
         doc = {k: to_dict(v) for k, v in self.configs.items()}
         doc["dataset"] = dataset_fingerprint(self.data_dir)
         path = self.run_dir / "config.yaml"
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False)))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False)))
 
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.model, self.configs, self.stage,
@@ -278,7 +267,7 @@ class Trainer:
         out_dir = self.run_dir / "val"
         out_dir.mkdir(parents=True, exist_ok=True)
         png = out_dir / f"step_{self.step:07d}.png"
-        _atomic_write(png, lambda tmp: cv2.imwrite(tmp, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)))
+        atomic_write(png, lambda tmp: cv2.imwrite(tmp, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)))
         result = {"step": self.step, "psnr": float(np.mean(psnrs)), "image": str(png)}
         self.writer.add_scalar("val/psnr", result["psnr"], self.step)
         self.writer.add_image("val/gt_render_error", strip, self.step, dataformats="HWC")
