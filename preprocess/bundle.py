@@ -42,7 +42,8 @@ class BundleConfig:
     lr_rot: float = 2e-3  #: radians
     lr_trans: float = 1e-3  #: metres
     huber_px: float = 1.0  #: Huber threshold of the reprojection residual, pixels
-    smooth_weight: float = 0.1  #: second-difference penalty, units of 0.01 rad and 5 mm
+    smooth_weight: float = 1.0  #: second-difference penalty, units of 0.01 rad and 5 mm (0.1 left
+    #: jitter above the face fit's on the 300-s GRID clip; 1.0 lowers it, see docs/benchmarks.md)
     anchor_weight: float = 1e-3  #: pull towards the face-fit poses, same units
 
 

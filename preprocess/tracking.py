@@ -239,7 +239,7 @@ def run_tracking(ctx: StepContext, cfg: TrackingConfig) -> dict:
     dropped = np.flatnonzero(~frame_ok)
     finite = np.isfinite(scores)
     return {"reference_frame": ref, "num_candidates": int(len(cand)), "num_keypoints": int(len(sel)),
-            "laplacian_selected_px": float(scores[sel].mean()),
+            "laplacian_selected_px": float(np.median(scores[sel])),  # median, as the candidates
             "laplacian_candidates_px": float(np.median(scores[finite])) if finite.any() else None,
             "dropped_frames": int(len(dropped)), "dropped_frame_ids": dropped[:50].tolist(),
             "fb_fail_fraction": float(1 - valid[frame_ok].mean()) if frame_ok.any() else 1.0,
