@@ -382,8 +382,10 @@ def test_cuda_composite_train_matches_reference_values_and_grads():
               torch.randn(s.num_rays, generator=gen), torch.randn(s.num_rays, 5, generator=gen)]
     results = []
     for dev, backend in (("cpu", "torch"), ("cuda", "cuda")):
-        sg = sig.to(dev).requires_grad_()
-        cg = rgb.to(dev).requires_grad_()
+        # fresh leaves per device: sig.to("cpu") would return sig itself, which would then
+        # require grad and make the CUDA copy a non-leaf whose .grad stays None
+        sg = sig.detach().clone().to(dev).requires_grad_()
+        cg = rgb.detach().clone().to(dev).requires_grad_()
         # T_thresh=0: the log-space reference and the multiplicative kernel may round T to
         # opposite sides of a threshold; termination is checked exactly below.
         outs = composite_rays_train(sg, cg, s.deltas.to(dev), s.packed_info.to(dev),

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: train.cpu_threads; 1 is fastest on a "
                         "machine shared with other jobs)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this much wall time (checkpoint + validation at the stop; "
+                        "rerunning the command resumes)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                  trainer.stage, args.data, len(trainer.train_set), trainer.train_set.camera.width,
                  trainer.train_set.camera.height, trainer.train_set.audio_kind,
                  tuple(trainer.train_set.audio.shape[1:]), device)
-        result = trainer.fit(progress=not args.no_progress)
+        max_s = None if args.max_minutes is None else 60.0 * args.max_minutes
+        result = trainer.fit(progress=not args.no_progress, max_seconds=max_s)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"nerfhead train: {e}", file=sys.stderr)
         return 2

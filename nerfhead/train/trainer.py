@@ -268,7 +268,12 @@ class Trainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         png = out_dir / f"step_{self.step:07d}.png"
         atomic_write(png, lambda tmp: cv2.imwrite(tmp, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)))
-        result = {"step": self.step, "psnr": float(np.mean(psnrs)), "image": str(png)}
+        result = {"step": self.step, "psnr": float(np.mean(psnrs)), "image": str(png),
+                  # wall seconds of this fit() call so far and peak GPU memory: the figures a
+                  # GPU benchmark reads back from metrics.jsonl
+                  "fit_wall_s": round(time.perf_counter() - getattr(self, "_fit_t0", time.perf_counter()), 1)}
+        if self.device.type == "cuda":
+            result["cuda_max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         self.writer.add_scalar("val/psnr", result["psnr"], self.step)
         self.writer.add_image("val/gt_render_error", strip, self.step, dataformats="HWC")
         with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -277,19 +282,27 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress: bool = True, until: int | None = None) -> dict:
+    def fit(self, progress: bool = True, until: int | None = None,
+            max_seconds: float | None = None) -> dict:
         """Train from ``self.step`` to ``train.iters`` (or stop early at step ``until``, as an
-        interrupted run would); checkpoints, validation, logging. Ends with a checkpoint."""
+        interrupted run would, or once ``max_seconds`` of wall time have passed); checkpoints,
+        validation, logging. Ends with a checkpoint and a validation, so a time-limited run
+        leaves a resumable checkpoint and its PSNR."""
         from tqdm import tqdm
 
         t = self.tcfg
         stop = t.iters if until is None else min(until, t.iters)
         self.save_config()
+        self._fit_t0 = time.perf_counter()
         bar = tqdm(total=t.iters, initial=self.step, disable=not progress, unit="it",
                    desc=f"train {self.stage}", dynamic_ncols=True)
         window_t, window_n, saved_at, validated_at = time.perf_counter(), 0, -1, -1
         try:
             while self.step < stop:
+                if max_seconds is not None and time.perf_counter() - self._fit_t0 >= max_seconds:
+                    bar.write(f"stopping at step {self.step}: {max_seconds:.0f} s time limit "
+                              f"reached (rerun the same command to continue)")
+                    break
                 stats = self.train_step(self.step)
                 self.step += 1
                 window_n += 1
