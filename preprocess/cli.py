@@ -13,7 +13,8 @@ import sys
 
 STEPS_HELP = """steps, in order (manifest keys): decode (25 fps head crop + 16 kHz audio),
 landmarks (MediaPipe 478 + blendshapes + 68-point .lms), parsing (head/neck/torso masks),
-background (bc.jpg, gt_imgs, torso_imgs), face_fit (focal search + coarse pose), tracking
+scenes (shot cuts, foreign-session frames), background (bc.jpg, gt_imgs, torso_imgs),
+face_fit (focal length + coarse pose; --set face_fit.focal=PX fixes the focal), tracking
 (stable head keypoints), bundle_adjustment (poses -> transforms_*.json), audio (aud_mel.npy,
 aud_ow.npy), previews (previews/*.png)"""
 
@@ -36,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="side of the square frames (default from the config: 512)")
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="folder with model files (face_landmarker.task, sfm/ ...)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes for per-frame work (default: all cores); outputs do not "
+                        "depend on it")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress line (log lines only)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set landmarks.max_gap=20")
 
@@ -58,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             dec["start_seconds"] = args.start_seconds
         if args.crop_size is not None:
             dec["crop_size"] = args.crop_size
+        if args.workers is not None:
+            overrides["workers"] = args.workers
         if args.weights:
             overrides["weights_dir"] = args.weights
             # steps that resolve model files without a weights_dir still look here
@@ -70,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     only = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
     try:
-        results = run_steps(args.video, args.out, cfg, only=only, force=args.force)
+        results = run_steps(args.video, args.out, cfg, only=only, force=args.force,
+                            progress=not args.no_progress)
     except StepError as e:
         print(f"nerfhead preprocess failed: {e}", file=sys.stderr)
         return 1

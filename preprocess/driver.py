@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from preprocess.progress import OverallProgress
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 MANIFEST = "manifest.json"
@@ -50,10 +51,11 @@ def default_steps() -> list[Step]:
     from preprocess.landmarks import LANDMARKS
     from preprocess.parsing import PARSING_STEP
     from preprocess.previews import PREVIEWS
+    from preprocess.scenes import SCENES_STEP
     from preprocess.tracking import TRACKING_STEP
 
-    return [DECODE, LANDMARKS, PARSING_STEP, BACKGROUND_STEP, FACE_FIT_STEP, TRACKING_STEP,
-            BUNDLE_STEP, AUDIO, PREVIEWS]
+    return [DECODE, LANDMARKS, PARSING_STEP, SCENES_STEP, BACKGROUND_STEP, FACE_FIT_STEP,
+            TRACKING_STEP, BUNDLE_STEP, AUDIO, PREVIEWS]
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -189,12 +191,13 @@ def _is_done(step: Step, ctx: StepContext) -> bool:
 
 def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
               only: Sequence[str] | None = None, force: bool = False,
-              steps: Sequence[Step] | None = None) -> list[StepResult]:
+              steps: Sequence[Step] | None = None, progress: bool = True) -> list[StepResult]:
     """Run ``steps`` (default: all, in order) on ``video`` into ``data_dir``.
 
     ``only`` restricts to the named steps (their dependencies must already be done);
     ``force`` reruns them even when their records match. Raises StepError on the first
-    failure after recording what ran; returns one StepResult per selected step.
+    failure after recording what ran; returns one StepResult per selected step. ``progress``
+    draws one line for the whole run (``preprocess.progress``).
     """
     steps = list(default_steps() if steps is None else steps)
     names = [s.name for s in steps]
@@ -223,7 +226,10 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
         selected = steps
 
     results: list[StepResult] = []
+    overall = OverallProgress([s.name for s in selected], lambda: manifest.get("video", {}).get(
+        "num_frames"), results, enabled=progress).open()
     for step in selected:
+        overall.start(step.name)
         fp = fingerprint(step, ctx)
         record = manifest["steps"].get(step.name)
         if not force and record and record.get("fingerprint") == fp["fingerprint"] and _is_done(step, ctx):
@@ -243,6 +249,7 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
             secs = time.perf_counter() - t0
             results.append(StepResult(step.name, "failed", secs, str(e)))
             write_manifest(data_dir, manifest)
+            overall.close()
             log.error("%s", summary(results))
             if isinstance(e, StepError):
                 raise
@@ -256,6 +263,7 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
         write_manifest(data_dir, manifest)
         results.append(StepResult(step.name, "ran", secs))
         log.info("%s: done in %.1f s", step.name, secs)
+    overall.close()
     return results
 
 
