@@ -42,6 +42,7 @@ class OverallProgress:
         self.done_steps: set[str] = set()
         self.current: str | None = None
         self.step_frames = self.step_total = 0
+        self.step_unit = "frames"
         self.t_run = self.t_step = time.perf_counter()
         self.worked_cost = 0.0  # expected seconds of the steps done in this run
         self.worked_time = 0.0  # actual seconds they took
@@ -129,9 +130,9 @@ class OverallProgress:
         parts = []
         if self.current is not None and self.step_total:
             dt = time.perf_counter() - self.t_step
-            parts.append(f"{self.step_frames}/{self.step_total} frames")
+            parts.append(f"{self.step_frames}/{self.step_total} {self.step_unit}")
             if dt > 0 and self.step_frames:
-                parts.append(f"{self.step_frames / dt:.1f} frames/s")
+                parts.append(f"{self.step_frames / dt:.1f} {self.step_unit}/s")
         eta = self.eta()
         parts.append(f"elapsed {_clock(time.perf_counter() - self.t_run)}")
         if eta is not None and not final:
@@ -146,12 +147,14 @@ class OverallProgress:
 
 
 @contextlib.contextmanager
-def step_progress(step: str, total: int, quiet: bool = False) -> Iterator[Callable[[int], None]]:
-    """``advance(n)`` for a step that processes ``total`` frames: feeds the overall line when one
-    is open, else a per-step tqdm bar (none when ``quiet``)."""
+def step_progress(step: str, total: int, quiet: bool = False,
+                  unit: str = "frames") -> Iterator[Callable[[int], None]]:
+    """``advance(n)`` for a step that processes ``total`` frames (or other ``unit``s): feeds the
+    overall line when one is open, else a per-step tqdm bar (none when ``quiet``)."""
     overall = _CURRENT
     if overall is not None and overall.current == step:
-        overall.step_total, overall.step_frames = total, 0
+        overall.step_total, overall.step_frames, overall.step_unit = total, 0, unit
+        overall.t_step = time.perf_counter()
         yield overall.advance
         return
     if quiet:
@@ -159,5 +162,5 @@ def step_progress(step: str, total: int, quiet: bool = False) -> Iterator[Callab
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=step, unit="frame", leave=False) as bar:
+    with tqdm(total=total, desc=step, unit=unit.rstrip("s"), leave=False) as bar:
         yield bar.update
