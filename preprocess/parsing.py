@@ -62,8 +62,9 @@ class ParsingConfig:
     pose_stride: int = 5
     use_pose: bool = True  #: MediaPipe pose for the shoulders; False: the neck axis is vertical
     device: str = "cpu"  #: torch device for BiSeNet
-    chunk_frames: int = 250  #: frames per work unit when spread over workers (a multiple of
-    #: pose_stride keeps the pose frames the same for any number of workers)
+    #: frames per work unit when spread over workers (rounded up to a multiple of pose_stride;
+    #: pose tracking restarts at each, so it is part of the settings, the worker count is not)
+    chunk_frames: int = 250
 
 
 def map_bisenet_labels(label_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -409,8 +410,7 @@ def run(ctx: StepContext) -> dict:
     name, why, weights = choose_parser(cfg, getattr(ctx.cfg, "weights_dir", None))
     out_dir = ctx.path("parsing")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = settings_stamp(out_dir, {"parser": name, **{k: v for k, v in asdict(cfg).items()
-                                                         if k != "chunk_frames"}})
+    stamp = settings_stamp(out_dir, {"parser": name, **asdict(cfg)})
     newest_input = max(lm_path.stat().st_mtime_ns, stamp)
     stride = max(1, cfg.pose_stride)
     chunk = -(-max(1, cfg.chunk_frames) // stride) * stride  # pose frames independent of workers
@@ -480,9 +480,8 @@ def check(ctx: StepContext) -> None:
 PARSING_STEP = Step(
     name=STEP, inputs=("ori_imgs/*.jpg", "landmarks.npy"),
     outputs=("parsing", "previews/parsing.png"), run=run, check=check,
-    settings=lambda cfg: {k: v for k, v in __import__("nerfhead.config", fromlist=["to_dict"]).to_dict(
-        __import__("preprocess.focal", fromlist=["section"]).section(cfg, STEP, ParsingConfig)).items()
-                          if k != "chunk_frames"},
+    settings=lambda cfg: __import__("nerfhead.config", fromlist=["to_dict"]).to_dict(
+        __import__("preprocess.focal", fromlist=["section"]).section(cfg, STEP, ParsingConfig)),
     doc="head/neck/torso/background labels + soft face mask (BiSeNet, or offline: selfie "
         "segmentation, face mesh, pose shoulders, colour)",
 )

@@ -36,8 +36,9 @@ class OverallProgress:
     StepResult, whose last entry tells whether the previous step ran or was skipped."""
 
     def __init__(self, steps: Sequence[str], num_frames: Callable[[], int | None],
-                 results: list | None = None, enabled: bool = True):
+                 results: list | None = None, enabled: bool = True, file=None):
         self.steps, self.num_frames, self.enabled = list(steps), num_frames, enabled
+        self.file = file  #: where the line is drawn (None: stderr)
         self.results = results if results is not None else []
         self.done_steps: set[str] = set()
         self.current: str | None = None
@@ -58,7 +59,7 @@ class OverallProgress:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=1000, bar_format="{desc} {bar:20} {postfix}", leave=True,
-                            dynamic_ncols=True, disable=False)
+                            dynamic_ncols=True, disable=False, file=self.file)
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()
         _CURRENT = self

@@ -167,10 +167,11 @@ def test_preset_loads_and_rejects_unknown_fields():
 
     cfg = load_preprocess_config("preprocess", {"landmarks": {"max_gap": 3}, "weights_dir": "/w"})
     assert cfg.decode.crop_size == 512 and cfg.decode.fps == 25.0
-    assert cfg.landmarks.max_gap == 3 and cfg.weights_dir == "/w"
+    assert cfg.landmarks.max_gap == 3 and cfg.weights_dir == "/w" and cfg.workers is None
+    assert load_preprocess_config(None, {"workers": 2}).workers == 2
     assert cfg.audio.kinds == ["mel", "ow"]
     assert [s.name for s in driver.default_steps()] == [
-        "decode", "landmarks", "parsing", "background", "face_fit", "tracking",
+        "decode", "landmarks", "parsing", "scenes", "background", "face_fit", "tracking",
         "bundle_adjustment", "audio", "previews"]
     for step in driver.default_steps():
         step.settings(cfg)  # every step finds its section
