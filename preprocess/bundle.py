@@ -251,8 +251,10 @@ def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
 
 def _run(ctx: StepContext) -> dict:
     from preprocess.focal import section
+    from preprocess.parallel import torch_threads
 
-    return run_bundle(ctx, section(ctx.cfg, "bundle", BundleConfig))
+    with torch_threads(1):
+        return run_bundle(ctx, section(ctx.cfg, "bundle", BundleConfig))
 
 
 def _check(ctx: StepContext) -> None:

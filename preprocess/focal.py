@@ -555,6 +555,13 @@ def read_landmarks478(ctx: StepContext, step: str) -> np.ndarray:
 
 
 def _run(ctx: StepContext) -> dict:
+    from preprocess.parallel import torch_threads
+
+    with torch_threads(1):  # small tensors: see torch_threads
+        return _run_fit(ctx)
+
+
+def _run_fit(ctx: StepContext) -> dict:
     import time
 
     from preprocess.progress import step_progress

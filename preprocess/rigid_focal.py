@@ -271,15 +271,13 @@ def focal_profile(uv: np.ndarray, shape0: np.ndarray, cx: float, cy: float,
     prior = 1.0 / (prior_mm / 1000.0) ** 2
 
     def run(focals):
+        from preprocess.parallel import torch_threads
+
         inits = [pnp_poses(shape_cv, uv, fo, cx, cy) for fo in focals]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small matrices: more threads only wait on each other
-        try:
+        with torch_threads(1):  # small matrices: more threads only wait on each other
             return _solve_batch(uv, shape_cv, np.stack([i[0] for i in inits]),
                                 np.stack([i[1] for i in inits]), focals, cx, cy, prior,
                                 huber_px, iters)
-        finally:
-            torch.set_num_threads(threads)
 
     grid = np.exp(np.linspace(np.log(lo_f), np.log(hi_f), grid_points))
     cost, ssr = run(grid)

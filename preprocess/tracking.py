@@ -52,6 +52,8 @@ class TrackingConfig:
     eye_margin: float = 0.35  #: eye regions grown by this fraction of the eye width
     fb_threshold_px: float = 1.5  #: forward-backward error (crop pixels) counted as a failure
     max_candidate_failures: float = 0.1  #: candidates failing the check in more frames are out
+    #: ... unless too few candidates pass: then the most reliable ones, up to this failure rate
+    max_candidate_failures_relaxed: float = 0.5
     max_bad_fraction: float = 0.5  #: a frame with more failing keypoints than this is dropped
     use_parsing: bool = True  #: use parsing/<ref>_face.png when it exists
     chunk_frames: int = 250  #: frames per work unit (the neighbour-seeded walk restarts at each)
@@ -161,7 +163,9 @@ def track_walk(read_gray, ref_img: np.ndarray, frames, cand: np.ndarray, cfg: Tr
     for k, i in enumerate(frames):
         img = read_gray(i)
         fwd = dis.calc(ref_img, img, None if fwd_prev is None else fwd_prev.copy())
-        bwd = dis.calc(img, ref_img, None)
+        # the backward flow starts from the forward one reversed: unseeded, DIS lost heads
+        # turned ~20 degrees away from the reference and the check then failed good tracks
+        bwd = dis.calc(img, ref_img, -fwd)
         moved = cand + _sample(fwd, cand)
         pos[k] = moved
         fb[k] = np.linalg.norm(_sample(fwd, cand) + _sample(bwd, moved), axis=-1)
@@ -264,7 +268,18 @@ def run_tracking(ctx: StepContext, cfg: TrackingConfig) -> dict:
     fb_px = fb / s
     ok = fb_px < cfg.fb_threshold_px
     scores = laplacian_scores(xy, ok)
-    scores[(~ok).mean(0) > cfg.max_candidate_failures] = np.inf
+    fail = (~ok).mean(0)
+    cap = cfg.max_candidate_failures
+    enough = 4 * cfg.num_keypoints  # room for the spacing rule to choose from
+    if (fail <= cap).sum() < enough:  # much head motion: the flow from one reference fails on
+        # the turned frames for every candidate; take the most reliable ones, up to a limit
+        # (bundle adjustment only uses the samples that pass the check)
+        cap = float(min(cfg.max_candidate_failures_relaxed,
+                        np.sort(fail)[min(len(fail), enough) - 1]))
+        ctx.log.warning("tracking: few candidates pass the forward-backward check in %.0f%% "
+                        "of frames; accepting up to %.0f%% failures", 100 * cfg.max_candidate_failures,
+                        100 * cap)
+    scores[fail > cap] = np.inf
     sel = select_stable_points(xy[ref], scores, cfg.num_keypoints, cfg.min_distance_px)
     if len(sel) < 8:
         raise StepError("tracking", f"only {len(sel)} stable keypoints found (need >= 8); "
@@ -289,7 +304,8 @@ def run_tracking(ctx: StepContext, cfg: TrackingConfig) -> dict:
             "laplacian_candidates_px": float(np.median(scores[finite])) if finite.any() else None,
             "dropped_frames": int(len(dropped)), "dropped_frame_ids": dropped[:50].tolist(),
             "fb_fail_fraction": float(1 - valid[frame_ok].mean()) if frame_ok.any() else 1.0,
-            "flow_seconds": round(flow_seconds, 2), "mask_source": "parsing" if face is not None else "landmarks"}
+            "flow_seconds": round(flow_seconds, 2), "candidate_failure_cap": cap,
+            "mask_source": "parsing" if face is not None else "landmarks"}
 
 
 def read_keypoints(path) -> tuple[int, np.ndarray]:
