@@ -65,6 +65,13 @@ def face_fit_preview(data_dir, lms: np.ndarray, proj: np.ndarray, err: np.ndarra
                    label="interval")
         ax.axvline(prof.best, color="blue", ls="--", label=f"estimate {prof.best:.0f}")
         ax.set_ylim(0, max(3 * prof.tolerance_px, min(float(np.max(prof.excess_px)), 1.0)))
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ticks = [t for t in (300, 500, 1000, 2000, 4000, 8000)
+                 if prof.focals.min() <= t <= prof.focals.max()]
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(focal, color="red", lw=2, label=f"used {focal:.0f} ({choice['source']})")
     verdict = {"user": "given by the user", "estimated": "estimated",
                "default": "UNDETERMINED: default"}[choice["source"]]

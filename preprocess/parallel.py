@@ -32,8 +32,11 @@ def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def _single_thread() -> None:
-    """Worker initializer: one thread per library (the pool provides the parallelism)."""
+    """Worker initializer: one thread per library (the pool provides the parallelism), and
+    MediaPipe's C++ info/warning lines kept off the progress line."""
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import cv2
 
