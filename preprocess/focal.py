@@ -366,12 +366,21 @@ def pose_diverse_frames(lms: np.ndarray, k: int) -> np.ndarray:
     return diverse_frames(np.degrees(np.stack([pitch, yaw, roll], -1)), k)
 
 
-def _frame_residuals(model, id_c, x, lm, sqrt_w, focal, cx, cy, exp_sqrt):
+def _frame_residuals(model, id_c, x, lm, sqrt_w, focal, cx, cy, exp_sqrt, fixed=None):
     """Weighted residuals [..., F, 68*2 + E] of per-frame parameters x [..., F, 12]
-    (euler 3, trans 3, expression E)."""
+    (euler 3, trans 3, expression E). ``fixed`` = (identity shape [L, 3], expression basis
+    [L, 3, E]) of the fixed landmark vertices: with the jaw line weighted 0 (the default) only
+    those are projected, skipping the contour search that made up most of the cost."""
     ne = model.num_exp
-    uv = project_landmarks(model, id_c, x[..., 6:6 + ne], x[..., :3], x[..., 3:6],
-                           torch.as_tensor(focal, dtype=x.dtype), cx, cy, lm)
+    if fixed is None:
+        uv = project_landmarks(model, id_c, x[..., 6:6 + ne], x[..., :3], x[..., 3:6],
+                               torch.as_tensor(focal, dtype=x.dtype), cx, cy, lm)
+    else:
+        base, exb = fixed
+        verts = base + torch.einsum("vck,...k->...vc", exb, x[..., 6:6 + ne])
+        fixed_uv = project(transform_points(verts, x[..., :3], x[..., 3:6]), focal, cx, cy)
+        uv = lm.expand(*fixed_uv.shape[:-2], 68, 2).clone()  # unweighted points: no residual
+        uv[..., model.landmark_ibug, :] = fixed_uv
     r = ((uv - lm) * sqrt_w[:, None]).flatten(-2)
     return torch.cat([r, exp_sqrt * x[..., 6:6 + ne]], -1)
 
@@ -400,6 +409,11 @@ def fit_frames(model: FaceModel, lms: np.ndarray, id_coeff: torch.Tensor, focal:
     exp_sqrt = math.sqrt(cfg.exp_reg * wsum / ne)
     idc = id_coeff.to(dt)[None]
     cx, cy = width / 2.0, height / 2.0
+    fixed = None
+    if cfg.weight_contour == 0:  # the identity is fixed: its landmark vertices once
+        lv = m64.landmark_vertices
+        fixed = (m64.mean[lv] + torch.einsum("vck,k->vc", m64.id_basis[lv], idc[0]),
+                 m64.exp_basis[lv])
     # start: frontal, depth from the outer-eye-corner distance, centre from eyes + nose
     eye_m = float((m64.mean[m64.landmark_vertices[m64.landmark_ibug == EYE_CORNERS[0]]] -
                    m64.mean[m64.landmark_vertices[m64.landmark_ibug == EYE_CORNERS[1]]]).norm())
@@ -418,7 +432,7 @@ def fit_frames(model: FaceModel, lms: np.ndarray, id_coeff: torch.Tensor, focal:
         mu = torch.full((b - a,), 1e-3, dtype=dt)
 
         def res(xx):
-            return _frame_residuals(m64, idc, xx, lm, sqrt_w, focal, cx, cy, exp_sqrt)
+            return _frame_residuals(m64, idc, xx, lm, sqrt_w, focal, cx, cy, exp_sqrt, fixed)
 
         for _ in range(cfg.fit_iters):
             r0 = res(xc)  # [F, M]
