@@ -211,8 +211,8 @@ def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
         pts2, euler2, trans2, loss2 = stage2_joint(pts1, euler0, trans0, tracks, valid, focal,
                                                    cx, cy, cfg, advance, cuts)
     err_after = reprojection_errors(pts2, euler2, trans2, tracks, valid, focal, cx, cy)
-    jit_before = pose_jitter(euler0.cpu().numpy(), trans0.cpu().numpy())
-    jit_after = pose_jitter(euler2.cpu().numpy(), trans2.cpu().numpy())
+    jit_before = pose_jitter(euler0.cpu().numpy(), trans0.cpu().numpy(), cuts)
+    jit_after = pose_jitter(euler2.cpu().numpy(), trans2.cpu().numpy(), cuts)
     frame_ok = valid_np.any(1)
     result = {
         "points": pts2.cpu(), "points_init": pts0.cpu(), "euler": euler2.cpu(), "trans": trans2.cpu(),

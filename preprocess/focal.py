@@ -69,7 +69,10 @@ class FaceFitConfig:
     huber_px: float = 2.0  #: pseudo-Huber scale of the landmark residual, pixels
     id_reg: float = 0.05  #: weight of the identity prior sum(id^2) (coefficients ~ N(0, 1))
     exp_reg: float = 0.5  #: weight of the expression prior mean(exp^2)
-    smooth_weight: float = 0.1  #: temporal smoothness, per frame step in units of 0.01 rad / 5 mm
+    #: temporal smoothness within a shot, per frame step in units of 0.01 rad / 5 mm (0.5: on the
+    #: 300-s GRID clip rotation jitter 0.032 deg/frame^2 within shots, 0.077 at 0.1, for 0.005 px
+    #: more landmark error)
+    smooth_weight: float = 0.5
     weight_rigid: float = 2.0  #: eye corners and nose
     weight_brow: float = 1.0  #: brows; eyelids get half of this (blinks)
     weight_mouth: float = 0.1  #: upper outer lip
