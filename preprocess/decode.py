@@ -40,6 +40,20 @@ class DecodeConfig:
     min_seconds: float = 1.0  #: shorter inputs are rejected
     jpeg_quality: int = 95  #: quality of ori_imgs/*.jpg
     sample_rate: int = 16000  #: aud.wav sample rate (the contract is 16 kHz)
+    #: where audio samples go in time: 'timestamps' places each decoded audio frame at its
+    #: presentation time on the clock of the written frames (gaps in the timestamps become
+    #: silence, overlaps are dropped), as players do; 'ignore_timestamps' concatenates the
+    #: samples from the first one, the behaviour before issue 9, kept only to diagnose a
+    #: drift (it slides the audio against the video wherever the timestamps jump)
+    audio_timing: str = "timestamps"
+    #: timestamp steps up to this many milliseconds are rounding jitter, not gaps; the
+    #: audio is never further than this from its timestamps (a drifting clock is corrected
+    #: in steps of this size)
+    audio_jitter_ms: float = 2.0
+    #: delay added to the audio against the frames, seconds (positive: heard later); for a
+    #: source recorded out of sync, e.g. the offset the av_sync step measured. 0 for sources
+    #: whose timestamps are right
+    audio_offset: float = 0.0
 
 
 STEP = "decode"
@@ -207,18 +221,121 @@ def _write_frames(path: Path, out_dir: Path, start: float, n_frames: int, crop, 
     return count, err
 
 
-def _write_audio(path: Path, dest: Path, start: float, seconds: float, sr: int) -> None:
+# ------------------------------------------------------------------------------------ audio
+AUDIO_TIMINGS = ("timestamps", "ignore_timestamps")
+MAX_LISTED = 1000  #: gaps/overlaps listed one by one in the manifest (all are counted)
+_FRAME_LOG = re.compile(r"\bn:\s*\d+\s+pts:\s*(-?\d+)\s.*?\bnb_samples:\s*(\d+)")
+
+
+def decode_audio_frames(path: Path, start: float, seconds: float, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first audio stream as mono float32 at ``sr``, and per decoded audio frame its
+    presentation time and length ``[K, 2]`` (int64, in samples at ``sr``).
+
+    Times are on the clock of the written frames (0 = ``ori_imgs/0.jpg``): ffmpeg shifts all
+    streams of an input by one amount (the container's start, plus ``-ss``), and the frame
+    writer's constant-rate output starts at that zero too (a video stream that starts late is
+    led in by repeats of its first picture), so no stream's own start needs correcting here.
+    ``ashowinfo`` logs each frame after resampling, i.e. exactly the frames whose samples
+    reach the pipe, so the log and the samples can be checked against each other.
+    """
+    af = f"aresample={sr},aformat=sample_fmts=flt:channel_layouts=mono,ashowinfo"
+    # read a little past the end: the frames' length is set by the video, timestamps may jump
+    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", *_seek(start),
+           "-t", f"{seconds + 1.0:.3f}", "-i", str(path), "-map", "0:a:0", "-vn", "-af", af,
+           "-f", "f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    err = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0:
+        lines = [ln for ln in err.strip().splitlines() if "ashowinfo" not in ln]
+        raise StepError(STEP, f"cannot decode the audio track: {' | '.join(lines[-3:])[-300:]}", path)
+    samples = np.frombuffer(proc.stdout, "<f4")
+    frames = np.array([(int(m.group(1)), int(m.group(2))) for m in _FRAME_LOG.finditer(err)],
+                      np.int64).reshape(-1, 2)
+    if samples.size == 0:
+        raise StepError(STEP, "the audio track decodes to no samples", path)
+    if int(frames[:, 1].sum()) != samples.size:
+        raise StepError(STEP, f"ffmpeg's frame log covers {int(frames[:, 1].sum())} samples but "
+                              f"{samples.size} were decoded; cannot place the audio on the video's "
+                              "clock (rerun with --set decode.audio_timing=ignore_timestamps to "
+                              "decode it without timestamps)", path)
+    return samples, frames
+
+
+def place_on_clock(samples: np.ndarray, frames: np.ndarray, n_out: int, jitter: int,
+                   shift: int = 0) -> tuple[np.ndarray, dict]:
+    """Samples laid out by presentation time: ``out[t]`` is the sound at sample time ``t``.
+
+    ``frames`` [K, 2] = (pts, length) per decoded frame in samples, in decode order;
+    ``shift`` is added to every pts. A frame that starts within ``jitter`` samples of where
+    the previous one ended continues it seamlessly (timestamp rounding); a later start is a
+    gap, left silent; an earlier one an overlap, whose repeated samples are dropped (the
+    earlier audio is kept). Audio before time 0 or past ``n_out`` is cut. Returns the
+    waveform [n_out] and what was found: start offset and every gap and overlap, in samples.
+    """
+    out = np.zeros(n_out, np.float32)
+    gaps, overlaps = [], []
+    pos, src = None, 0  # pos: where the previous frame ended on the clock
+    for pts, length in frames.tolist():
+        pts += shift
+        if pos is None or abs(pts - pos) > jitter:
+            if pos is not None:
+                (gaps if pts > pos else overlaps).append((pos, abs(pts - pos)))
+            target = pts
+        else:
+            target = pos
+        first = target if pos is None else max(target, pos)  # overlapped samples are dropped
+        lo, hi = max(first, 0), min(target + length, n_out)
+        if hi > lo:
+            out[lo:hi] = samples[src + lo - target:src + hi - target]
+        src += length
+        pos = target + length if pos is None else max(pos, target + length)
+    return out, {"start": int(frames[0, 0]) + shift if len(frames) else 0,
+                 "gaps": gaps, "overlaps": overlaps}
+
+
+def _listing(events: list[tuple[int, int]], sr: int) -> list[dict]:
+    return [{"at": round(t / sr, 4), "seconds": round(n / sr, 4)} for t, n in events[:MAX_LISTED]]
+
+
+def _write_audio(path: Path, dest: Path, start: float, seconds: float, cfg: DecodeConfig) -> dict:
+    """Write ``aud.wav`` (16-bit mono, exactly ``seconds`` long) with sample ``t`` at frame
+    time ``t``; returns the manifest's ``audio`` record (timing found in the source)."""
+    if cfg.audio_timing not in AUDIO_TIMINGS:
+        raise StepError(STEP, f"decode.audio_timing must be one of {AUDIO_TIMINGS}, "
+                              f"got {cfg.audio_timing!r}")
+    sr = cfg.sample_rate
+    n = int(round(seconds * sr))
+    samples, frames = decode_audio_frames(path, start, seconds + max(0.0, -cfg.audio_offset), sr)
+    shift = int(round(cfg.audio_offset * sr))
+    jitter = int(round(cfg.audio_jitter_ms * sr / 1000))
+    placed, found = place_on_clock(samples, frames, n, jitter, shift)
+    if cfg.audio_timing == "ignore_timestamps":  # one run of samples from the first one on
+        placed = np.zeros(n, np.float32)
+        a, b = max(shift, 0), max(0, min(n, shift + samples.size))
+        placed[a:b] = samples[a - shift:b - shift]
+    gaps, overlaps = found["gaps"], found["overlaps"]
+    start_offset = found["start"] - shift  # the source's own, before the requested shift
+    # how far samples concatenated from the first one run ahead of their timestamps at the
+    # last frame: the source's start offset plus every timestamp jump before it
+    ahead = (start_offset + sum(k for t, k in gaps if t < n) - sum(k for t, k in overlaps if t < n))
     with atomic_path(dest) as tmp:
-        # resample, pad with silence, cut at an exact sample count: the audio matches the
-        # frames exactly even when the track ends a little early
-        n = int(round(seconds * sr))
-        af = f"aresample={sr},apad=whole_len={n},atrim=end_sample={n}"
-        proc = subprocess.run([_ffmpeg(), "-nostdin", "-y", "-loglevel", "error", *_seek(start),
-                               "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-af", af,
-                               "-ar", str(sr), "-c:a", "pcm_s16le", "-f", "wav", str(tmp)],
-                              capture_output=True, text=True, errors="replace")
-        if proc.returncode != 0:
-            raise StepError(STEP, f"cannot decode the audio track: {proc.stderr.strip()[-300:]}", path)
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sr)
+            w.writeframes((np.clip(placed, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes())
+    return {"timing": cfg.audio_timing, "sample_rate": sr, "num_samples": n,
+            "source_samples": int(samples.size),
+            # where the source's first audio sample sits against frame 0 (+: audio starts later)
+            "start_offset": round(start_offset / sr, 4),
+            "applied_offset": cfg.audio_offset,
+            "num_gaps": len(gaps), "gap_seconds": round(sum(k for _, k in gaps) / sr, 4),
+            "num_overlaps": len(overlaps),
+            "overlap_seconds": round(sum(k for _, k in overlaps) / sr, 4),
+            "gaps": _listing(gaps, sr), "overlaps": _listing(overlaps, sr),
+            "listed_at_most": MAX_LISTED,
+            # by how much decoding without timestamps puts the last frame's audio early
+            "ahead_at_end_without_timestamps": round(ahead / sr, 4)}
 
 
 def _replace_dir(tmp_dir: Path, final: Path) -> None:
@@ -274,7 +391,7 @@ def run(ctx: StepContext) -> dict:
                                   + (f" ({ff_err.splitlines()[-1]})" if ff_err else ""), path)
         if n < cfg.min_seconds * cfg.fps:
             raise StepError(STEP, f"too short: {n} frames decoded, need {cfg.min_seconds:g} s", path)
-        _write_audio(path, ctx.path("aud.wav"), start, n / cfg.fps, cfg.sample_rate)
+        audio = _write_audio(path, ctx.path("aud.wav"), start, n / cfg.fps, cfg)
         _replace_dir(tmp_dir, out_dir)
     finally:
         if tmp_dir.exists():
@@ -285,7 +402,31 @@ def run(ctx: StepContext) -> dict:
              "start_seconds": start, "fps": cfg.fps, "num_frames": n, "duration": n / cfg.fps,
              "crop_box": list(crop), "crop_size": cfg.crop_size,
              "faces_found_in_probe": f"{len(boxes)}/{cfg.probe_frames}"}
-    return {"num_frames": n, "crop_box": list(crop), "manifest": {"video": video}}
+    _log_audio_timing(ctx, path, audio, cfg.fps)
+    return {"num_frames": n, "crop_box": list(crop), "audio_gaps": audio["num_gaps"],
+            "audio_start_offset": audio["start_offset"],
+            "manifest": {"video": video, "audio": audio}}
+
+
+def _log_audio_timing(ctx: StepContext, path: Path, audio: dict, fps: float) -> None:
+    ahead = audio["ahead_at_end_without_timestamps"]
+    if audio["timing"] == "ignore_timestamps":
+        if abs(ahead) * fps >= 0.5:
+            ctx.log.warning("%s: audio decoded ignoring its timestamps (decode.audio_timing="
+                            "ignore_timestamps): it runs %.3f s (%.1f frames) %s of the video by "
+                            "the end", path, abs(ahead), abs(ahead) * fps,
+                            "ahead" if ahead > 0 else "behind")
+        return
+    if audio["num_gaps"] or audio["num_overlaps"]:
+        ctx.log.warning("%s: the audio timestamps jump (%d gaps, %.3f s in all, filled with "
+                        "silence; %d overlaps, %.3f s, dropped): placed on the video's clock "
+                        "(ignoring them would put the audio %.3f s early by the end)",
+                        path, audio["num_gaps"], audio["gap_seconds"], audio["num_overlaps"],
+                        audio["overlap_seconds"], ahead)
+    if abs(audio["start_offset"]) * fps >= 0.5:
+        ctx.log.warning("%s: the audio starts %.3f s %s the first frame; placed there",
+                        path, abs(audio["start_offset"]),
+                        "after" if audio["start_offset"] > 0 else "before")
 
 
 def check(ctx: StepContext) -> None:
@@ -305,10 +446,16 @@ def check(ctx: StepContext) -> None:
         with wave.open(str(wav)) as w:
             ok = (w.getframerate() == ctx.cfg.decode.sample_rate and w.getnchannels() == 1
                   and abs(w.getnframes() / w.getframerate() - n / ctx.cfg.decode.fps) < 0.05)
+            length = w.getnframes()
     except (OSError, wave.Error, EOFError) as e:
         raise StepError(STEP, f"unreadable: {e}", wav) from e
     if not ok:
         raise StepError(STEP, "not 16 kHz mono or its length does not match the frames", wav)
+    audio = ctx.manifest.get("audio") or {}
+    if audio.get("timing") != ctx.cfg.decode.audio_timing or audio.get("num_samples") != length:
+        raise StepError(STEP, f"no record that it was decoded with audio_timing="
+                              f"{ctx.cfg.decode.audio_timing!r} (written by an older version, or "
+                              "by hand); rerun the decode step", wav)
 
 
 def settings(cfg) -> dict:
