@@ -269,28 +269,39 @@ def place_on_clock(samples: np.ndarray, frames: np.ndarray, n_out: int, jitter: 
     ``shift`` is added to every pts. A frame that starts within ``jitter`` samples of where
     the previous one ended continues it seamlessly (timestamp rounding); a later start is a
     gap, left silent; an earlier one an overlap, whose repeated samples are dropped (the
-    earlier audio is kept). Audio before time 0 or past ``n_out`` is cut. Returns the
-    waveform [n_out] and what was found: start offset and every gap and overlap, in samples.
+    audio already placed is kept). Audio before time 0 or past ``n_out`` is cut. Returns the
+    waveform [n_out] and what was found, in samples: the first frame's start, the gaps
+    ``(where, length)`` and the overlaps ``(where, samples dropped)``; consecutive frames
+    that all repeat placed audio (a muxer that squeezed an overlap into rising timestamps)
+    count as one overlap.
     """
     out = np.zeros(n_out, np.float32)
-    gaps, overlaps = [], []
-    pos, src = None, 0  # pos: where the previous frame ended on the clock
+    gaps: list[list[int]] = []
+    overlaps: list[list[int]] = []
+    end = written = None  # where the previous frame ended; the furthest sample placed
+    src, repeating = 0, False
     for pts, length in frames.tolist():
         pts += shift
-        if pos is None or abs(pts - pos) > jitter:
-            if pos is not None:
-                (gaps if pts > pos else overlaps).append((pos, abs(pts - pos)))
-            target = pts
-        else:
-            target = pos
-        first = target if pos is None else max(target, pos)  # overlapped samples are dropped
+        jump = end is not None and abs(pts - end) > jitter
+        target = pts if end is None or jump else end
+        if jump and pts > end:
+            gaps.append([end, pts - end])
+        dropped = 0 if written is None else max(0, min(written, target + length) - target)
+        if dropped and (jump or repeating):
+            if repeating:
+                overlaps[-1][1] += dropped
+            else:
+                overlaps.append([target, dropped])
+        repeating = dropped > 0 and (jump or repeating)
+        first = target + dropped
         lo, hi = max(first, 0), min(target + length, n_out)
         if hi > lo:
             out[lo:hi] = samples[src + lo - target:src + hi - target]
         src += length
-        pos = target + length if pos is None else max(pos, target + length)
+        end = target + length
+        written = end if written is None else max(written, end)
     return out, {"start": int(frames[0, 0]) + shift if len(frames) else 0,
-                 "gaps": gaps, "overlaps": overlaps}
+                 "gaps": [tuple(g) for g in gaps], "overlaps": [tuple(o) for o in overlaps]}
 
 
 def _listing(events: list[tuple[int, int]], sr: int) -> list[dict]:
