@@ -12,7 +12,8 @@ import sys
 
 
 STEPS_HELP = """steps, in order (manifest keys): decode (25 fps head crop + 16 kHz audio),
-landmarks (MediaPipe 478 + blendshapes + 68-point .lms), parsing (head/neck/torso masks),
+landmarks (MediaPipe 478 + blendshapes + 68-point .lms), av_sync (audio vs mouth: offset,
+drift, previews/av_sync.png; refuses out-of-sync audio), parsing (head/neck/torso masks),
 background (bc.jpg, gt_imgs, torso_imgs), face_fit (focal search + coarse pose), tracking
 (stable head keypoints), bundle_adjustment (poses -> transforms_*.json), audio (aud_mel.npy,
 aud_ow.npy), previews (previews/*.png)"""

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from nerfhead.config import from_dict, load_yaml, resolve_preset
 from preprocess.audio import AudioConfig
+from preprocess.av_sync import AvSyncConfig
 from preprocess.background import BackgroundConfig
 from preprocess.bundle import BundleConfig
 from preprocess.decode import DecodeConfig
@@ -29,6 +30,7 @@ class PreprocessConfig:
 
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
+    av_sync: AvSyncConfig = field(default_factory=AvSyncConfig)
     parsing: ParsingConfig = field(default_factory=ParsingConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     face_fit: FaceFitConfig = field(default_factory=FaceFitConfig)

@@ -43,6 +43,7 @@ log = logging.getLogger("preprocess")
 def default_steps() -> list[Step]:
     """Every preprocessing step, in the order they run."""
     from preprocess.audio import AUDIO
+    from preprocess.av_sync import AV_SYNC
     from preprocess.background import BACKGROUND_STEP
     from preprocess.bundle import BUNDLE_STEP
     from preprocess.decode import DECODE
@@ -52,7 +53,7 @@ def default_steps() -> list[Step]:
     from preprocess.previews import PREVIEWS
     from preprocess.tracking import TRACKING_STEP
 
-    return [DECODE, LANDMARKS, PARSING_STEP, BACKGROUND_STEP, FACE_FIT_STEP, TRACKING_STEP,
+    return [DECODE, LANDMARKS, AV_SYNC, PARSING_STEP, BACKGROUND_STEP, FACE_FIT_STEP, TRACKING_STEP,
             BUNDLE_STEP, AUDIO, PREVIEWS]
 
 
