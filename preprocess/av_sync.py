@@ -9,21 +9,30 @@ onsets, which gives a correlation peak about a frame wide, where the raw curves 
 several frames long) give a broad one that drifts onto neighbouring syllables.
 
 In each window (``window_seconds`` long, every ``hop_seconds``) the lag ``d`` that maximises
-corr(opening'[t], energy'[t - d]) is searched over ``max_lag_frames`` either way of the
-median lag of the previous reliable windows (so the search follows a drift of many frames)
-and refined to a fraction of a frame with a parabola through the peak. ``d`` is how far the
+corr(opening'[t], energy'[t - d]) is searched, and refined to a fraction of a frame with a
+parabola through the peak: over ``search_frames`` either way until a window locks on (at the
+start, and again after 3 inconclusive windows in a row), then over ``max_lag_frames`` either
+way of the median lag of the last reliable windows, so the search follows a drift of many
+frames without wandering onto the side peaks of the syllable rhythm. ``d`` is how far the
 mouth trails the sound; in footage known to be in sync it is about ``expected_lag_frames``
 (GRID s1 with its audio on the video's clock: +1.0, the lips open fastest just after the
 sound starts), so the step reports ``offset = d - expected_lag_frames``: how many frames the
 audio runs AHEAD of the video (negative: behind); ``--set decode.audio_offset=<offset/fps>``
-delays the audio by that much. A window is unreliable, and left out, when it holds too little
-speech (``min_speech_fraction`` of its frames above the clip's silence level + 12 dB), when
-its best correlation is below ``min_correlation``, or when the best lag sits at the edge of
-the search. A robust line (Theil-Sen) through the reliable windows' offsets against time
-gives the clip's offset (at its middle) and drift (frames per minute); the worst case is the
-line's largest |offset| over the clip. Above ``warn_frames``: a warning; above
-``fail_frames``: the step refuses (StepError) unless ``on_fail`` is ``proceed``. Too few
-reliable windows: the sync is reported unmeasured, with a warning, never as passed.
+delays the audio by that much.
+
+A window is unreliable, and left out, when it holds too little speech
+(``min_speech_fraction`` of its frames 12 dB above the clip's silence level and within 35 dB
+of its loud speech), when its best correlation is below ``min_correlation``, when that
+correlation is not clearly above chance (``min_confidence`` standard deviations above the
+best correlations the same search finds against the audio moved by a second or more), or
+when the best lag sits at the edge of the search. A robust line (Theil-Sen) through the
+reliable windows' offsets against time gives the clip's offset (at its middle) and drift
+(frames per minute); the worst case is the line's largest |offset| over the clip. Above
+``warn_frames``: a warning; above ``fail_frames``: the step refuses (StepError naming the way
+forward) unless ``on_fail`` is ``proceed``. Fewer than ``min_windows`` reliable windows, or
+fewer than ``min_reliable_fraction`` of the windows with speech: the sync is reported
+unmeasured, with a warning, never as in sync (e.g. 8 s of HDTF: the correlations of its
+fluent speech with the lips do not rise above chance).
 
 Writes ``previews/av_sync.png`` (offset per window against time, reliable windows coloured by
 their correlation, the fitted line and the bounds) and the numbers in the manifest (the
@@ -44,6 +53,7 @@ PLOT = "previews/av_sync.png"
 ON_FAIL = ("refuse", "proceed")
 UPPER_LIP, LOWER_LIP, EYE_R, EYE_L = 0, 17, 33, 263  # MediaPipe face-mesh indices
 SPEECH_DB = 12.0  #: a frame is speech when its band energy is this far above the silence level
+SPEECH_RANGE_DB = 35.0  #: ... and no further than this below the clip's loud speech
 
 
 @dataclass
@@ -66,6 +76,7 @@ class AvSyncConfig:
     #: correlations of the same mouth against the audio of other times) are unreliable
     min_confidence: float = 2.5
     min_speech_fraction: float = 0.2  #: windows with a smaller share of speech frames are unreliable
+    min_seconds: float = 4.0  #: shorter clips are not measured (reported unmeasured)
     min_windows: int = 1  #: fewer reliable windows: the sync is reported unmeasured
     #: a smaller share of reliable windows among those with speech: the sync is reported
     #: unmeasured (the peaks found are then as likely chance as the sync)
@@ -150,12 +161,14 @@ def measure(opening: np.ndarray, energy: np.ndarray, cfg: AvSyncConfig, fps: flo
     """Window-by-window lags, the fitted offset and drift, and the verdict's numbers."""
     n = min(len(opening), len(energy))
     vel_o, vel_e = np.gradient(opening[:n]), np.gradient(energy[:n])
-    floor = np.percentile(energy[:n], 10)
-    speech = energy[:n] > floor + SPEECH_DB / 20 * np.log(10)
+    db = np.log(10) / 20  # one decibel in natural-log amplitude
+    floor, loud = np.percentile(energy[:n], [10, 95])
+    speech = energy[:n] > max(floor + SPEECH_DB * db, loud - SPEECH_RANGE_DB * db)
     win = max(int(round(cfg.window_seconds * fps)), 1)
     hop = max(int(round(cfg.hop_seconds * fps)), 1)
-    # a clip shorter than a window is one window, if it leaves room for the lag search
-    starts = list(range(0, n - win + 1, hop)) if n >= win else ([0] if n >= 4 * fps else [])
+    # a clip shorter than a window is one window, unless it is shorter than min_seconds
+    starts = (list(range(0, n - win + 1, hop)) if n >= win else
+              [0] if n >= cfg.min_seconds * fps else [])
     expected = cfg.expected_lag_frames
     windows, found, misses = [], [], 0
     for s in starts:
@@ -216,7 +229,7 @@ def fit_line(windows: list[dict], duration: float, cfg: AvSyncConfig) -> dict:
     if len(good) >= 3 and np.ptp(t) > 0:
         from scipy.stats import theilslopes
 
-        slope, intercept = theilslopes(y, t)[:2]
+        slope, intercept = theilslopes(y, t, method="joint")[:2]  # median(y - slope t)
     else:  # one or two windows: an offset, no drift
         slope, intercept = 0.0, float(np.median(y))
     line = lambda x: intercept + slope * x  # noqa: E731

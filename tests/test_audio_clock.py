@@ -230,3 +230,26 @@ def test_unknown_audio_timing_is_refused(grid_video, tmp_path):
     with pytest.raises(StepError, match="audio_timing"):
         _write_audio(grid_video, tmp_path / "a.wav", 0.0, 1.0, DecodeConfig(audio_timing="pts"))
     assert not (tmp_path / "a.wav").exists()
+
+
+def test_features_follow_a_redecoded_audio(grid_video, tmp_path):
+    """A dataset decoded the old way and featurised: decoding it again on the timestamps
+    makes the audio step run again on the new aud.wav (its input changed), nothing stale."""
+    from preprocess.audio import AUDIO, AudioConfig
+
+    out = tmp_path / "data"
+
+    def run(timing):
+        cfg = SimpleNamespace(decode=DecodeConfig(crop_size=64, probe_frames=2, max_seconds=8.0,
+                                                  start_seconds=1.0, audio_timing=timing),
+                              audio=AudioConfig(kinds=["mel"]), weights_dir=None)
+        res = driver.run_steps(grid_video, out, cfg, steps=[DECODE, AUDIO])
+        return {r.name: r.status for r in res}, np.load(out / "aud_mel.npy")
+
+    assert run("ignore_timestamps")[0] == {"decode": "ran", "audio": "ran"}
+    status, old = run("ignore_timestamps")
+    assert status == {"decode": "skipped", "audio": "skipped"}
+    status, new = run("timestamps")
+    assert status == {"decode": "ran", "audio": "ran"}
+    # the 3-s join at 3 s (2 s in): the old audio runs 22 ms early after it, the new does not
+    assert np.abs(new[:40] - old[:40]).max() < 1e-4 and np.abs(new[60:] - old[60:]).max() > 0.1
