@@ -8,6 +8,11 @@ median face centre (room for neck and shoulders), ``crop_scale`` x the face size
 shrunk/shifted to lie inside the frame. ffmpeg (bundled with imageio-ffmpeg) resamples to
 25 fps (``fps`` filter: variable-frame-rate sources are retimed by dropping/duplicating
 frames; the manifest notes when the source was VFR), crops and scales in one pass.
+
+The audio is laid out by presentation time on the clock of the written frames (gaps in its
+timestamps become silence, overlaps are dropped), so that sample ``t`` of ``aud.wav`` is heard
+while frame ``t * fps / sample_rate`` is shown even when the source was joined or cut; what
+was found is recorded in the manifest's ``audio`` section (docs/audio_sync.md).
 """
 
 from __future__ import annotations
@@ -304,6 +309,12 @@ def place_on_clock(samples: np.ndarray, frames: np.ndarray, n_out: int, jitter: 
                  "gaps": [tuple(g) for g in gaps], "overlaps": [tuple(o) for o in overlaps]}
 
 
+def _check_audio_settings(cfg: DecodeConfig) -> None:
+    if cfg.audio_timing not in AUDIO_TIMINGS:
+        raise StepError(STEP, f"decode.audio_timing must be one of {AUDIO_TIMINGS}, "
+                              f"got {cfg.audio_timing!r}")
+
+
 def _listing(events: list[tuple[int, int]], sr: int) -> list[dict]:
     return [{"at": round(t / sr, 4), "seconds": round(n / sr, 4)} for t, n in events[:MAX_LISTED]]
 
@@ -311,21 +322,26 @@ def _listing(events: list[tuple[int, int]], sr: int) -> list[dict]:
 def _write_audio(path: Path, dest: Path, start: float, seconds: float, cfg: DecodeConfig) -> dict:
     """Write ``aud.wav`` (16-bit mono, exactly ``seconds`` long) with sample ``t`` at frame
     time ``t``; returns the manifest's ``audio`` record (timing found in the source)."""
-    if cfg.audio_timing not in AUDIO_TIMINGS:
-        raise StepError(STEP, f"decode.audio_timing must be one of {AUDIO_TIMINGS}, "
-                              f"got {cfg.audio_timing!r}")
+    _check_audio_settings(cfg)
     sr = cfg.sample_rate
     n = int(round(seconds * sr))
-    samples, frames = decode_audio_frames(path, start, seconds + max(0.0, -cfg.audio_offset), sr)
+    # a delayed audio starts with what precedes the cut: decode from that much earlier
+    early = min(start, max(0.0, cfg.audio_offset))
+    samples, frames = decode_audio_frames(path, start - early,
+                                          seconds + early + max(0.0, -cfg.audio_offset), sr)
+    frames[:, 0] -= int(round(early * sr))  # back on the clock of the frames written
     shift = int(round(cfg.audio_offset * sr))
     jitter = int(round(cfg.audio_jitter_ms * sr / 1000))
     placed, found = place_on_clock(samples, frames, n, jitter, shift)
     if cfg.audio_timing == "ignore_timestamps":  # one run of samples from the first one on
         placed = np.zeros(n, np.float32)
-        a, b = max(shift, 0), max(0, min(n, shift + samples.size))
-        placed[a:b] = samples[a - shift:b - shift]
+        base = shift - int(round(early * sr))  # where the first decoded sample goes
+        a, b = max(base, 0), max(0, min(n, base + samples.size))
+        placed[a:b] = samples[a - base:b - base]
     gaps, overlaps = found["gaps"], found["overlaps"]
     start_offset = found["start"] - shift  # the source's own, before the requested shift
+    if early and start_offset <= jitter - int(round(early * sr)):
+        start_offset = 0  # the audio was already running at the cut, as a plain cut reports
     # how far samples concatenated from the first one run ahead of their timestamps at the
     # last frame: the source's start offset plus every timestamp jump before it
     ahead = (start_offset + sum(k for t, k in gaps if t < n) - sum(k for t, k in overlaps if t < n))
@@ -362,6 +378,7 @@ def _replace_dir(tmp_dir: Path, final: Path) -> None:
 
 def run(ctx: StepContext) -> dict:
     cfg: DecodeConfig = ctx.cfg.decode
+    _check_audio_settings(cfg)  # before the long part
     path = Path(ctx.video)
     info = probe(path)
     if not info.has_audio:

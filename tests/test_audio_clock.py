@@ -206,13 +206,23 @@ def test_bursts_land_on_their_flash_frames(clips, tmp_path, kind, start):
             assert abs(old_miss[-1] + rec["ahead_at_end_without_timestamps"]) < 2 * FRAME
 
 
-def test_audio_offset_delays_the_audio(clips, tmp_path):
+@pytest.mark.parametrize("start", [0.0, 1.28])
+def test_audio_offset_delays_the_audio(clips, tmp_path, start):
     video = clips("gaps")
-    m = decode(video, tmp_path / "out", audio_offset=0.2)
+    m = decode(video, tmp_path / "out", audio_offset=0.2, start_seconds=start)
     flashes = flash_frames(tmp_path / "out" / "ori_imgs")
-    miss = misses(burst_onsets(read_wav(tmp_path / "out" / "aud.wav")), flashes)
+    audio = read_wav(tmp_path / "out" / "aud.wav")
+    miss = misses(burst_onsets(audio), flashes)
     assert np.abs(miss - 0.2).max() < FRAME / 2
     assert m["audio"]["applied_offset"] == 0.2 and m["audio"]["start_offset"] == pytest.approx(0, abs=1e-3)
+    # after a cut, the delayed audio begins with the sound from before the cut, not silence
+    head = np.abs(audio[:int(0.2 * 16000)]).max()
+    assert head > 0.01 if start else head == 0, head
+    old = _write_audio(video, tmp_path / "old.wav", start, m["video"]["num_frames"] / FPS,
+                       DecodeConfig(audio_timing="ignore_timestamps", audio_offset=0.2))
+    first = misses(burst_onsets(read_wav(tmp_path / "old.wav")), flashes)[0]
+    assert first == pytest.approx(miss[0], abs=0.002)  # no gap before the first flash
+    assert old["applied_offset"] == 0.2
 
 
 # ------------------------------------------------------------------------- hand-computed
