@@ -340,9 +340,9 @@ def _report(ctx: StepContext, cfg: AvSyncConfig, r: dict, fps: float, timing: st
         ctx.log.info("av_sync: in sync: %s", text)
         return
     if status == "warn" or cfg.on_fail == "proceed":
-        ctx.log.warning("av_sync: %s: %s (bounds: warn %.1f, refuse %.1f frames)%s; see %s",
+        ctx.log.warning("av_sync: %s: %s (bounds: warn %.1f, refuse %.1f frames); see %s",
                         "OUT OF SYNC, kept (on_fail=proceed)" if status == "fail" else "slightly off",
-                        text, cfg.warn_frames, cfg.fail_frames, "", ctx.path(PLOT))
+                        text, cfg.warn_frames, cfg.fail_frames, ctx.path(PLOT))
         return
     drifting = abs(r["end_offset_frames"] - r["start_offset_frames"]) > cfg.warn_frames
     if timing == "ignore_timestamps":

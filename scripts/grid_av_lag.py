@@ -10,8 +10,10 @@ cross-correlates a speech indicator built from the word timings (1 inside a word
 5 ms hop) over lags of +-0.4 s around the recent sentences' lag and refines the peak with a parabola: the lag is where the
 sound is against where the labels put it (positive: the audio comes late, negative: it runs
 ahead of the video). With ``--landmarks`` it does the same for the mouth opening (outer-lip
-gap / eye distance, 25 Hz, linear interpolation to the 5 ms grid), whose lag includes the
-speaker's own lead of the lips over the sound.
+gap / eye distance, 25 Hz, linear interpolation to the 5 ms grid): only its median means
+something (the opening is a poor match for the word boxes sentence by sentence). The level of
+the lags depends on the estimator by up to a frame (``--smooth-ms``); their slope and spread
+do not.
 
 Usage:
   python3 scripts/grid_av_lag.py DATA/aud.wav [--landmarks DATA/landmarks.npy]
@@ -84,7 +86,7 @@ def best_lag(label: np.ndarray, signal: np.ndarray, start: int, max_lag: int) ->
     return float(lags[k])
 
 
-def sentence_lags(sentences, track: np.ndarray) -> list[float | None]:
+def sentence_lags(sentences, track: np.ndarray, smooth_ms: float = 0.0) -> list[float | None]:
     """Per sentence, the lag (seconds) of ``track`` (sampled every HOP s) against the words.
 
     The search is centred on the median lag of the previous 5 sentences: a drifting track
@@ -98,6 +100,10 @@ def sentence_lags(sentences, track: np.ndarray) -> list[float | None]:
         label = np.zeros(per)
         for a, b in words:
             label[(t >= a) & (t < b)] = 1.0
+        if smooth_ms > 0:
+            from scipy.ndimage import gaussian_filter1d
+
+            label = gaussian_filter1d(label, smooth_ms / 1000 / HOP)
         lag = best_lag(label, track, i * per + centre, int(round(MAX_LAG / HOP)))
         if lag is None:
             out.append(None)
@@ -121,7 +127,11 @@ def summarise(lags: list[float | None], fps: float = 25.0) -> dict:
     v = np.array([x for x in lags if x is not None])
     idx = np.array([i for i, x in enumerate(lags) if x is not None])
     slope = float(np.polyfit(idx, v, 1)[0]) if len(v) > 1 else float("nan")
+    med = float(np.median(v))
     return {"sentences": len(v), "max_abs_lag_frames": float(np.abs(v).max() * fps),
+            "median_lag_frames": med * fps,
+            "max_abs_from_median_frames": float(np.abs(v - med).max() * fps),
+            "mean_abs_from_median_frames": float(np.abs(v - med).mean() * fps),
             "mean_abs_lag_frames": float(np.abs(v).mean() * fps),
             "mean_lag_frames": float(v.mean() * fps), "first_lag_frames": float(v[0] * fps),
             "last_lag_frames": float(v[-1] * fps),
@@ -134,6 +144,9 @@ def main(argv=None) -> int:
     p.add_argument("--landmarks", type=Path, help="landmarks.npy of the same dataset")
     p.add_argument("--clips", type=Path, default=SHARED / "grid_s1_300s.clips.txt")
     p.add_argument("--align", type=Path, default=None, help="default: grid_s1_align beside --clips")
+    p.add_argument("--smooth-ms", type=float, default=0.0,
+                   help="smooth the word indicator with a Gaussian of this sigma (the level of "
+                        "the lag moves by up to a frame with it; slope and spread do not)")
     p.add_argument("--json", type=Path, help="write per-sentence lags and the summary here")
     p.add_argument("--plot", type=Path, help="PNG of the lag per sentence")
     args = p.parse_args(argv)
@@ -141,9 +154,9 @@ def main(argv=None) -> int:
 
     sentences = read_sentences(args.clips, args.align or args.clips.parent / "grid_s1_align")
     samples = load_audio(args.wav).astype(np.float64)
-    result = {"audio": sentence_lags(sentences, band_log_energy(samples, 16000))}
+    result = {"audio": sentence_lags(sentences, band_log_energy(samples, 16000), args.smooth_ms)}
     if args.landmarks:
-        result["mouth"] = sentence_lags(sentences, mouth_track(args.landmarks))
+        result["mouth"] = sentence_lags(sentences, mouth_track(args.landmarks), args.smooth_ms)
     summary = {k: summarise(v) for k, v in result.items()}
     for i, (name, _) in enumerate(sentences):
         cells = "  ".join(f"{k} {'-' if v[i] is None else f'{v[i] * 25:+6.2f}'}"
@@ -151,9 +164,10 @@ def main(argv=None) -> int:
         print(f"{i:3d} {name}  lag in frames: {cells}")
     for k, s in summary.items():
         print(f"{k}: max |lag| {s['max_abs_lag_frames']:.2f} frames, mean |lag| "
-              f"{s['mean_abs_lag_frames']:.2f}, mean {s['mean_lag_frames']:+.2f}, "
-              f"{s['slope_frames_per_sentence']:+.3f} frames per sentence "
-              f"({s['sentences']} sentences)")
+              f"{s['mean_abs_lag_frames']:.2f}, median {s['median_lag_frames']:+.2f} "
+              f"(max / mean distance from it {s['max_abs_from_median_frames']:.2f} / "
+              f"{s['mean_abs_from_median_frames']:.2f}), {s['slope_frames_per_sentence']:+.3f} "
+              f"frames per sentence ({s['sentences']} sentences)")
     if args.json:
         args.json.write_text(json.dumps({"lags_seconds": result, "summary": summary}, indent=1))
     if args.plot:
@@ -163,9 +177,10 @@ def main(argv=None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(8, 3.2))
-        for k, v in result.items():
+        for k, v in result.items():  # the mouth is noisy sentence by sentence: faint dots
             ax.plot([i for i, x in enumerate(v) if x is not None],
-                    [x * 25 for x in v if x is not None], ".-", label=k)
+                    [x * 25 for x in v if x is not None], ".-" if k == "audio" else ".",
+                    alpha=1.0 if k == "audio" else 0.4, label=k)
         ax.axhspan(-1, 1, color="green", alpha=0.1, label="within a frame")
         ax.set_xlabel("sentence (3 s each)")
         ax.set_ylabel("lag vs word timings (frames)")
