@@ -43,7 +43,7 @@ def check_dataset(d, n_expected: int = int(SECONDS * 25)):
     assert bs.shape == (n, 52) and 0 <= bs.min() and bs.max() <= 1
     assert m["audio"]["timing"] == "timestamps" and m["audio"]["num_samples"] == n * 640
     # 3 s is shorter than the sync check's 4-s minimum: unmeasured, said so (not "in sync")
-    assert m["av_sync"]["status"] == "unmeasured"
+    assert m["steps"]["av_sync"]["stats"]["status"] == "unmeasured"
     mel = np.load(d / "aud_mel.npy")
     assert mel.shape == (n, 16, 80) and np.isfinite(mel).all()
     if "ow" in m["steps"]["audio"]["stats"]["kinds"]:
