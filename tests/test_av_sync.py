@@ -126,8 +126,9 @@ def test_windows_without_speech_or_relation_are_not_counted(speech):
     # a mouth unrelated to the speech: nothing above chance, so unmeasured (not "in sync")
     r = measure(rng.permutation(o), speech_energy(speech, len(o)), AvSyncConfig())
     assert r["status"] == "unmeasured" and r["offset_frames"] is None
-    # shorter than a window and than 4 s: no window at all
-    assert measure(o[:90], speech_energy(speech[:90 * SPF], 90), AvSyncConfig())["status"] == "unmeasured"
+    # shorter than min_seconds: no window at all
+    short = measure(o[:240], speech_energy(speech[:240 * SPF], 240), AvSyncConfig())
+    assert short["status"] == "unmeasured" and short["windows_total"] == 0
 
 
 def test_fit_line_is_robust_to_an_outlier_window():

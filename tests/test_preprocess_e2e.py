@@ -42,7 +42,7 @@ def check_dataset(d, n_expected: int = int(SECONDS * 25)):
     bs = np.load(d / "bs.npy")
     assert bs.shape == (n, 52) and 0 <= bs.min() and bs.max() <= 1
     assert m["audio"]["timing"] == "timestamps" and m["audio"]["num_samples"] == n * 640
-    # 3 s is shorter than the sync check's 4-s minimum: unmeasured, said so (not "in sync")
+    # 3 s is shorter than the sync check's 10-s minimum: unmeasured, said so (not "in sync")
     assert m["steps"]["av_sync"]["stats"]["status"] == "unmeasured"
     mel = np.load(d / "aud_mel.npy")
     assert mel.shape == (n, 16, 80) and np.isfinite(mel).all()
