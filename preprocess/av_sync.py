@@ -29,7 +29,9 @@ with its phases randomised), or when the best lag sits at the edge of the search
 windows' search starts from the lag of the clip's first minute as a whole when that is
 clearly above chance (a minute gives a clear peak where a window may not). A robust line (Theil-Sen) through the
 reliable windows' offsets against time gives the clip's offset (at its middle) and drift
-(frames per minute); the worst case is the line's largest |offset| over the clip. Above
+(frames per minute); the worst case is the line's largest |offset| over the clip. With too
+few reliable windows, the first minute's lag as a whole (if clearly above chance) gives the
+offset, without a drift. Above
 ``warn_frames``: a warning; above ``fail_frames``: the step refuses (StepError naming the way
 forward) unless ``on_fail`` is ``proceed``. Fewer than ``min_windows`` reliable windows, or
 fewer than ``min_reliable_fraction`` of the windows with speech: the sync is reported
@@ -149,6 +151,17 @@ def corr_at_lags(a: np.ndarray, b: np.ndarray, lo: int, hi: int, lags: np.ndarra
     return r if circular else r[0]
 
 
+def peak(corr: np.ndarray, lags: np.ndarray) -> tuple[int, float]:
+    """Index of the best correlation and its lag refined by a parabola through it."""
+    k = int(np.nanargmax(corr))
+    lag = float(lags[k])
+    if 0 < k < len(lags) - 1 and np.isfinite(corr[[k - 1, k + 1]]).all():
+        den = corr[k - 1] - 2 * corr[k] + corr[k + 1]
+        if den < 0:
+            lag += 0.5 * (corr[k - 1] - corr[k + 1]) / den
+    return k, float(lag)
+
+
 def surrogates(x: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """[count, len(x)] series with the power spectrum of ``x`` and random phases: the same
     rhythm and smoothness, no alignment with anything (a fixed seed keeps the step
@@ -209,12 +222,7 @@ def measure(opening: np.ndarray, energy: np.ndarray, cfg: AvSyncConfig, fps: flo
              "lag_frames": None, "offset_frames": None, "correlation": None, "confidence": None,
              "reliable": False}
         if np.isfinite(corr).any():
-            k = int(np.nanargmax(corr))
-            lag = float(lags[k])
-            if 0 < k < len(lags) - 1 and np.isfinite(corr[[k - 1, k + 1]]).all():
-                den = corr[k - 1] - 2 * corr[k] + corr[k + 1]
-                if den < 0:
-                    lag += 0.5 * (corr[k - 1] - corr[k + 1]) / den
+            k, lag = peak(corr, lags)
             z = confidence(corr[k], chance_peaks(vel_o, chance, s, e, lags))
             w.update(lag_frames=round(lag, 3), offset_frames=round(lag - expected, 3),
                      correlation=round(float(corr[k]), 3), confidence=round(float(z), 2))
@@ -232,7 +240,7 @@ def measure(opening: np.ndarray, energy: np.ndarray, cfg: AvSyncConfig, fps: flo
             found.append(w["lag_frames"])
             misses = 0
         windows.append(w)
-    return {"windows": windows, "lock": lock, **fit_line(windows, n / fps, cfg)}
+    return {"windows": windows, "lock": lock, **fit_line(windows, n / fps, cfg, lock)}
 
 
 def lock_on(vel_o: np.ndarray, vel_e: np.ndarray, chance: np.ndarray, cfg: AvSyncConfig,
@@ -248,28 +256,37 @@ def lock_on(vel_o: np.ndarray, vel_e: np.ndarray, chance: np.ndarray, cfg: AvSyn
     corr = corr_at_lags(vel_o, vel_e, 0, m, lags)
     if not np.isfinite(corr).any():
         return None
-    k = int(np.nanargmax(corr))
+    k, lag = peak(corr, lags)
     z = confidence(corr[k], chance_peaks(vel_o, chance, 0, m, lags))
     if z < cfg.min_confidence or corr[k] < cfg.min_correlation or k in (0, len(lags) - 1):
         return None
-    return {"lag_frames": float(lags[k]), "correlation": round(float(corr[k]), 3),
-            "confidence": round(float(z), 2), "seconds": m / fps}
+    return {"lag_frames": round(float(lag), 3),
+            "offset_frames": round(float(lag - cfg.expected_lag_frames), 3),
+            "correlation": round(float(corr[k]), 3), "confidence": round(float(z), 2),
+            "seconds": m / fps}
 
 
-def fit_line(windows: list[dict], duration: float, cfg: AvSyncConfig) -> dict:
+def fit_line(windows: list[dict], duration: float, cfg: AvSyncConfig,
+             lock: dict | None = None) -> dict:
     """Offset (frames, at the clip's middle), drift (frames/minute) and the worst |offset|
-    over the clip, from a Theil-Sen line through the reliable windows' offsets."""
+    over the clip, from a Theil-Sen line through the reliable windows' offsets; with too
+    few of those, the offset of the first minute as a whole (``lock``, no drift) if it was
+    clear, else unmeasured."""
     good = [w for w in windows if w["reliable"]]
     speech = [w for w in windows if w["speech_fraction"] >= cfg.min_speech_fraction]
     out = {"windows_total": len(windows), "windows_with_speech": len(speech),
-           "windows_reliable": len(good), "duration_s": duration}
+           "windows_reliable": len(good), "duration_s": duration, "basis": "windows"}
     if len(good) < max(cfg.min_windows, 1) or len(good) < cfg.min_reliable_fraction * len(speech):
-        return {**out, "status": "unmeasured", "offset_frames": None,
-                "drift_frames_per_minute": None, "worst_offset_frames": None,
-                "max_window_offset_frames": None}
-    t = np.array([w["centre_s"] for w in good])
-    y = np.array([w["offset_frames"] for w in good])
-    if len(good) >= 3 and np.ptp(t) > 0:
+        if lock is None:
+            return {**out, "status": "unmeasured", "basis": None, "offset_frames": None,
+                    "drift_frames_per_minute": None, "worst_offset_frames": None,
+                    "max_window_offset_frames": None}
+        out["basis"] = f"the first {lock['seconds']:g} s as a whole (drift not measured)"
+        t, y = np.array([lock["seconds"] / 2]), np.array([lock["offset_frames"]])
+    else:
+        t = np.array([w["centre_s"] for w in good])
+        y = np.array([w["offset_frames"] for w in good])
+    if len(t) >= 3 and np.ptp(t) > 0:
         from scipy.stats import theilslopes
 
         slope, intercept = theilslopes(y, t, method="joint")[:2]  # median(y - slope t)
@@ -279,12 +296,15 @@ def fit_line(windows: list[dict], duration: float, cfg: AvSyncConfig) -> dict:
     worst = max(abs(line(0.0)), abs(line(duration)))
     status = ("fail" if worst > cfg.fail_frames else "warn" if worst > cfg.warn_frames else "pass")
     return {**out, "status": status, "offset_frames": round(float(line(duration / 2)), 3),
-            "drift_frames_per_minute": round(float(slope * 60), 3),
+            "drift_frames_per_minute": round(float(slope * 60), 3) if out["basis"] == "windows"
+            else None,
             "start_offset_frames": round(float(line(0.0)), 3),
             "end_offset_frames": round(float(line(duration)), 3),
             "worst_offset_frames": round(float(worst), 3),
-            "max_window_offset_frames": round(float(np.abs(y).max()), 3),
-            "median_correlation": round(float(np.median([w["correlation"] for w in good])), 3)}
+            "max_window_offset_frames": round(max(abs(w["offset_frames"]) for w in good), 3)
+            if good else None,
+            "median_correlation": round(float(np.median([w["correlation"] for w in good])), 3)
+            if good else lock["correlation"]}
 
 
 # ---------------------------------------------------------------------------------- plot
@@ -313,7 +333,9 @@ def plot(result: dict, cfg: AvSyncConfig, path: Path, title: str = "") -> None:
         d = result["duration_s"]
         ax.plot([0, d], [result["start_offset_frames"], result["end_offset_frames"]], "k-", lw=1.2,
                 label=f"fit: {result['offset_frames']:+.2f} frames, "
-                      f"{result['drift_frames_per_minute']:+.2f} frames/min")
+                      f"{result['drift_frames_per_minute']:+.2f} frames/min"
+                if result["drift_frames_per_minute"] is not None else
+                f"{result['offset_frames']:+.2f} frames over {result['basis']}")
     ax.set_xlabel("time in the clip (s)")
     ax.set_ylabel("audio ahead of video (frames)")
     verdict = result["status"].upper()
@@ -373,11 +395,15 @@ def _report(ctx: StepContext, cfg: AvSyncConfig, r: dict, fps: float, timing: st
                         r["windows_reliable"], r["windows_total"], r["windows_with_speech"],
                         cfg.min_windows, 100 * cfg.min_reliable_fraction, ctx.path(PLOT))
         return
-    text = (f"audio {'ahead of' if r['offset_frames'] >= 0 else 'behind'} the video by "
-            f"{abs(r['offset_frames']):.2f} frames ({abs(r['offset_frames']) / fps * 1000:.0f} ms) "
-            f"at mid-clip, drift {r['drift_frames_per_minute']:+.2f} frames/minute, "
-            f"{r['start_offset_frames']:+.2f} at the start and {r['end_offset_frames']:+.2f} at the "
-            f"end ({r['windows_reliable']}/{r['windows_total']} windows reliable)")
+    lead = (f"audio {'ahead of' if r['offset_frames'] >= 0 else 'behind'} the video by "
+            f"{abs(r['offset_frames']):.2f} frames ({abs(r['offset_frames']) / fps * 1000:.0f} ms)")
+    if r["drift_frames_per_minute"] is None:
+        text = (f"{lead} over {r['basis']}; {r['windows_reliable']}/{r['windows_total']} "
+                "windows reliable")
+    else:
+        text = (f"{lead} at mid-clip, drift {r['drift_frames_per_minute']:+.2f} frames/minute, "
+                f"{r['start_offset_frames']:+.2f} at the start and {r['end_offset_frames']:+.2f} "
+                f"at the end ({r['windows_reliable']}/{r['windows_total']} windows reliable)")
     if status == "pass":
         ctx.log.info("av_sync: in sync: %s", text)
         return

@@ -200,14 +200,15 @@ def test_step_passes_in_sync_audio_and_records_it(speech, tmp_path):
 # --------------------------------------------------------------------------- real mouth
 @pytest.fixture(scope="module")
 def grid_delayed(grid_video, tmp_path_factory):
-    """30 s of GRID whose audio CONTENT is 0.2 s late (re-encoded with adelay: the timestamps
-    say it is in sync), decoded and landmarked."""
+    """30 s of GRID (from 30 s in) whose audio CONTENT is 0.2 s late (re-encoded with adelay:
+    the timestamps say it is in sync), decoded and landmarked."""
     from preprocess.decode import DECODE
     from preprocess.landmarks import LANDMARKS, LandmarksConfig
 
     d = tmp_path_factory.mktemp("delayed")
     video = d / "delayed.mp4"
-    ffmpeg("-i", grid_video, "-t", 30, "-c:v", "copy", "-af", "adelay=200", "-c:a", "aac", video)
+    ffmpeg("-ss", 30, "-i", grid_video, "-t", 30, "-c:v", "libx264", "-preset", "ultrafast",
+           "-af", "adelay=200", "-c:a", "aac", video)
     data = d / "data"
     cfg = SimpleNamespace(decode=DecodeConfig(crop_size=256, probe_frames=2),
                           landmarks=LandmarksConfig(max_gap=16), weights_dir=None)
