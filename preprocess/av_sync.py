@@ -9,34 +9,34 @@ onsets, which gives a correlation peak about a frame wide, where the raw curves 
 several frames long) give a broad one that drifts onto neighbouring syllables.
 
 In each window (``window_seconds`` long, every ``hop_seconds``) the lag ``d`` that maximises
-corr(opening'[t], energy'[t - d]) is searched, and refined to a fraction of a frame with a
-parabola through the peak: over ``search_frames`` either way until a window locks on (at the
-start, and again after 3 inconclusive windows in a row), then over ``max_lag_frames`` either
-way of the median lag of the last reliable windows, so the search follows a drift of many
-frames without wandering onto the side peaks of the syllable rhythm. ``d`` is how far the
-mouth trails the sound; in footage known to be in sync it is about ``expected_lag_frames``
-(GRID s1 with its audio on the video's clock: +1.0, the lips open fastest just after the
-sound starts), so the step reports ``offset = d - expected_lag_frames``: how many frames the
-audio runs AHEAD of the video (negative: behind); ``--set decode.audio_offset=<offset/fps>``
-delays the audio by that much.
+corr(opening'[t], energy'[t - d]) is searched and refined to a fraction of a frame with a
+parabola through the peak. The search starts from the lag of the clip's first minute taken as
+a whole (a minute gives a clear peak where a window may not), searched over ``search_frames``
+either way of ``expected_lag_frames``; each window then looks ``max_lag_frames`` either way
+of the median lag of the last reliable windows, so the search follows a drift of many frames
+without wandering onto the side peaks of the syllable rhythm. Without a clear first-minute
+lag, and after 3 inconclusive windows in a row, windows search wide again. ``d`` is how far
+the mouth trails the sound; in footage known to be in sync it is about
+``expected_lag_frames`` (GRID s1 with its audio on the video's clock: +1.0, the lips open
+fastest just after the sound starts), so the step reports ``offset = d -
+expected_lag_frames``: how many frames the audio runs AHEAD of the video (negative: behind);
+``--set decode.audio_offset=<offset/fps>`` delays the audio by that much.
 
 A window is unreliable, and left out, when it holds too little speech
 (``min_speech_fraction`` of its frames 12 dB above the clip's silence level and within 35 dB
 of its loud speech), when its best correlation is below ``min_correlation``, when that
 correlation is not clearly above chance (``min_confidence`` standard deviations above the
 best correlations the same search finds against surrogate audio: the speech energy's rhythm
-with its phases randomised), or when the best lag sits at the edge of the search. The first
-windows' search starts from the lag of the clip's first minute as a whole when that is
-clearly above chance (a minute gives a clear peak where a window may not). A robust line (Theil-Sen) through the
-reliable windows' offsets against time gives the clip's offset (at its middle) and drift
-(frames per minute); the worst case is the line's largest |offset| over the clip. With too
-few reliable windows, the first minute's lag as a whole (if clearly above chance) gives the
-offset, without a drift. Above
-``warn_frames``: a warning; above ``fail_frames``: the step refuses (StepError naming the way
-forward) unless ``on_fail`` is ``proceed``. Fewer than ``min_windows`` reliable windows, or
-fewer than ``min_reliable_fraction`` of the windows with speech: the sync is reported
-unmeasured, with a warning, never as in sync (clips under ``min_seconds``; the 8-s HDTF
-clip, whose fluent speech does not correlate with the lips above chance).
+with its phases randomised), or when the best lag sits at the edge of the search. A robust
+line (Theil-Sen) through the reliable windows' offsets against time gives the clip's offset
+(at its middle) and drift (frames per minute); the worst case is the line's largest |offset|
+over the clip. With fewer than ``min_windows`` reliable windows, or fewer than
+``min_reliable_fraction`` of the windows with speech, the first minute's lag as a whole gives
+the offset (no drift) if it was clear, else the sync is reported unmeasured, with a warning,
+never as in sync (clips under ``min_seconds``; the 8-s HDTF clip, whose fluent speech does
+not correlate with the lips above chance). Above ``warn_frames``: a warning; above
+``fail_frames``: the step refuses (StepError naming the way forward) unless ``on_fail`` is
+``proceed``.
 
 Writes ``previews/av_sync.png`` (offset per window against time, reliable windows coloured by
 their correlation, the fitted line and the bounds) and the numbers in the manifest, as the
@@ -68,8 +68,8 @@ class AvSyncConfig:
 
     window_seconds: float = 10.0  #: length of each analysis window
     hop_seconds: float = 5.0  #: step between window starts
-    #: lags searched either way of expected_lag_frames while no window has locked on (at the
-    #: start, and after 3 inconclusive windows in a row), frames: the largest offset found
+    #: lags searched either way of expected_lag_frames for the first minute's lag (and by
+    #: windows without a lock to follow), frames: the largest offset that can be found
     search_frames: int = 50
     #: lags searched either way of the recent reliable windows' lag once locked on, frames:
     #: follows a drift of up to this much per window
@@ -79,7 +79,7 @@ class AvSyncConfig:
     expected_lag_frames: float = 1.0
     min_correlation: float = 0.2  #: windows whose best correlation is lower are unreliable
     #: windows whose best correlation stands fewer standard deviations above chance (the best
-    #: correlations of the same mouth against the audio of other times) are unreliable
+    #: correlations of the same search against phase-randomised audio) are unreliable
     min_confidence: float = 3.0
     min_speech_fraction: float = 0.2  #: windows with a smaller share of speech frames are unreliable
     #: shorter clips are not measured (reported unmeasured): one shorter window is too
@@ -123,32 +123,24 @@ def speech_energy(samples: np.ndarray, num_frames: int, sr: int = 16000, fps: fl
     return np.log(rms + 1e-5)
 
 
-def corr_at_lags(a: np.ndarray, b: np.ndarray, lo: int, hi: int, lags: np.ndarray,
-                 shifts: np.ndarray | None = None) -> np.ndarray:
-    """Pearson corr(a[t], b[t - d]) over t in [lo, hi) for each lag d: [len(lags)].
-
-    Pairs whose ``b`` index falls outside ``b`` are left out (nan below 16 pairs or for a
-    constant series). With ``shifts`` [S], ``b`` is first moved circularly by each shift
-    (index ``t - d - shift`` modulo its length) and the result is [S, len(lags)]."""
+def corr_at_lags(a: np.ndarray, b: np.ndarray, lo: int, hi: int, lags: np.ndarray) -> np.ndarray:
+    """Pearson corr(a[t], b[t - d]) over t in [lo, hi) for each lag d: [len(lags)]. Pairs
+    whose ``b`` index falls outside ``b`` are left out (nan below 16 pairs or for a constant
+    series)."""
     t = np.arange(lo, hi)
-    circular = shifts is not None
-    sh = np.asarray(shifts if circular else [0])[:, None, None]
-    idx = t[None, None, :] - np.asarray(lags)[None, :, None] - sh  # [S, L, W]
-    if circular:
-        idx, valid = idx % len(b), np.ones(idx.shape, bool)
-    else:
-        valid = (idx >= 0) & (idx < len(b))
+    idx = t[None, :] - np.asarray(lags)[:, None]  # [L, W]
+    valid = (idx >= 0) & (idx < len(b))
     x = np.broadcast_to(a[lo:hi], idx.shape)
     y = b[np.clip(idx, 0, len(b) - 1)]
     cnt = valid.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mx = np.where(valid, x, 0).sum(-1) / cnt
         my = np.where(valid, y, 0).sum(-1) / cnt
-        dx, dy = np.where(valid, x - mx[..., None], 0), np.where(valid, y - my[..., None], 0)
+        dx, dy = np.where(valid, x - mx[:, None], 0), np.where(valid, y - my[:, None], 0)
         sxy, sxx, syy = (dx * dy).sum(-1), (dx * dx).sum(-1), (dy * dy).sum(-1)
         r = sxy / np.sqrt(sxx * syy)
     r[(cnt < 16) | (sxx <= 1e-12 * cnt) | (syy <= 1e-12 * cnt)] = np.nan
-    return r if circular else r[0]
+    return r
 
 
 def peak(corr: np.ndarray, lags: np.ndarray) -> tuple[int, float]:
@@ -186,9 +178,9 @@ def chance_peaks(vel_o: np.ndarray, chance: np.ndarray, lo: int, hi: int,
     return np.asarray(peaks)
 
 
-def confidence(peak: float, null: np.ndarray) -> float:
-    """Standard deviations by which ``peak`` exceeds the chance peaks (0 without them)."""
-    return float((peak - null.mean()) / null.std()) if null.size > 2 and null.std() > 0 else 0.0
+def confidence(best: float, null: np.ndarray) -> float:
+    """Standard deviations by which ``best`` exceeds the chance peaks (0 without them)."""
+    return float((best - null.mean()) / null.std()) if null.size > 2 and null.std() > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------- measure

@@ -150,8 +150,18 @@ def test_corr_at_lags_matches_numpy():
     for d, r in zip(lags, got):
         t = np.arange(max(10, d), min(150, 200 + d))
         assert r == pytest.approx(np.corrcoef(a[t], b[t - d])[0, 1], abs=1e-12)
-    rolled = corr_at_lags(a, b, 10, 150, lags, shifts=np.array([7]))[0]
-    assert rolled[5] == pytest.approx(np.corrcoef(a[10:150], np.roll(b, 7)[10:150])[0, 1], abs=1e-12)
+    assert np.isnan(corr_at_lags(a, np.ones(200), 10, 150, lags)).all()  # constant: no correlation
+
+
+def test_surrogates_keep_the_spectrum_and_lose_the_alignment(speech):
+    from preprocess.av_sync import surrogates
+
+    e = np.gradient(speech_energy(speech, len(speech) // SPF))
+    sur = surrogates(e, 20)
+    assert np.allclose(np.abs(np.fft.rfft(sur, axis=1)), np.abs(np.fft.rfft(e - e.mean())), rtol=1e-6, atol=1e-9)
+    r = [np.corrcoef(e, s)[0, 1] for s in sur]
+    assert np.abs(r).max() < 0.25 and np.abs(r).mean() < 0.08  # unrelated to the original
+    assert np.array_equal(sur, surrogates(e, 20))  # deterministic
 
 
 def test_mouth_opening_is_lip_gap_over_eye_distance():
