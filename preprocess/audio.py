@@ -61,14 +61,16 @@ def speech_run(ctx: StepContext) -> dict:
         raise StepError(SPEECH_STEP, str(e), wav) from e
     source = ctx.manifest.get("video", {}).get("source", ctx.video)
     problems = []
-    if report.fraction < cfg.min_speech_fraction:
+    if report.padded_from is not None and report.padded_from < 0.05:
+        problems.append(f"the audio track is digital silence (all {report.seconds:.1f} s are zero)")
+    elif report.fraction < cfg.min_speech_fraction:
         problems.append(
             f"no speech found in the {report.seconds:.1f} s of audio" if report.speech_seconds == 0
             else f"speech in only {100 * report.fraction:.0f}% of the clip "
                  f"({report.speech_seconds:.1f} s of {report.seconds:.1f} s; silent "
                  f"{format_ranges(report.silent)})")
     padding = report.seconds - report.padded_from if report.padded_from is not None else 0.0
-    if padding > cfg.max_padding_seconds:
+    if padding > cfg.max_padding_seconds and report.padded_from >= 0.05:
         problems.append(f"the audio track ends at {report.padded_from:.1f} s, {padding:.1f} s "
                         f"before the video ({report.padded_from:.1f}-{report.seconds:.1f} s is "
                         "padded with silence)")
