@@ -224,19 +224,17 @@ def run_dataset(run: LoadedRun, data=None) -> Path:
     must still be there (a moved dataset is named, with the way to point at its new place)."""
     from nerfhead.data.dataset import check_dataset_dir, content_hash
 
-    if data is not None:
-        data = check_dataset_dir(data)
-        had = run.dataset.get("content")
-        if had and content_hash(data) != had:
-            log.warning("%s differs from the dataset %s was trained on (%s): frames, poses or "
-                        "audio features are not the ones it learned", data, run.run_dir,
-                        run.dataset.get("path", run.dataset_dir))
-        return data
-    if not run.dataset_dir.exists():
+    if data is None and not run.dataset_dir.exists():
         raise DatasetError(f"{run.run_dir} was trained on the dataset {run.dataset_dir}, which "
                            "is no longer there (moved or deleted?); pass --data with its new "
                            "location")
-    return check_dataset_dir(run.dataset_dir)
+    data = check_dataset_dir(run.dataset_dir if data is None else data)
+    had = run.dataset.get("content")
+    if had and content_hash(data) != had:
+        log.warning("%s is not the data %s was trained on (%s; changed or re-preprocessed "
+                    "since?): frames, poses or audio features differ from the ones it learned",
+                    data, run.run_dir, run.dataset.get("path", run.dataset_dir))
+    return data
 
 
 def load_run(run_dir, device="cpu", checkpoint=None) -> LoadedRun:

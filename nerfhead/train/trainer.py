@@ -106,6 +106,11 @@ class Trainer:
         elif init_ckpt is not None:
             log.info("initialising from %s (stage %s, step %d)", init_ckpt["path"],
                      init_ckpt["stage"], init_ckpt["step"])
+            had = (init_ckpt.get("dataset") or {}).get("content")
+            if had and had != self.dataset["content"]:
+                log.warning("--init %s was trained on another dataset (%s), not %s: this stage "
+                            "starts from a model of other frames", init_ckpt["path"],
+                            init_ckpt["dataset"].get("path"), self.data_dir)
         self.configs = configs
         self.mcfg, self.dcfg, self.tcfg = configs["model"], configs["data"], configs["train"]
         self.stage = self.tcfg.stage
