@@ -466,7 +466,8 @@ def run(ctx: StepContext) -> dict:
 
     video = {"source": str(path.resolve()), "source_fingerprint": source_fingerprint(path),
              "source_size": [info.width, info.height], "rotate": cfg.rotate, "upscale": round(upscale, 3),
-             "face_detector_scores_by_turn": faces.orientation,
+             # string keys: the manifest must read back exactly as written (it is hashed)
+             "face_detector_scores_by_turn": {str(k): round(v, 3) for k, v in faces.orientation.items()},
              "source_fps": info.fps, "source_avg_fps": avg_fps, "variable_frame_rate": vfr,
              "source_duration": info.duration, "codec": info.codec, "rotation": info.rotation,
              "start_seconds": start, "fps": cfg.fps, "num_frames": n, "duration": n / cfg.fps,
