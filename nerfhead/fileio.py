@@ -53,20 +53,39 @@ def temp_prefix(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- disk space
-class DiskFullError(OSError):
-    """No space left on the device holding ``path``; the message names the device and sizes."""
+def human_size(n: float) -> str:
+    """``12 KB``, ``3.4 MB``, ``250 MB``, ``1.2 GB``."""
+    for unit, size in (("GB", 1 << 30), ("MB", MB)):
+        if n >= size:
+            v = n / size
+            return f"{v:.1f} {unit}" if v < 10 else f"{v:.0f} {unit}"
+    return f"{max(1, round(n / 1024))} KB" if n > 0 else "0 KB"
 
-    def __init__(self, path, needed: int | None = None, what: str | None = None):
+
+class DiskFullError(OSError):
+    """No space left on the device holding ``path``; the message names the device and sizes.
+
+    ``free`` is measured when the error is made: make it where the write failed, before any
+    temporary is removed (``with_need`` re-words it later without measuring again)."""
+
+    def __init__(self, path, needed: int | None = None, what: str | None = None,
+                 free: int | None = None):
         path = Path(path)
-        free = free_bytes(path)
+        self.path, self.needed, self.what = str(path), needed, what
+        self.free = free_bytes(path) if free is None else free
         mount, fstype = mount_point(path)
+        self.mount = str(mount)
         dev = f"{mount} ({fstype})" if fstype else str(mount)
-        need = f"; needs about {needed / MB:.0f} MB" if needed else ""
+        need = f"; needs about {human_size(needed)}" if needed else ""
         doing = f" while writing {what}" if what else ""
         super().__init__(errno.ENOSPC,
-                         f"no space left on device {dev}: {free / MB:.1f} MB free{need}{doing} "
-                         f"({path}). Free some space or write to another disk, then rerun")
-        self.path, self.free, self.needed, self.mount = str(path), free, needed, str(mount)
+                         f"no space left on device {dev}: {human_size(self.free)} free{need}"
+                         f"{doing} (in {path}). Free some space or write to another disk, then "
+                         "rerun")
+
+    def with_need(self, needed: int | None, path=None, what: str | None = None) -> "DiskFullError":
+        """The same full disk, worded with what the whole step needs."""
+        return DiskFullError(path or self.path, needed, what or self.what, free=self.free)
 
     def __str__(self) -> str:  # OSError's default puts "[Errno 28]" first; keep the headline
         return self.strerror
@@ -183,7 +202,7 @@ def write_image(path: str | os.PathLike, image, params: list[int] | None = None)
     ok = cv2.imwrite(str(path), image, params or [])
     if not ok:
         if is_disk_full(path.parent):
-            raise DiskFullError(path.parent, image.nbytes, path.name)
+            raise DiskFullError(path.parent, None, path.name)
         if not path.parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, f"cannot write image: folder {path.parent} "
                                                   "does not exist", str(path))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerfhead.fileio import make_temp_dir, require_space, write_image
+from nerfhead.fileio import DiskFullError, make_temp_dir, require_space, write_image
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 
@@ -443,9 +443,11 @@ def run(ctx: StepContext) -> dict:
                         "%.1fx to %d px gives blurry frames (the model cannot be sharper than "
                         "its data). Use a higher-resolution video, or --crop-size %d", path,
                         crop[2], crop[2], upscale, cfg.crop_size, honest)
-    # frames (JPEG at high quality: about 0.4 bytes per pixel) and 16-bit audio
-    require_space(ctx.data_dir, expected * (int(0.4 * cfg.crop_size ** 2) + 2 * int(cfg.sample_rate / cfg.fps)),
-                  f"{expected} frames and aud.wav")
+    # frames (JPEG at quality 95: up to about 0.6 bytes per pixel, plus a filesystem block
+    # each) and 16-bit audio
+    needed = expected * (int(0.6 * cfg.crop_size ** 2) + 4096 + 2 * int(cfg.sample_rate / cfg.fps))
+    what = f"{expected} frames and aud.wav"
+    require_space(ctx.data_dir, needed, what)
 
     out_dir = ctx.path("ori_imgs")
     tmp_dir = make_temp_dir(ctx.data_dir, "ori_imgs")
@@ -459,6 +461,8 @@ def run(ctx: StepContext) -> dict:
             raise StepError(STEP, f"too short: {n} frames decoded, need {cfg.min_seconds:g} s", path)
         _write_audio(path, ctx.path("aud.wav"), start, n / cfg.fps, cfg.sample_rate)
         _replace_dir(tmp_dir, out_dir)
+    except DiskFullError as e:  # worded with the whole step's need, before the frames go
+        raise e.with_need(needed, ctx.data_dir, what) from e
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)

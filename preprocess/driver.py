@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from nerfhead.fileio import (DiskFullError, check_output_dir, clean_stale_temps, disk_full_cause,
-                             move_aside, require_space)
+from nerfhead.fileio import (check_output_dir, clean_stale_temps, disk_full_cause, move_aside,
+                             require_space)
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 MANIFEST = "manifest.json"
@@ -235,7 +235,7 @@ def _failure(step: Step, e: Exception, data_dir: Path, needed: int | None) -> St
     full = disk_full_cause(e)
     if full is not None:
         if needed and not full.needed:
-            full = DiskFullError(full.path, needed, f"the {step.name} step's outputs")
+            full = full.with_need(needed, data_dir, f"the {step.name} step's outputs")
         err = StepError(step.name, str(full), data_dir)
         err.__cause__ = full
         return err

@@ -680,7 +680,7 @@ def test_full_disk_os_level(clips, tmp_path, monkeypatch):
     video, out = clips("hdtf_2s"), tmp_path / "data"
     with pytest.raises(StepError) as e:
         preprocess(video, out)
-    assert_refused(e.value, "decode", None, "no space left on device", "0.1 MB free", "needs about")
+    assert_refused(e.value, "decode", None, "no space left on device", "100 KB free", "needs about")
     assert_nothing_claimed(out)
     # every image write is checked: a failed cv2.imwrite on a full disk raises
     monkeypatch.setattr(fileio.shutil, "disk_usage", lambda p: real(p)._replace(free=0))
