@@ -340,6 +340,42 @@ def test_run_refuses_another_video_or_other_options_in_the_same_folder(tmp_path,
     assert [p.name.split(".")[0] for p in tmp_path.glob("work.replaced-*")] == ["work"]
 
 
+def test_run_renders_and_evaluates_again_after_more_training(tmp_path, monkeypatch):
+    """`run` once printed `done` with a render older than the checkpoint it claimed to show."""
+    from nerfhead import pipeline
+    from nerfhead.cli import build_parser
+
+    out, calls, step = tmp_path / "work", [], [1]
+
+    def fake(argv):
+        calls.append(argv[0])
+        if argv[0] == "train":
+            ck = out / "run" / "checkpoints" / f"step_{step[0]:07d}.pt"
+            if not ck.exists():
+                ck.parent.mkdir(parents=True, exist_ok=True)
+                ck.write_bytes(b"x")
+                rendered = out / "render.mp4"
+                if rendered.exists():  # written after the render, whatever the clock's resolution
+                    t = rendered.stat().st_mtime_ns + 10**9
+                    os.utime(ck, ns=(t, t))
+        elif argv[0] == "render":
+            (out / "render.mp4").write_bytes(b"v")
+        elif argv[0] == "evaluate":
+            (out / "eval").mkdir(exist_ok=True)
+            (out / "eval" / "metrics.json").write_text("{}")
+    monkeypatch.setattr(pipeline, "_subcommand", fake)
+    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"video")
+    args = build_parser().parse_args(["run", str(video), "--out", str(out)])
+    assert pipeline.run(args) == 0 and calls == ["preprocess", "train", "render", "evaluate"]
+    calls.clear()
+    assert pipeline.run(args) == 0 and calls == ["preprocess", "train"]  # up to date
+    calls.clear()
+    step[0] = 2  # the rerun trained further: a checkpoint newer than the render
+    assert pipeline.run(args) == 0 and calls == ["preprocess", "train", "render", "evaluate"]
+
+
 # ------------------------------------------------------------------ 2. training
 
 
