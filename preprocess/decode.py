@@ -430,6 +430,10 @@ def run(ctx: StepContext) -> dict:
     faces = probe_faces(path, info, start, dur, cfg.probe_frames,
                         getattr(ctx.cfg, "weights_dir", None), cfg.rotate, cfg.check_orientation)
     check_faces(faces, path, cfg, dur)
+    if cfg.check_orientation and not faces.orientation:
+        ctx.log.warning("%s: orientation not checked: MediaPipe's face detector (mediapipe "
+                        "0.10.x solutions) is not available; an upside-down video would not be "
+                        "noticed", path)
     boxes = faces.boxes
     if len(boxes) < cfg.probe_frames:
         ctx.log.warning("%s: no face in %d of %d probe frames (at %s s)", path,
