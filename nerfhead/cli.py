@@ -9,6 +9,9 @@ import importlib
 import logging
 import sys
 
+#: printed after Ctrl-C unless the subcommand's module says otherwise (``ON_INTERRUPT``)
+RESUMES = "interrupted; completed work is kept and rerunning the same command resumes from it"
+
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "info": ("nerfhead.info", "versions, devices and which op backends can run here"),
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(_unavailable=f"nerfhead {name} is unavailable: {e}")
             continue
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _on_interrupt=getattr(mod, "ON_INTERRUPT", RESUMES))
     return parser
 
 
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; completed work is kept and a rerun resumes from it", file=sys.stderr)
+        print(getattr(args, "_on_interrupt", RESUMES), file=sys.stderr)
         return 130
 
 

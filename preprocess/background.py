@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from preprocess.parsing import BG, HEAD, NECK, TORSO, read_regions, settings_stamp
-from preprocess.steps import Step, StepContext, StepError, atomic_path
+from nerfhead.fileio import write_image
+from preprocess.steps import Step, StepContext, StepError, atomic_path, like_frames
 
 STEP = "background"
 
@@ -156,9 +157,9 @@ def run(ctx: StepContext) -> dict:
         region = _read_regions(ctx, i, img.shape)
         gt = np.where((region == BG)[..., None], plate, img)
         with atomic_path(gt_dir / f"{i}.jpg") as tmp:
-            cv2.imwrite(str(tmp), gt, jpeg)
+            write_image(tmp, gt, jpeg)
         with atomic_path(torso_dir / f"{i}.png") as tmp:
-            cv2.imwrite(str(tmp), torso_rgba(img, region, cfg.neck_fill_px))
+            write_image(tmp, torso_rgba(img, region, cfg.neck_fill_px))
     return {"frames": n, "reused_frames": reused, "plate_samples": len(samples),
             "plate_filled_fraction": float(filled.mean())}
 
@@ -186,4 +187,5 @@ BACKGROUND_STEP = Step(
     settings=lambda cfg: __import__("nerfhead.config", fromlist=["to_dict"]).to_dict(
         __import__("preprocess.focal", fromlist=["section"]).section(cfg, STEP, BackgroundConfig)),
     doc="background plate bc.jpg (farthest-from-person rule + Telea inpaint), gt_imgs, torso_imgs",
+    space=like_frames(2.0),  # a JPEG like the frame and an RGBA PNG of the torso per frame
 )

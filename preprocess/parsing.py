@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.steps import Step, StepContext, StepError, atomic_path
+from nerfhead.fileio import write_image
+from preprocess.steps import Step, StepContext, StepError, atomic_path, like_frames
 
 STEP = "parsing"
 BG, HEAD, NECK, TORSO = 0, 1, 2, 3  #: region ids of a region map
@@ -237,9 +238,9 @@ def run(ctx: StepContext) -> dict:
                 raise StepError(STEP, "frame missing or unreadable", src)
             region, face = parser(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), lms_all[i])
             with atomic_path(lab) as tmp:
-                cv2.imwrite(str(tmp), REGION_RGB[region][:, :, ::-1])
+                write_image(tmp, REGION_RGB[region][:, :, ::-1])
             with atomic_path(fm) as tmp:
-                cv2.imwrite(str(tmp), soft_face(face, cfg.face_feather_px))
+                write_image(tmp, soft_face(face, cfg.face_feather_px))
     finally:
         getattr(parser, "close", lambda: None)()  # the offline parser holds a MediaPipe graph
     write_preview(ctx, n)
@@ -255,7 +256,7 @@ def write_preview(ctx: StepContext, n: int) -> None:
                      cv2.imread(str(ctx.path(f"parsing/{i}_face.png")), cv2.IMREAD_GRAYSCALE))
              for i in sorted(set(np.linspace(0, n - 1, 4).round().astype(int).tolist()))]
     with atomic_path(ctx.path("previews/parsing.png")) as tmp:
-        cv2.imwrite(str(tmp), np.concatenate(tiles, axis=1))
+        write_image(tmp, np.concatenate(tiles, axis=1))
 
 
 def settings_stamp(folder: Path, settings: dict) -> int:
@@ -295,4 +296,5 @@ PARSING_STEP = Step(
     settings=lambda cfg: __import__("nerfhead.config", fromlist=["to_dict"]).to_dict(
         __import__("preprocess.focal", fromlist=["section"]).section(cfg, STEP, ParsingConfig)),
     doc="head/neck/torso/background labels + soft face mask (BiSeNet or selfie seg + face oval)",
+    space=like_frames(0.5),  # two PNGs of flat colours / a smooth mask per frame
 )

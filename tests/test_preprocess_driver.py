@@ -170,7 +170,7 @@ def test_preset_loads_and_rejects_unknown_fields():
     assert cfg.landmarks.max_gap == 3 and cfg.weights_dir == "/w"
     assert cfg.audio.kinds == ["mel", "ow"]
     assert [s.name for s in driver.default_steps()] == [
-        "decode", "landmarks", "av_sync", "parsing", "background", "face_fit", "tracking",
+        "decode", "speech", "landmarks", "av_sync", "parsing", "background", "face_fit", "tracking",
         "bundle_adjustment", "audio", "previews"]
     for step in driver.default_steps():
         step.settings(cfg)  # every step finds its section

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from nerfhead.data.dataset import IBUG_MOUTH, MEDIAPIPE_LIPS
+from nerfhead.fileio import write_image
 
 RADIUS = 0.09
 MOUTH_DIR = np.array([0.0, -0.45, 0.89])
@@ -112,7 +113,7 @@ def make_dataset(root, num_frames: int = 44, size: int = 64, layout: str = "nerf
         torso_rgba[torso_mask] = (*TORSO, 1.0)
         torso_rgba[hit] = 0.0
         img = np.where(hit[..., None], head, np.where(torso_mask[..., None], TORSO, bg))
-        save = lambda path, x: cv2.imwrite(str(path), cv2.cvtColor(
+        save = lambda path, x: write_image(path, cv2.cvtColor(
             (np.clip(x, 0, 1) * 255).round().astype(np.uint8),
             cv2.COLOR_RGBA2BGRA if x.shape[-1] == 4 else cv2.COLOR_RGB2BGR))
         save(root / "gt_imgs" / f"{i}.jpg", img)
@@ -125,7 +126,7 @@ def make_dataset(root, num_frames: int = 44, size: int = 64, layout: str = "nerf
             lms = np.zeros((68, 2), np.float32)
             lms[list(IBUG_MOUTH)] = lips
             np.savetxt(root / "ori_imgs" / f"{i}.lms", lms, "%f")
-    cv2.imwrite(str(root / "bc.jpg"), cv2.cvtColor((bg * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+    write_image(root / "bc.jpg", cv2.cvtColor((bg * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
     rng = np.random.default_rng(seed + 1)
     channels = 29 if layout == "synctalk" else 80
     audio = rng.normal(0, 0.1, (num_frames, 16, channels)).astype(np.float32)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("nerfhead.eval")
+#: what ``nerfhead`` prints after Ctrl-C (results are written at the end only)
+ON_INTERRUPT = "interrupted; nothing was written, so rerunning the command evaluates from the start"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,14 +102,19 @@ def evaluate(args) -> dict:
     from nerfhead.eval.report import SequenceEvaluator, write_report
     from nerfhead.eval.lipsync import syncnet_scores
     from nerfhead.render.cli import DatasetFrames, pick_device, resize_to, to_uint8
-    from nerfhead.train.checkpoint import load_run
+    from nerfhead.data.dataset import check_dataset_dir
+    from nerfhead.fileio import check_output_dir
+    from nerfhead.train.checkpoint import load_run, run_dataset
     from tqdm import tqdm
 
+    if args.out:  # before any work: an unwritable place fails now, not after every frame
+        check_output_dir(args.out, "nerfhead evaluate --out")
     device = pick_device(args.device)
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
+    check_output_dir(Path(args.out) if args.out else Path(run.run_dir) / "eval", "nerfhead evaluate --out")
     model = run.model
     clip = args.audio_from is not None
-    data_dir = Path(args.audio_from or args.data or run.dataset_dir)
+    data_dir = check_dataset_dir(args.audio_from) if clip else run_dataset(run, args.data)
     c2w, cam, ids, aud_ids, split = eval_frames(data_dir, clip)
     feats, kind = load_audio_features(data_dir, model.audio_kind)
     if args.max_frames:

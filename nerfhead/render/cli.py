@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("nerfhead.render")
+#: what ``nerfhead`` prints after Ctrl-C (a partial video is not kept: nothing to resume from)
+ON_INTERRUPT = ("interrupted; the partial video was not kept (its temporary file is removed), "
+                "so rerunning the command renders from the first frame again")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -197,6 +200,7 @@ def driving_features(run, audio_path, features_path=None, max_frames=None):
     from nerfhead.audio.features import extract, load_audio
 
     samples = load_audio(audio_path)
+    warn_if_silent(samples, audio_path)
     kind = run.model.audio_kind
     if features_path is not None:
         feats = np.load(features_path).astype(np.float32)
@@ -214,15 +218,30 @@ def driving_features(run, audio_path, features_path=None, max_frames=None):
     return feats, samples
 
 
+def warn_if_silent(samples, audio_path) -> None:
+    """Warn when the driving audio has no speech, or long silent stretches (the face will not talk there)."""
+    from nerfhead.audio.vad import find_speech, format_ranges
+
+    report = find_speech(samples)
+    if report.speech_seconds == 0:
+        log.warning("%s: no speech found in its %.1f s (%s): the rendered mouth will not move",
+                    audio_path, report.seconds, report.detector)
+    elif gaps := report.silent_longer_than(2.0):
+        log.warning("%s: no speech in %s (%s)", audio_path, format_ranges(gaps), report.detector)
+
+
 def render_video(args) -> Path:
     from nerfhead.render.compositing import paste_back
     from nerfhead.render.poses import build_sequence
+    from nerfhead.fileio import check_output_file, clean_stale_temps, require_space
     from nerfhead.render.video import SourceFrames, VideoWriter
-    from nerfhead.train.checkpoint import load_run
+    from nerfhead.train.checkpoint import load_run, run_dataset
 
+    if args.out:  # before any work: a folder or an unwritable place fails now, not at the end
+        check_output_file(args.out, "nerfhead render --out")
     device = pick_device(args.device)
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
-    data_dir = Path(args.data) if args.data else Path(run.dataset_dir)
+    data_dir = run_dataset(run, args.data)
     frames = DatasetFrames(data_dir)
     feats, samples = driving_features(run, args.audio, args.audio_features, args.max_frames)
     seq = build_sequence(data_dir, len(feats), args.poses, pose_file=args.pose_file,
@@ -232,6 +251,11 @@ def render_video(args) -> Path:
                          f"'{seq.source}' are not tied to frames of {data_dir} (use --poses "
                          f"train, val or smooth)")
     out = Path(args.out) if args.out else Path(run.run_dir) / "renders" / f"{Path(args.audio).stem}.mp4"
+    check_output_file(out, "nerfhead render --out")
+    clean_stale_temps(out.parent, depth=0)
+    # H.264 at crf 18 stays well under 1/10 of the raw frames; the encoder's temporaries double it
+    require_space(out.parent, 2 * len(feats) * (run.camera.height * run.camera.width * 3 // 10 + 4096),
+                  out.name)
     source = None
     if args.paste_back:
         box = frames.crop_box()
@@ -266,9 +290,11 @@ def known_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (named in their message), reported without a traceback."""
     from nerfhead.audio.features import AudioError
     from nerfhead.data.dataset import DatasetError
+    from nerfhead.fileio import DiskFullError, OutputLocationError
     from nerfhead.train.checkpoint import CheckpointError
 
-    return AudioError, DatasetError, CheckpointError, FileNotFoundError, ValueError
+    return (AudioError, DatasetError, CheckpointError, FileNotFoundError, ValueError,
+            OutputLocationError, DiskFullError)
 
 
 def run(args) -> int:
