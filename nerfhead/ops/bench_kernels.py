@@ -61,9 +61,10 @@ def _time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
 
 
 def _usable(family: str, device: torch.device) -> list[str]:
+    """torch first, then every other backend that runs on ``device`` here."""
     status = available_backends(family)
-    names = ["torch"] + [b for b, why in status.items() if b != "torch" and not why]
-    return names if device.type == "cuda" else ["torch"]
+    on_device = ("cpu",) if device.type == "cpu" else tuple(b for b in status if b not in ("torch", "cpu"))
+    return ["torch"] + [b for b in on_device if not status[b]]
 
 
 def bench_encode(dim: int, n_points: int, levels: int, device: torch.device, repeats: int,

@@ -1,6 +1,6 @@
 """Multi-cascade occupancy grid (torch-ngp layout): Morton codes, bitfield, EMA update.
 
-Layout, shared with ``csrc/raymarch.cu``:
+Layout, shared with the kernels (``csrc/raymarch_kernels.h``):
 
 * ``C`` cascades of ``G**3`` cells each (``G`` a power of two, at most 1024). Cascade ``c``
   covers the cube ``[-bound * 2**c, bound * 2**c]**3``; cascade 0 is the finest.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nerfhead.ops.backend import resolve_backend
+from nerfhead.ops.backend import KERNEL_BACKENDS, resolve_backend
 
 __all__ = ["morton3d", "morton3d_invert", "packbits", "OccupancyGrid", "march_params",
            "march_segment_reference", "morton3d_reference", "morton3d_invert_reference",
@@ -83,7 +83,7 @@ def morton3d(coords: Tensor, backend: str = "auto") -> Tensor:
     coords: [M, 3] integer tensor, each coordinate in [0, 1024) -> [M] int32 codes.
     """
     _check_coords(coords)
-    if resolve_backend("raymarch", backend, coords.device) == "cuda":
+    if resolve_backend("raymarch", backend, coords.device) in KERNEL_BACKENDS:
         return _ext().morton3d(coords.int().contiguous())
     return morton3d_reference(coords)
 
@@ -93,7 +93,7 @@ def morton3d_invert(indices: Tensor, backend: str = "auto") -> Tensor:
     if indices.dim() != 1 or indices.is_floating_point():
         raise ValueError(f"morton3d_invert: indices must be a 1-D integer tensor, "
                          f"got {indices.dtype} {tuple(indices.shape)}")
-    if resolve_backend("raymarch", backend, indices.device) == "cuda":
+    if resolve_backend("raymarch", backend, indices.device) in KERNEL_BACKENDS:
         return _ext().morton3d_invert(indices.int().contiguous())
     return morton3d_invert_reference(indices)
 
@@ -114,7 +114,7 @@ def packbits(density_grid: Tensor, threshold: float, backend: str = "auto") -> T
     """
     if density_grid.numel() % 8:
         raise ValueError(f"packbits: number of cells {density_grid.numel()} is not a multiple of 8")
-    if resolve_backend("raymarch", backend, density_grid.device) == "cuda":
+    if resolve_backend("raymarch", backend, density_grid.device) in KERNEL_BACKENDS:
         return _ext().packbits(density_grid.float().contiguous().reshape(-1), float(threshold))
     return packbits_reference(density_grid, threshold)
 
@@ -304,7 +304,7 @@ def march_segment_reference(o: Tensor, d: Tensor, t: Tensor, fars: Tensor, count
                             max_steps: int) -> MarchSegment:
     """March every ray from its ``t`` until ``far``, ``max_samples`` new samples, or
     ``counts`` reaching ``max_steps``. Float32 ops in the order of ``march_segment`` in
-    ``csrc/raymarch.cu`` (one loop iteration = one cell visit, vectorised over rays).
+    ``csrc/raymarch_kernels.h`` (one loop iteration = one cell visit, vectorised over rays).
     """
     R, dev = o.shape[0], o.device
     G, C = p["G"], p["C"]
