@@ -44,6 +44,7 @@ LevelParams make_level_params(int64_t dim, c10::ArrayRef<double> scales, c10::Ar
 }
 
 void check_common(const at::Tensor& x, const at::Tensor& table, c10::ArrayRef<int64_t> level_offsets) {
+    first_device("hashgrid", "x", x);
     TORCH_CHECK(x.is_contiguous() && table.is_contiguous(), "hashgrid: x and table must be contiguous");
     TORCH_CHECK(x.scalar_type() == at::kFloat, "hashgrid: x must be float32, got ", x.scalar_type());
     TORCH_CHECK(x.dim() == 2 && (x.size(1) == 2 || x.size(1) == 3), "hashgrid: x must be [N, 2|3], got ",

@@ -173,7 +173,9 @@ NH_UNROLL
     }
 };
 
-// d out / d x_d = scale * sum_c (+-prod_{e != d} factor_e(c)) * value_c, summed over levels.
+// d out / d x_d = scale * sum_c (+-prod_{e != d} factor_e(c)) * value_c, summed over levels,
+// and zero on each axis d where x_d was clamped (outside [0, 1] or NaN): the clamp passes no
+// gradient on that axis, the other axes of the point keep theirs (autograd of the reference).
 template <int D, int F, typename T>
 struct BackwardInput {
     const T* grad_out;  // [N, L * F]
@@ -184,44 +186,43 @@ struct BackwardInput {
 
     NH_HD void operator()(int64_t n) const {
         float total[D];
-NH_UNROLL
+        NH_UNROLL
         for (int d = 0; d < D; ++d) total[d] = 0.0f;
-        uint32_t inside = (1u << D) - 1;
+        uint32_t inside = 0;  // the same for every level: it depends on x only
         for (uint32_t level = 0; level < p.num_levels; ++level) {
             uint32_t grid[D];
             float frac[D];
             inside = locate<D>(x + n * D, p.scale[level], grid, frac);
-            if (inside != (1u << D) - 1) break;
             const uint32_t rows = p.offset[level + 1] - p.offset[level];
             const bool dense = (p.dense_mask >> level) & 1u;
             const T* level_table = table + static_cast<int64_t>(p.offset[level]) * F;
             const T* go = grad_out + n * (static_cast<int64_t>(p.num_levels) * F) + level * F;
             float dfrac[D];
-NH_UNROLL
+            NH_UNROLL
             for (int d = 0; d < D; ++d) dfrac[d] = 0.0f;
-NH_UNROLL
+            NH_UNROLL
             for (uint32_t c = 0; c < (1u << D); ++c) {
                 uint32_t v[D];
                 corner<D>(c, grid, frac, v);
                 const T* row = level_table + static_cast<int64_t>(vertex_index<D>(v, p.resolution[level], rows, dense)) * F;
                 float dot = 0.0f;  // dL/dout . value_c
-NH_UNROLL
+                NH_UNROLL
                 for (int f = 0; f < F; ++f) dot += Scalar<T>::load(go[f]) * Scalar<T>::load(row[f]);
-NH_UNROLL
+                NH_UNROLL
                 for (int d = 0; d < D; ++d) {
                     float dw = ((c >> d) & 1u) ? 1.0f : -1.0f;  // d weight_c / d frac_d
-NH_UNROLL
+                    NH_UNROLL
                     for (int e = 0; e < D; ++e) {
                         if (e != d) dw *= ((c >> e) & 1u) ? frac[e] : 1.0f - frac[e];
                     }
                     dfrac[d] += dw * dot;
                 }
             }
-NH_UNROLL
+            NH_UNROLL
             for (int d = 0; d < D; ++d) total[d] += p.scale[level] * dfrac[d];
         }
-NH_UNROLL
-        for (int d = 0; d < D; ++d) grad_x[n * D + d] = inside == (1u << D) - 1 ? total[d] : 0.0f;
+        NH_UNROLL
+        for (int d = 0; d < D; ++d) grad_x[n * D + d] = ((inside >> d) & 1u) ? total[d] : 0.0f;
     }
 };
 

@@ -1,10 +1,16 @@
 // Host entry points of the ray-marching family: argument checks, output allocation, and the
 // dispatch of the bodies in raymarch_kernels.h to the CPU or CUDA launcher by device.
+//
+// Every entry point checks each tensor's dtype, shape (sizes agreeing with the argument
+// that fixes them), contiguity and device (all on the device of the first tensor), and on
+// the CPU also the contents that index memory (packed ranges, ray ids); see the memory
+// safety note in raymarch_kernels.h for the GPU.
 #include "entry.h"  // first: defines TORCH_ASSERT_ONLY_METHOD_OPERATORS
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <climits>
 #include <cmath>
 
 #include "nerfhead.h"
@@ -14,6 +20,11 @@ namespace nerfhead {
 namespace {
 
 using namespace raymarch;
+using at::kBool;
+using at::kByte;
+using at::kFloat;
+using at::kInt;
+using at::kLong;
 
 // Run `op` over n items on `device`.
 template <class Op> void launch(const char* name, const Op& op, int64_t n, const at::Device& device) {
@@ -30,10 +41,17 @@ template <class Op> void launch(const char* name, const Op& op, int64_t n, const
         });
 }
 
-MarchParams make_params(double bound, double inv_bound, double dt_gamma, double dt_min, double dt_max,
-                        double dt_to_cells, int64_t cascades, int64_t resolution) {
-    TORCH_CHECK(cascades >= 1 && resolution >= 2 && resolution <= 1024 && (resolution & (resolution - 1)) == 0,
-                "raymarch: need cascades >= 1 and a power-of-two resolution <= 1024");
+MarchParams make_params(const char* op, double bound, double inv_bound, double dt_gamma, double dt_min,
+                        double dt_max, double dt_to_cells, int64_t cascades, int64_t resolution,
+                        int64_t max_steps) {
+    TORCH_CHECK(cascades >= 1 && cascades <= 16 && resolution >= 2 && resolution <= 1024 &&
+                    (resolution & (resolution - 1)) == 0,
+                "nerfhead::", op, ": need 1..16 cascades and a power-of-two resolution in [2, 1024], got ",
+                cascades, " and ", resolution);
+    TORCH_CHECK(max_steps >= 1 && max_steps <= INT_MAX, "nerfhead::", op, ": max_steps must be in [1, 2^31), got ",
+                max_steps);
+    TORCH_CHECK(bound > 0 && std::isfinite(bound) && dt_min > 0 && dt_max >= dt_min && dt_gamma >= 0,
+                "nerfhead::", op, ": need bound > 0, 0 < dt_min <= dt_max and dt_gamma >= 0 (see march_params)");
     MarchParams p;
     p.bound = static_cast<float>(bound);
     p.inv_bound = static_cast<float>(inv_bound);
@@ -50,15 +68,29 @@ MarchParams make_params(double bound, double inv_bound, double dt_gamma, double 
     return p;
 }
 
-void check_float(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == at::kFloat, "raymarch: ", name,
-                " must be a contiguous float32 tensor");
+void check_bitfield(const char* op, const at::Tensor& bits, const MarchParams& p, const at::Device& dev) {
+    check_tensor(op, "bitfield", bits, kByte, {static_cast<int64_t>(p.G3 * p.C / 8)}, dev,
+                 "C * G^3 / 8 bytes, from cascades and resolution");
 }
 
-void check_bitfield(const at::Tensor& bits, const MarchParams& p) {
-    TORCH_CHECK(bits.is_contiguous() && bits.scalar_type() == at::kByte &&
-                    static_cast<uint64_t>(bits.numel()) * 8 == p.G3 * p.C,
-                "raymarch: bitfield must be a contiguous uint8 tensor of C * G^3 / 8 bytes");
+// CPU only (free there; on the GPU it would synchronise): each ray's packed range
+// [offset, offset + count) lies within the `total` samples.
+template <typename Offset>
+void check_ranges_cpu(const char* op, const char* what, const Offset* offsets, int64_t offset_stride,
+                      const int* counts, int64_t count_stride, int64_t R, int64_t total) {
+    for (int64_t n = 0; n < R; ++n) {
+        const int64_t off = offsets[n * offset_stride], cnt = counts[n * count_stride];
+        TORCH_CHECK(off >= 0 && cnt >= 0 && off + cnt <= total, "nerfhead::", op, ": ", what, " of ray ", n,
+                    " (offset ", off, ", count ", cnt, ") is not within the ", total, " samples");
+    }
+}
+
+// CPU only: every id in alive indexes one of the R rays.
+void check_ids_cpu(const char* op, const at::Tensor& alive, int64_t R) {
+    const int64_t* ids = alive.const_data_ptr<int64_t>();
+    for (int64_t i = 0; i < alive.numel(); ++i)
+        TORCH_CHECK(ids[i] >= 0 && ids[i] < R, "nerfhead::", op, ": alive[", i, "] = ", ids[i], " is not a ray id in [0, ",
+                    R, ")");
 }
 
 template <typename T> T* mut(const at::Tensor& t) { return t.mutable_data_ptr<T>(); }
@@ -68,64 +100,75 @@ template <typename T> const T* in(const at::Tensor& t) { return t.const_data_ptr
 
 std::tuple<at::Tensor, at::Tensor> near_far_from_aabb(const at::Tensor& rays_o, const at::Tensor& rays_d,
                                                       const at::Tensor& aabb, double min_near) {
-    check_float(rays_o, "rays_o");
-    check_float(rays_d, "rays_d");
-    check_float(aabb, "aabb");
-    TORCH_CHECK(aabb.numel() == 6, "near_far_from_aabb: aabb must hold 6 values");
+    const char* op = "near_far_from_aabb";
+    const at::Device dev = first_device(op, "rays_o", rays_o);
+    check_tensor(op, "rays_o", rays_o, kFloat, {-1, 3}, dev);
     const int64_t R = rays_o.size(0);
+    check_tensor(op, "rays_d", rays_d, kFloat, {R, 3}, dev, "R from rays_o");
+    check_tensor(op, "aabb", aabb, kFloat, {6}, dev);
     auto nears = at::empty({R}, rays_o.options());
     auto fars = at::empty({R}, rays_o.options());
-    const NearFar op{in<float>(rays_o), in<float>(rays_d), in<float>(aabb), static_cast<float>(min_near),
-                     mut<float>(nears), mut<float>(fars)};
-    launch("near_far_from_aabb", op, R, rays_o.device());
+    const NearFar body{in<float>(rays_o), in<float>(rays_d), in<float>(aabb), static_cast<float>(min_near),
+                       mut<float>(nears), mut<float>(fars)};
+    launch(op, body, R, dev);
     return {nears, fars};
 }
 
 at::Tensor morton3d(const at::Tensor& coords) {
-    TORCH_CHECK(coords.is_contiguous() && coords.scalar_type() == at::kInt && coords.dim() == 2 &&
-                    coords.size(1) == 3,
-                "morton3d: coords must be a contiguous int32 [M, 3]");
+    const char* op = "morton3d";
+    const at::Device dev = first_device(op, "coords", coords);
+    check_tensor(op, "coords", coords, kInt, {-1, 3}, dev);
     const int64_t M = coords.size(0);
     auto out = at::empty({M}, coords.options());
-    launch("morton3d", Morton{in<int>(coords), mut<int>(out)}, M, coords.device());
+    launch(op, Morton{in<int>(coords), mut<int>(out)}, M, dev);
     return out;
 }
 
 at::Tensor morton3d_invert(const at::Tensor& indices) {
-    TORCH_CHECK(indices.is_contiguous() && indices.scalar_type() == at::kInt && indices.dim() == 1,
-                "morton3d_invert: indices must be a contiguous int32 [M]");
+    const char* op = "morton3d_invert";
+    const at::Device dev = first_device(op, "indices", indices);
+    check_tensor(op, "indices", indices, kInt, {-1}, dev);
     const int64_t M = indices.size(0);
     auto out = at::empty({M, 3}, indices.options());
-    launch("morton3d_invert", MortonInvert{in<int>(indices), mut<int>(out)}, M, indices.device());
+    launch(op, MortonInvert{in<int>(indices), mut<int>(out)}, M, dev);
     return out;
 }
 
 at::Tensor packbits(const at::Tensor& density_grid, double threshold) {
-    check_float(density_grid, "density_grid");
-    TORCH_CHECK(density_grid.numel() % 8 == 0, "packbits: number of cells must be a multiple of 8");
+    const char* op = "packbits";
+    const at::Device dev = first_device(op, "density_grid", density_grid);
+    check_tensor(op, "density_grid", density_grid, kFloat, {-1}, dev);
+    TORCH_CHECK(density_grid.numel() % 8 == 0, "nerfhead::packbits: the number of cells (", density_grid.numel(),
+                ") must be a multiple of 8");
     const int64_t B = density_grid.numel() / 8;
-    auto out = at::empty({B}, density_grid.options().dtype(at::kByte));
-    launch("packbits", Packbits{in<float>(density_grid), static_cast<float>(threshold), mut<uint8_t>(out)}, B,
-           density_grid.device());
+    auto out = at::empty({B}, density_grid.options().dtype(kByte));
+    launch(op, Packbits{in<float>(density_grid), static_cast<float>(threshold), mut<uint8_t>(out)}, B, dev);
     return out;
 }
 
 namespace {
-MarchTrain make_march_train(const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& nears,
-                            const at::Tensor& fars, const at::Tensor& noise, const at::Tensor& bitfield,
-                            const MarchParams& p, int64_t max_steps) {
-    for (auto* t : {&rays_o, &rays_d, &nears, &fars, &noise}) check_float(*t, "ray inputs");
-    check_bitfield(bitfield, p);
-    MarchTrain op{};
-    op.o = in<float>(rays_o);
-    op.d = in<float>(rays_d);
-    op.nears = in<float>(nears);
-    op.fars = in<float>(fars);
-    op.noise = in<float>(noise);
-    op.bits = in<uint8_t>(bitfield);
-    op.p = p;
-    op.max_steps = static_cast<int>(max_steps);
-    return op;
+// Checks and the body of a training march (both passes).
+MarchTrain march_train_body(const char* op, const at::Device& dev, const at::Tensor& rays_o,
+                            const at::Tensor& rays_d, const at::Tensor& nears, const at::Tensor& fars,
+                            const at::Tensor& noise, const at::Tensor& bitfield, const MarchParams& p,
+                            int64_t max_steps) {
+    check_tensor(op, "rays_o", rays_o, kFloat, {-1, 3}, dev);
+    const int64_t R = rays_o.size(0);
+    check_tensor(op, "rays_d", rays_d, kFloat, {R, 3}, dev, "R from rays_o");
+    check_tensor(op, "nears", nears, kFloat, {R}, dev, "R from rays_o");
+    check_tensor(op, "fars", fars, kFloat, {R}, dev, "R from rays_o");
+    check_tensor(op, "noise", noise, kFloat, {R}, dev, "R from rays_o");
+    check_bitfield(op, bitfield, p, dev);
+    MarchTrain body{};
+    body.o = in<float>(rays_o);
+    body.d = in<float>(rays_d);
+    body.nears = in<float>(nears);
+    body.fars = in<float>(fars);
+    body.noise = in<float>(noise);
+    body.bits = in<uint8_t>(bitfield);
+    body.p = p;
+    body.max_steps = static_cast<int>(max_steps);
+    return body;
 }
 }  // namespace
 
@@ -133,12 +176,15 @@ at::Tensor march_rays_train_count(const at::Tensor& rays_o, const at::Tensor& ra
                                   const at::Tensor& fars, const at::Tensor& noise, const at::Tensor& bitfield,
                                   double bound, double inv_bound, double dt_gamma, double dt_min, double dt_max,
                                   double dt_to_cells, int64_t cascades, int64_t resolution, int64_t max_steps) {
-    const MarchParams p = make_params(bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution);
-    MarchTrain op = make_march_train(rays_o, rays_d, nears, fars, noise, bitfield, p, max_steps);
+    const char* op = "march_rays_train_count";
+    const at::Device dev = first_device(op, "rays_o", rays_o);
+    const MarchParams p =
+        make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
+    MarchTrain body = march_train_body(op, dev, rays_o, rays_d, nears, fars, noise, bitfield, p, max_steps);
     const int64_t R = rays_o.size(0);
-    auto counts = at::zeros({R}, rays_o.options().dtype(at::kInt));
-    op.counts = mut<int>(counts);
-    launch("march_rays_train_count", op, R, rays_o.device());
+    auto counts = at::zeros({R}, rays_o.options().dtype(kInt));
+    body.count_out = mut<int>(counts);
+    launch(op, body, R, dev);
     return counts;
 }
 
@@ -149,36 +195,71 @@ void march_rays_train_fill(const at::Tensor& rays_o, const at::Tensor& rays_d, c
                            const at::Tensor& counts, const at::Tensor& positions, const at::Tensor& dirs,
                            const at::Tensor& deltas, const at::Tensor& t_starts, const at::Tensor& t_ends,
                            const at::Tensor& ray_indices) {
-    const MarchParams p = make_params(bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution);
-    MarchTrain op = make_march_train(rays_o, rays_d, nears, fars, noise, bitfield, p, max_steps);
-    for (auto* t : {&positions, &dirs, &deltas, &t_starts, &t_ends}) check_float(*t, "march outputs");
-    op.offsets = in<int64_t>(offsets);
-    op.counts = const_cast<int*>(in<int>(counts));
-    op.pos = mut<float>(positions);
-    op.dirs = mut<float>(dirs);
-    op.deltas = mut<float>(deltas);
-    op.t_starts = mut<float>(t_starts);
-    op.t_ends = mut<float>(t_ends);
-    op.ray_indices = mut<int64_t>(ray_indices);
-    launch("march_rays_train_fill", op, rays_o.size(0), rays_o.device());
+    const char* op = "march_rays_train_fill";
+    const at::Device dev = first_device(op, "rays_o", rays_o);
+    const MarchParams p =
+        make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
+    MarchTrain body = march_train_body(op, dev, rays_o, rays_d, nears, fars, noise, bitfield, p, max_steps);
+    const int64_t R = rays_o.size(0);
+    check_tensor(op, "offsets", offsets, kLong, {R}, dev, "R from rays_o");
+    check_tensor(op, "counts", counts, kInt, {R}, dev, "R from rays_o");
+    check_tensor(op, "positions", positions, kFloat, {-1, 3}, dev);
+    const int64_t S = positions.size(0);
+    check_tensor(op, "dirs", dirs, kFloat, {S, 3}, dev, "S from positions");
+    check_tensor(op, "deltas", deltas, kFloat, {S}, dev, "S from positions");
+    check_tensor(op, "t_starts", t_starts, kFloat, {S}, dev, "S from positions");
+    check_tensor(op, "t_ends", t_ends, kFloat, {S}, dev, "S from positions");
+    check_tensor(op, "ray_indices", ray_indices, kLong, {S}, dev, "S from positions");
+    if (dev.is_cpu()) check_ranges_cpu(op, "offsets/counts", in<int64_t>(offsets), 1, in<int>(counts), 1, R, S);
+    body.offsets = in<int64_t>(offsets);
+    body.counts = in<int>(counts);
+    body.pos = mut<float>(positions);
+    body.dirs = mut<float>(dirs);
+    body.deltas = mut<float>(deltas);
+    body.t_starts = mut<float>(t_starts);
+    body.t_ends = mut<float>(t_ends);
+    body.ray_indices = mut<int64_t>(ray_indices);
+    body.n_slots = S;
+    launch(op, body, R, dev);
 }
+
+namespace {
+// Checks of the composite's sample inputs; returns (S, R, C).
+std::tuple<int64_t, int64_t, int64_t> check_composite_inputs(const char* op, const at::Device& dev,
+                                                             const at::Tensor& sigmas, const at::Tensor& rgbs,
+                                                             const at::Tensor& deltas, const at::Tensor& ts,
+                                                             const at::Tensor& packed_info) {
+    check_tensor(op, "sigmas", sigmas, kFloat, {-1}, dev);
+    const int64_t S = sigmas.size(0);
+    check_tensor(op, "rgbs", rgbs, kFloat, {S, -1}, dev, "S from sigmas");
+    check_tensor(op, "deltas", deltas, kFloat, {S}, dev, "S from sigmas");
+    check_tensor(op, "ts", ts, kFloat, {S}, dev, "S from sigmas");
+    check_tensor(op, "packed_info", packed_info, kInt, {-1, 2}, dev);
+    const int64_t R = packed_info.size(0);
+    if (dev.is_cpu()) {
+        const int* info = in<int>(packed_info);
+        check_ranges_cpu(op, "packed_info", info, 2, info + 1, 2, R, S);
+    }
+    return {S, R, rgbs.size(1)};
+}
+}  // namespace
 
 std::vector<at::Tensor> composite_rays_train_forward(const at::Tensor& sigmas, const at::Tensor& rgbs,
                                                      const at::Tensor& deltas, const at::Tensor& ts,
                                                      const at::Tensor& packed_info, double T_thresh) {
-    for (auto* t : {&sigmas, &rgbs, &deltas, &ts}) check_float(*t, "composite inputs");
-    TORCH_CHECK(packed_info.is_contiguous() && packed_info.scalar_type() == at::kInt,
-                "composite: packed_info must be int32 [R, 2]");
-    const int64_t R = packed_info.size(0), S = sigmas.size(0);
-    const int C = static_cast<int>(rgbs.size(1));
+    const char* op = "composite_rays_train_forward";
+    const at::Device dev = first_device(op, "sigmas", sigmas);
+    const auto [S, R, C] = check_composite_inputs(op, dev, sigmas, rgbs, deltas, ts, packed_info);
     auto weights = at::zeros({S}, sigmas.options());
     auto weights_sum = at::zeros({R}, sigmas.options());
     auto depth = at::zeros({R}, sigmas.options());
     auto image = at::zeros({R, C}, sigmas.options());
-    const CompositeTrainForward op{C, in<float>(sigmas), in<float>(rgbs), in<float>(deltas), in<float>(ts),
-                                   in<int>(packed_info), static_cast<float>(T_thresh), mut<float>(weights),
-                                   mut<float>(weights_sum), mut<float>(depth), mut<float>(image)};
-    launch("composite_rays_train_forward", op, R, sigmas.device());
+    const CompositeTrainForward body{static_cast<int>(C), in<float>(sigmas),  in<float>(rgbs),
+                                     in<float>(deltas),   in<float>(ts),      in<int>(packed_info),
+                                     S,                   static_cast<float>(T_thresh),
+                                     mut<float>(weights), mut<float>(weights_sum),
+                                     mut<float>(depth),   mut<float>(image)};
+    launch(op, body, R, dev);
     return {weights, weights_sum, depth, image};
 }
 
@@ -188,28 +269,30 @@ std::vector<at::Tensor> composite_rays_train_backward(const at::Tensor& grad_wei
                                                       const at::Tensor& sigmas, const at::Tensor& rgbs,
                                                       const at::Tensor& deltas, const at::Tensor& ts,
                                                       const at::Tensor& packed_info, double T_thresh) {
-    for (auto* t : {&grad_weights, &grad_weights_sum, &grad_depth, &grad_image, &sigmas, &rgbs, &deltas, &ts})
-        check_float(*t, "composite backward inputs");
-    TORCH_CHECK(packed_info.is_contiguous() && packed_info.scalar_type() == at::kInt,
-                "composite: packed_info must be int32 [R, 2]");
-    const int64_t R = packed_info.size(0);
-    const int C = static_cast<int>(rgbs.size(1));
+    const char* op = "composite_rays_train_backward";
+    const at::Device dev = first_device(op, "sigmas", sigmas);
+    const auto [S, R, C] = check_composite_inputs(op, dev, sigmas, rgbs, deltas, ts, packed_info);
+    check_tensor(op, "grad_weights", grad_weights, kFloat, {S}, dev, "S from sigmas");
+    check_tensor(op, "grad_weights_sum", grad_weights_sum, kFloat, {R}, dev, "R from packed_info");
+    check_tensor(op, "grad_depth", grad_depth, kFloat, {R}, dev, "R from packed_info");
+    check_tensor(op, "grad_image", grad_image, kFloat, {R, C}, dev, "R from packed_info, C from rgbs");
     auto g_sigmas = at::zeros(sigmas.sizes(), sigmas.options());
     auto g_rgbs = at::zeros(rgbs.sizes(), rgbs.options());
-    const CompositeTrainBackward op{C,
-                                    in<float>(grad_weights),
-                                    in<float>(grad_weights_sum),
-                                    in<float>(grad_depth),
-                                    in<float>(grad_image),
-                                    in<float>(sigmas),
-                                    in<float>(rgbs),
-                                    in<float>(deltas),
-                                    in<float>(ts),
-                                    in<int>(packed_info),
-                                    static_cast<float>(T_thresh),
-                                    mut<float>(g_sigmas),
-                                    mut<float>(g_rgbs)};
-    launch("composite_rays_train_backward", op, R, sigmas.device());
+    const CompositeTrainBackward body{static_cast<int>(C),
+                                      in<float>(grad_weights),
+                                      in<float>(grad_weights_sum),
+                                      in<float>(grad_depth),
+                                      in<float>(grad_image),
+                                      in<float>(sigmas),
+                                      in<float>(rgbs),
+                                      in<float>(deltas),
+                                      in<float>(ts),
+                                      in<int>(packed_info),
+                                      S,
+                                      static_cast<float>(T_thresh),
+                                      mut<float>(g_sigmas),
+                                      mut<float>(g_rgbs)};
+    launch(op, body, R, dev);
     return {g_sigmas, g_rgbs};
 }
 
@@ -218,57 +301,77 @@ std::vector<at::Tensor> march_rays(const at::Tensor& alive, const at::Tensor& ra
                                    const at::Tensor& bitfield, double bound, double inv_bound, double dt_gamma,
                                    double dt_min, double dt_max, double dt_to_cells, int64_t cascades,
                                    int64_t resolution, int64_t k, int64_t max_steps) {
-    for (auto* t : {&rays_t, &rays_o, &rays_d, &fars}) check_float(*t, "march_rays inputs");
-    TORCH_CHECK(alive.is_contiguous() && counts.is_contiguous() && alive.scalar_type() == at::kLong &&
-                    counts.scalar_type() == at::kInt,
-                "march_rays: alive must be int64 and counts int32");
-    const MarchParams p = make_params(bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution);
-    check_bitfield(bitfield, p);
+    const char* op = "march_rays";
+    const at::Device dev = first_device(op, "alive", alive);
+    const MarchParams p =
+        make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
+    TORCH_CHECK(k >= 1 && k <= INT_MAX, "nerfhead::march_rays: k (samples per ray and step) must be >= 1, got ", k);
+    check_tensor(op, "alive", alive, kLong, {-1}, dev);
     const int64_t n = alive.size(0);
+    check_tensor(op, "rays_t", rays_t, kFloat, {n}, dev, "n from alive");
+    check_tensor(op, "counts", counts, kInt, {n}, dev, "n from alive");
+    check_tensor(op, "rays_o", rays_o, kFloat, {-1, 3}, dev);
+    const int64_t R = rays_o.size(0);
+    check_tensor(op, "rays_d", rays_d, kFloat, {R, 3}, dev, "R from rays_o");
+    check_tensor(op, "fars", fars, kFloat, {R}, dev, "R from rays_o");
+    check_bitfield(op, bitfield, p, dev);
+    if (dev.is_cpu()) check_ids_cpu(op, alive, R);
     auto f = rays_o.options();
     auto positions = at::zeros({n, k, 3}, f), deltas = at::zeros({n, k}, f), ts = at::zeros({n, k}, f);
-    MarchInference op{};
-    op.k = static_cast<int>(k);
-    op.alive = in<int64_t>(alive);
-    op.rays_t = mut<float>(rays_t);
-    op.counts = mut<int>(counts);
-    op.o = in<float>(rays_o);
-    op.d = in<float>(rays_d);
-    op.fars = in<float>(fars);
-    op.bits = in<uint8_t>(bitfield);
-    op.p = p;
-    op.max_steps = static_cast<int>(max_steps);
-    op.pos = mut<float>(positions);
-    op.deltas = mut<float>(deltas);
-    op.ts = mut<float>(ts);
-    launch("march_rays", op, n, rays_o.device());
+    MarchInference body{};
+    body.k = static_cast<int>(k);
+    body.alive = in<int64_t>(alive);
+    body.rays_t = mut<float>(rays_t);
+    body.counts = mut<int>(counts);
+    body.o = in<float>(rays_o);
+    body.d = in<float>(rays_d);
+    body.fars = in<float>(fars);
+    body.n_rays = R;
+    body.bits = in<uint8_t>(bitfield);
+    body.p = p;
+    body.max_steps = static_cast<int>(max_steps);
+    body.pos = mut<float>(positions);
+    body.deltas = mut<float>(deltas);
+    body.ts = mut<float>(ts);
+    launch(op, body, n, dev);
     return {positions, deltas, ts};
 }
 
 at::Tensor composite_rays(const at::Tensor& alive, const at::Tensor& T, const at::Tensor& sigmas,
                           const at::Tensor& rgbs, const at::Tensor& deltas, const at::Tensor& ts, double T_thresh,
                           const at::Tensor& weights_sum, const at::Tensor& depth, const at::Tensor& image) {
-    for (auto* t : {&T, &sigmas, &rgbs, &deltas, &ts, &weights_sum, &depth, &image})
-        check_float(*t, "composite_rays inputs");
-    TORCH_CHECK(alive.is_contiguous() && alive.scalar_type() == at::kLong, "composite_rays: alive must be int64");
-    TORCH_CHECK(sigmas.dim() == 2 && rgbs.dim() == 3 && image.dim() == 2 && rgbs.size(2) == image.size(1),
-                "composite_rays: need sigmas [n, k], rgbs [n, k, C], image [R, C]");
+    const char* op = "composite_rays";
+    const at::Device dev = first_device(op, "alive", alive);
+    check_tensor(op, "alive", alive, kLong, {-1}, dev);
     const int64_t n = alive.size(0);
-    auto dead = at::zeros({n}, sigmas.options().dtype(at::kBool));
-    const CompositeInference op{static_cast<int>(sigmas.size(1)),
-                                static_cast<int>(image.size(1)),
-                                in<int64_t>(alive),
-                                mut<float>(T),
-                                in<float>(sigmas),
-                                in<float>(rgbs),
-                                in<float>(deltas),
-                                in<float>(ts),
-                                static_cast<float>(T_thresh),
-                                mut<float>(weights_sum),
-                                mut<float>(depth),
-                                mut<float>(image),
-                                mut<bool>(dead)};
-    launch("composite_rays", op, n, sigmas.device());
+    check_tensor(op, "T", T, kFloat, {n}, dev, "n from alive");
+    check_tensor(op, "sigmas", sigmas, kFloat, {n, -1}, dev, "n from alive");
+    const int64_t k = sigmas.size(1);
+    check_tensor(op, "rgbs", rgbs, kFloat, {n, k, -1}, dev, "n from alive, k from sigmas");
+    const int64_t C = rgbs.size(2);
+    check_tensor(op, "deltas", deltas, kFloat, {n, k}, dev, "n from alive, k from sigmas");
+    check_tensor(op, "ts", ts, kFloat, {n, k}, dev, "n from alive, k from sigmas");
+    check_tensor(op, "weights_sum", weights_sum, kFloat, {-1}, dev);
+    const int64_t R = weights_sum.size(0);
+    check_tensor(op, "depth", depth, kFloat, {R}, dev, "R from weights_sum");
+    check_tensor(op, "image", image, kFloat, {R, C}, dev, "R from weights_sum, C from rgbs");
+    if (dev.is_cpu()) check_ids_cpu(op, alive, R);
+    auto dead = at::zeros({n}, sigmas.options().dtype(kBool));
+    const CompositeInference body{static_cast<int>(k),
+                                  static_cast<int>(C),
+                                  in<int64_t>(alive),
+                                  mut<float>(T),
+                                  in<float>(sigmas),
+                                  in<float>(rgbs),
+                                  in<float>(deltas),
+                                  in<float>(ts),
+                                  static_cast<float>(T_thresh),
+                                  R,
+                                  mut<float>(weights_sum),
+                                  mut<float>(depth),
+                                  mut<float>(image),
+                                  mut<bool>(dead)};
+    launch(op, body, n, dev);
     return dead;
 }
 

@@ -10,6 +10,12 @@
 // rounded reciprocal), so both emit bit-identical samples. The composites use expf and
 // plain float arithmetic (the device may fuse multiply-adds): they match the references to
 // a named tolerance, not bit for bit.
+//
+// Memory safety: the entry points (raymarch.cpp) check every shape, dtype and device, and on
+// the CPU also the contents that index memory (packed ranges, ray ids), raising a clear
+// error. On the GPU those contents are not checked (that would synchronise with the host);
+// the bodies skip an item whose range or id is out of bounds instead of touching memory
+// outside the tensors (its outputs keep their initial zeros; an inference ray dies).
 #pragma once
 
 #include "common.h"
@@ -70,6 +76,10 @@ NH_HD NH_INLINE float exit_distance(int cell, bool forward, float mb, float x, f
 // March one ray from t until far, `max_samples` new samples, or `count` reaching
 // `max_steps`; emit(t, dt, x, y, z) for every sample in an occupied cell. In an empty cell
 // the ray jumps to the cell's exit and on to the next multiple of its step (torch-ngp).
+// Every ray finishes: a ray that can never leave its empty cell (zero or NaN direction:
+// the exit distance is inf or NaN), whose far end lies inside it, or whose t stops growing
+// in float32 (t + dt == t: a tiny direction takes t to ~1e7 steps) ends there (t = far). Positions clamp with C
+// fminf/fmaxf semantics, so a NaN coordinate becomes -outer, never a NaN cell index.
 template <typename Emit>
 NH_HD void march_segment(float ox, float oy, float oz, float dx, float dy, float dz, float far, float& t,
                          int& count, int max_samples, int max_steps, const uint8_t* bits, const MarchParams& p,
@@ -100,9 +110,20 @@ NH_HD void march_segment(float ox, float oy, float oz, float dx, float dy, float
             const float tx = exit_distance(nx, fx, mb, x, rdx, p);
             const float ty = exit_distance(ny, fy, mb, y, rdy, p);
             const float tz = exit_distance(nz, fz, mb, z, rdz, p);
-            const float target = add_rn(t, fmaxf(fminf(tx, fminf(ty, tz)), 0.f));
+            const float gap = fminf(tx, fminf(ty, tz));
+            const float target = add_rn(t, fmaxf(gap, 0.f));
+            // gap inf or NaN: the ray never leaves this empty cell; target >= far: it ends in it
+            if (!(gap <= FLT_MAX) || !(target < far)) {
+                t = far;
+                continue;
+            }
             do {
-                t = add_rn(t, step_size(t, p));
+                const float next = add_rn(t, step_size(t, p));
+                if (!(next > t)) {  // no progress in float32: the ray ends here
+                    t = far;
+                    break;
+                }
+                t = next;
             } while (t < target);
         }
     }
@@ -160,19 +181,23 @@ struct Packbits {  // one byte: cells 8b .. 8b+7, bit k set when density > thres
     }
 };
 
-// Training march of one ray. Count pass (offsets == nullptr): writes counts[n]. Fill pass:
-// writes the ray's samples from offsets[n] on.
+// Training march of one ray. Count pass (offsets == nullptr): writes count_out[n]. Fill
+// pass: writes the ray's first counts[n] samples from offsets[n] on and stops there, so it
+// never writes past the slots its count pass (or any caller) gave the ray.
 struct MarchTrain {
     const float *o, *d, *nears, *fars, *noise;
     const uint8_t* bits;
     MarchParams p;
     int max_steps;
-    const int64_t* offsets;
-    int* counts;
+    int* count_out;        // count pass
+    const int64_t* offsets;  // fill pass: first slot of each ray
+    const int* counts;       // fill pass: slots of each ray
     float *pos, *dirs, *deltas, *t_starts, *t_ends;
     int64_t* ray_indices;
+    int64_t n_slots;  // fill pass: S, the length of the sample outputs
 
     NH_HD void operator()(int64_t n) const {
+        if (offsets != nullptr && (offsets[n] < 0 || counts[n] < 0 || offsets[n] + counts[n] > n_slots)) return;
         const float ox = o[3 * n], oy = o[3 * n + 1], oz = o[3 * n + 2];
         const float dx = d[3 * n], dy = d[3 * n + 1], dz = d[3 * n + 2];
         const float near = nears[n];
@@ -181,11 +206,11 @@ struct MarchTrain {
         if (offsets == nullptr) {
             march_segment(ox, oy, oz, dx, dy, dz, fars[n], t, count, max_steps, max_steps, bits, p,
                           [](float, float, float, float, float) {});
-            counts[n] = count;
+            count_out[n] = count;
             return;
         }
         int64_t s = offsets[n];
-        march_segment(ox, oy, oz, dx, dy, dz, fars[n], t, count, max_steps, max_steps, bits, p,
+        march_segment(ox, oy, oz, dx, dy, dz, fars[n], t, count, counts[n], max_steps, bits, p,
                       [&](float ts, float dt, float x, float y, float z) {
                           pos[3 * s] = x, pos[3 * s + 1] = y, pos[3 * s + 2] = z;
                           dirs[3 * s] = dx, dirs[3 * s + 1] = dy, dirs[3 * s + 2] = dz;
@@ -203,12 +228,14 @@ struct CompositeTrainForward {
     int C;
     const float *sigmas, *rgbs, *deltas, *ts;
     const int* info;  // [R, 2] (offset, count)
+    int64_t n_samples;
     float T_thresh;
     float *weights, *weights_sum, *depth, *image;
 
     NH_HD void operator()(int64_t n) const {
         const int64_t off = info[2 * n];
         const int cnt = info[2 * n + 1];
+        if (off < 0 || cnt < 0 || off + cnt > n_samples) return;
         float T = 1.f, ws = 0.f, dep = 0.f;
         float* img = image + n * C;
         for (int i = 0; i < cnt; ++i) {
@@ -236,6 +263,7 @@ struct CompositeTrainBackward {
     const float *g_weights, *g_ws, *g_depth, *g_image;
     const float *sigmas, *rgbs, *deltas, *ts;
     const int* info;
+    int64_t n_samples;
     float T_thresh;
     float *g_sigmas, *g_rgbs;
 
@@ -248,6 +276,7 @@ struct CompositeTrainBackward {
     NH_HD void operator()(int64_t n) const {
         const int64_t off = info[2 * n];
         const int cnt = info[2 * n + 1];
+        if (off < 0 || cnt < 0 || off + cnt > n_samples) return;
         float T = 1.f, total = 0.f;
         for (int i = 0; i < cnt; ++i) {
             const int64_t s = off + i;
@@ -280,6 +309,7 @@ struct MarchInference {
     float* rays_t;
     int* counts;
     const float *o, *d, *fars;
+    int64_t n_rays;
     const uint8_t* bits;
     MarchParams p;
     int max_steps;
@@ -287,6 +317,7 @@ struct MarchInference {
 
     NH_HD void operator()(int64_t i) const {
         const int64_t r = alive[i];
+        if (r < 0 || r >= n_rays) return;
         float t = rays_t[i];
         int count = counts[i];
         int64_t s = i * k;
@@ -309,11 +340,16 @@ struct CompositeInference {
     float* T_state;
     const float *sigmas, *rgbs, *deltas, *ts;
     float T_thresh;
+    int64_t n_rays;
     float *weights_sum, *depth, *image;
     bool* dead;
 
     NH_HD void operator()(int64_t i) const {
         const int64_t r = alive[i];
+        if (r < 0 || r >= n_rays) {
+            dead[i] = true;
+            return;
+        }
         float T = T_state[i], ws = weights_sum[r], dep = depth[r];
         float* img = image + r * C;
         bool is_dead = false;

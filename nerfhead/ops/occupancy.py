@@ -264,6 +264,9 @@ class OccupancyGrid(nn.Module):
 
 
 # ---------------------------------------------------------------- grid traversal
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
 def _f32(v: float) -> float:
     """Round to the nearest float32, so the kernel (which receives floats) and the torch
     reference use bit-identical constants."""
@@ -299,12 +302,19 @@ def _step_size(t: Tensor, p: dict) -> Tensor:
     return torch.clamp(t * p["dt_gamma"], p["dt_min"], p["dt_max"])
 
 
+def _clampf(v: Tensor, lo: float, hi: float) -> Tensor:
+    """C ``fminf(fmaxf(v, lo), hi)``: like clamp, but NaN becomes ``lo`` (as in the kernels)."""
+    return torch.clamp(v, lo, hi).nan_to_num(nan=lo)
+
+
 def march_segment_reference(o: Tensor, d: Tensor, t: Tensor, fars: Tensor, counts: Tensor,
                             bitfield: Tensor, p: dict, max_samples: int,
                             max_steps: int) -> MarchSegment:
     """March every ray from its ``t`` until ``far``, ``max_samples`` new samples, or
     ``counts`` reaching ``max_steps``. Float32 ops in the order of ``march_segment`` in
     ``csrc/raymarch_kernels.h`` (one loop iteration = one cell visit, vectorised over rays).
+    A ray that cannot leave an empty cell (zero or NaN direction), whose far end lies in
+    it, or whose ``t`` stops growing in float32 ends there (``t = far``), as in the kernels.
     """
     R, dev = o.shape[0], o.device
     G, C = p["G"], p["C"]
@@ -324,7 +334,7 @@ def march_segment_reference(o: Tensor, d: Tensor, t: Tensor, fars: Tensor, count
     act = alive(torch.arange(R, device=dev))
     while act.numel():
         ta = t[act]
-        x = torch.clamp(o[act] + ta[:, None] * d[act], -p["outer"], p["outer"])
+        x = _clampf(o[act] + ta[:, None] * d[act], -p["outer"], p["outer"])
         dt = _step_size(ta, p)
         level_pos = torch.frexp(x.abs().amax(-1) * p["inv_bound"]).exponent
         level_dt = torch.frexp(dt * p["dt_to_cells"]).exponent
@@ -350,13 +360,18 @@ def march_segment_reference(o: Tensor, d: Tensor, t: Tensor, fars: Tensor, count
             tx = (face - x[miss]) * rd[idx]
             gap = torch.fmin(tx[:, 0], torch.fmin(tx[:, 1], tx[:, 2]))
             target = ta[miss] + torch.fmax(gap, torch.zeros_like(gap))
+            # gap inf or NaN: never leaves this empty cell; target >= far: the ray ends in it
+            ends = ~(gap <= _FLT_MAX) | ~(target < fars[idx])
             tm = ta[miss]
-            tm = tm + _step_size(tm, p)  # do { t += dt } while (t < target)
-            more = tm < target
+            more = ~ends  # do { t += dt } while (t < target), stopping where t + dt == t
             while bool(more.any()):
-                tm = torch.where(more, tm + _step_size(tm, p), tm)
-                more = tm < target
-            t[idx] = tm
+                nxt = tm + _step_size(tm, p)
+                stuck = more & ~(nxt > tm)
+                ends |= stuck
+                more &= ~stuck
+                tm = torch.where(more, nxt, tm)
+                more &= tm < target
+            t[idx] = torch.where(ends, fars[idx], tm)
         act = alive(act)
 
     if found:

@@ -81,7 +81,7 @@ def near_far_from_aabb_reference(rays_o: Tensor, rays_d: Tensor, aabb, min_near:
     near = torch.fmax(torch.fmax(lo[:, 0], lo[:, 1]), lo[:, 2])
     far = torch.fmin(torch.fmin(hi[:, 0], hi[:, 1]), hi[:, 2])
     miss = (near > far) | (far < min_near)
-    near = torch.clamp(near, min=min_near)
+    near = torch.fmax(near, torch.full_like(near, min_near))  # fmaxf: a NaN near becomes min_near
     near = torch.where(miss, torch.full_like(near, NEAR_FAR_MISS), near)
     far = torch.where(miss, torch.full_like(far, NEAR_FAR_MISS), far)
     return near, far
@@ -165,9 +165,9 @@ def march_rays_train_reference(rays_o: Tensor, rays_d: Tensor, nears: Tensor, fa
                                   max_samples=max_steps, max_steps=max_steps)
     ray_idx, t_s, dt, pos = seg.ray_indices, seg.t_starts, seg.deltas, seg.positions
     counts = torch.bincount(ray_idx, minlength=R).int()
-    offsets = torch.cumsum(counts, 0, dtype=torch.int32) - counts
+    offsets, _ = packed_offsets(counts)
     return RaySamples(positions=pos, dirs=d[ray_idx], deltas=dt, t_starts=t_s, t_ends=t_s + dt,
-                      ray_indices=ray_idx, packed_info=torch.stack([offsets, counts], -1))
+                      ray_indices=ray_idx, packed_info=torch.stack([offsets.int(), counts], -1))
 
 
 def march_rays_train(rays_o: Tensor, rays_d: Tensor, nears: Tensor, fars: Tensor,
@@ -191,10 +191,22 @@ def march_rays_train(rays_o: Tensor, rays_d: Tensor, nears: Tensor, fars: Tensor
     return march_rays_train_reference(rays_o, rays_d, nears, fars, grid, dt_gamma, max_steps, noise)
 
 
+PACKED_MAX_SAMPLES = 2 ** 31 - 1
+"""Most samples one march may produce: packed_info holds int32 offsets."""
+
+
 def packed_offsets(counts: Tensor) -> tuple[Tensor, int]:
-    """Offsets (int64 [R], exclusive prefix sum) and total S of per-ray sample ``counts``."""
+    """Offsets (int64 [R], exclusive prefix sum) and total S of per-ray sample ``counts``.
+
+    Raises ValueError when S exceeds what int32 ``packed_info`` offsets can address (instead
+    of letting them wrap to negative values).
+    """
     ends = torch.cumsum(counts, 0, dtype=torch.int64)
     total = int(ends[-1]) if counts.numel() else 0
+    if total > PACKED_MAX_SAMPLES:
+        raise ValueError(f"march_rays_train: {total} samples exceed the 2^31 - 1 that int32 "
+                         f"packed_info offsets can address; march fewer rays per call "
+                         f"({counts.numel()} now) or lower max_steps")
     return ends - counts, total
 
 
