@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "hashgrid_kernels.h"
@@ -30,7 +31,15 @@ bool forward_cpu(const Args& a) {
         using T = typename decltype(tag)::type;
         const Forward<decltype(d)::value, decltype(f)::value, T> op{
             a.x, static_cast<const T*>(a.table), static_cast<T*>(a.out), a.n_points, a.p};
-        each(op, a.n_points * a.p.num_levels, 512);  // level-major items: one level's table at a time
+        // level-major (one level's table in cache at a time), the (level, n) split done here
+        const int64_t N = a.n_points;
+        at::parallel_for(0, N * a.p.num_levels, 512, [&](int64_t begin, int64_t end) {
+            for (int64_t item = begin; item < end;) {
+                const auto level = static_cast<uint32_t>(item / N);
+                const int64_t stop = std::min(end, (level + 1) * N);
+                for (int64_t n = item - level * N; item < stop; ++item, ++n) op.run(level, n);
+            }
+        });
     });
 }
 
@@ -50,8 +59,8 @@ bool backward_table_cpu(const Args& a) {
         }
         at::parallel_for(0, L, 1, [&](int64_t begin, int64_t end) {
             for (int64_t j = begin; j < end; ++j) {
-                const int64_t first = order[j] * N;
-                for (int64_t n = 0; n < N; ++n) op(first + n);
+                const auto level = static_cast<uint32_t>(order[j]);
+                for (int64_t n = 0; n < N; ++n) op.run(level, n);
             }
         });
     });

@@ -65,22 +65,26 @@ NH_UNROLL
 }
 
 // tcnn's grid_index: dense row-major index or xor of prime products (uint32 wrap), mod rows.
+// The modulo is the same function computed cheaper: an index below `rows` (every dense corner
+// but the one past the last vertex) is its own remainder, and a power-of-two `rows` (every
+// hashed level) takes a mask instead of a division.
 template <int D>
 NH_HD NH_INLINE uint32_t vertex_index(const uint32_t v[D], uint32_t resolution, uint32_t rows, bool dense) {
     const uint32_t primes[3] = {1u, 2654435761u, 805459861u};
     uint32_t index = 0;
     if (dense) {
         uint32_t stride = 1;
-NH_UNROLL
+        NH_UNROLL
         for (int d = 0; d < D; ++d) {
             index += v[d] * stride;
             stride *= resolution;
         }
     } else {
-NH_UNROLL
+        NH_UNROLL
         for (int d = 0; d < D; ++d) index ^= v[d] * primes[d];
     }
-    return index % rows;
+    if (index < rows) return index;
+    return (rows & (rows - 1)) == 0 ? index & (rows - 1) : index % rows;
 }
 
 // Corner c: vertex grid + bits(c) and weight prod_d (bit ? frac : 1 - frac) in axis order.
@@ -115,9 +119,12 @@ struct Forward {
     int64_t n_points;
     LevelParams p;
 
-    NH_HD void operator()(int64_t item) const {
+    NH_HD void operator()(int64_t item) const {  // item = level * N + n
         const uint32_t level = static_cast<uint32_t>(item / n_points);
-        const int64_t n = item - static_cast<int64_t>(level) * n_points;
+        run(level, item - static_cast<int64_t>(level) * n_points);
+    }
+
+    NH_HD void run(uint32_t level, int64_t n) const {
         uint32_t grid[D];
         float frac[D];
         locate<D>(x + n * D, p.scale[level], grid, frac);
@@ -149,9 +156,12 @@ struct BackwardTable {
     int64_t n_points;
     LevelParams p;
 
-    NH_HD void operator()(int64_t item) const {
+    NH_HD void operator()(int64_t item) const {  // item = level * N + n
         const uint32_t level = static_cast<uint32_t>(item / n_points);
-        const int64_t n = item - static_cast<int64_t>(level) * n_points;
+        run(level, item - static_cast<int64_t>(level) * n_points);
+    }
+
+    NH_HD void run(uint32_t level, int64_t n) const {
         uint32_t grid[D];
         float frac[D];
         locate<D>(x + n * D, p.scale[level], grid, frac);

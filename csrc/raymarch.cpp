@@ -44,9 +44,9 @@ template <class Op> void launch(const char* name, const Op& op, int64_t n, const
 MarchParams make_params(const char* op, double bound, double inv_bound, double dt_gamma, double dt_min,
                         double dt_max, double dt_to_cells, int64_t cascades, int64_t resolution,
                         int64_t max_steps) {
-    TORCH_CHECK(cascades >= 1 && cascades <= 16 && resolution >= 2 && resolution <= 1024 &&
+    TORCH_CHECK(cascades >= 1 && cascades <= kMaxCascades && resolution >= 2 && resolution <= 1024 &&
                     (resolution & (resolution - 1)) == 0,
-                "nerfhead::", op, ": need 1..16 cascades and a power-of-two resolution in [2, 1024], got ",
+                "nerfhead::", op, ": need 1..", kMaxCascades, " cascades and a power-of-two resolution in [2, 1024], got ",
                 cascades, " and ", resolution);
     TORCH_CHECK(max_steps >= 1 && max_steps <= INT_MAX, "nerfhead::", op, ": max_steps must be in [1, 2^31), got ",
                 max_steps);
@@ -65,6 +65,10 @@ MarchParams make_params(const char* op, double bound, double inv_bound, double d
     p.C = static_cast<int>(cascades);
     p.G = static_cast<int>(resolution);
     p.G3 = static_cast<uint64_t>(resolution) * resolution * resolution;
+    for (int c = 0; c < kMaxCascades; ++c) {
+        p.mip_bound[c] = std::scalbn(p.bound, c);
+        p.mip_rbound[c] = std::scalbn(p.inv_bound, -c);
+    }
     return p;
 }
 

@@ -18,10 +18,14 @@
 // outside the tensors (its outputs keep their initial zeros; an inference ray dies).
 #pragma once
 
+#include <cstring>
+
 #include "common.h"
 
 namespace nerfhead {
 namespace raymarch {
+
+constexpr int kMaxCascades = 16;
 
 // Constants of one march, already rounded to float32 by the Python side (march_params).
 struct MarchParams {
@@ -34,7 +38,24 @@ struct MarchParams {
     float Gf;
     int C, G;
     uint64_t G3;
+    float mip_bound[kMaxCascades];   // scalbnf(bound, c): half-size of cascade c
+    float mip_rbound[kMaxCascades];  // scalbnf(inv_bound, -c)
 };
+
+NH_HD NH_INLINE uint32_t float_bits(float v) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(v);
+#else
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    return b;
+#endif
+}
+
+// The exponent frexpf(v, &e) gives for finite v >= 0, where only max(e, 0) matters (the
+// cascade of a position or step): exact for normal v; zero and subnormal v, whose true
+// exponent is 0 or <= -126, give -126. Integer work instead of a libm call on the host.
+NH_HD NH_INLINE int frexp_exponent(float v) { return static_cast<int>((float_bits(v) >> 23) & 0xffu) - 126; }
 
 NH_HD NH_INLINE float step_size(float t, const MarchParams& p) {
     return clampf(mul_rn(t, p.dt_gamma), p.dt_min, p.dt_max);
@@ -93,12 +114,11 @@ NH_HD void march_segment(float ox, float oy, float oz, float dx, float dy, float
         const float y = clampf(add_rn(oy, mul_rn(t, dy)), -p.outer, p.outer);
         const float z = clampf(add_rn(oz, mul_rn(t, dz)), -p.outer, p.outer);
         const float dt = step_size(t, p);
-        int e_pos = 0, e_dt = 0;
-        frexpf(mul_rn(fmaxf(fmaxf(fabsf(x), fabsf(y)), fabsf(z)), p.inv_bound), &e_pos);
-        frexpf(mul_rn(dt, p.dt_to_cells), &e_dt);
+        const int e_pos = frexp_exponent(mul_rn(fmaxf(fmaxf(fabsf(x), fabsf(y)), fabsf(z)), p.inv_bound));
+        const int e_dt = frexp_exponent(mul_rn(dt, p.dt_to_cells));
         const int level = imin(p.C - 1, imax(0, imax(e_pos, e_dt)));
-        const float mb = scalbnf(p.bound, level);
-        const float rb = scalbnf(p.inv_bound, -level);
+        const float mb = p.mip_bound[level];
+        const float rb = p.mip_rbound[level];
         const int nx = cell_coord(x, rb, p), ny = cell_coord(y, rb, p), nz = cell_coord(z, rb, p);
         const uint64_t index = static_cast<uint64_t>(level) * p.G3 + morton(nx, ny, nz);
         if ((bits[index >> 3] >> (index & 7)) & 1) {

@@ -30,6 +30,9 @@ __all__ = ["morton3d", "morton3d_invert", "packbits", "OccupancyGrid", "march_pa
            "packbits_reference"]
 
 
+MAX_CASCADES = 16  # kMaxCascades in csrc/raymarch_kernels.h
+
+
 def _ext():
     from nerfhead.ops._loader import load_extension
 
@@ -139,8 +142,8 @@ class OccupancyGrid(nn.Module):
         if resolution < 2 or resolution > 1024 or resolution & (resolution - 1):
             raise ValueError(f"OccupancyGrid: resolution must be a power of two in [2, 1024], "
                              f"got {resolution}")
-        if cascades < 1 or bound <= 0:
-            raise ValueError(f"OccupancyGrid: need cascades >= 1 and bound > 0, "
+        if not 1 <= cascades <= MAX_CASCADES or bound <= 0:
+            raise ValueError(f"OccupancyGrid: need 1 <= cascades <= {MAX_CASCADES} and bound > 0, "
                              f"got {cascades}, {bound}")
         self.bound = float(bound)
         self.resolution = int(resolution)
