@@ -20,13 +20,17 @@ _REBUILD = ("rebuild it: `pip install --no-build-isolation -e .` (or `python3 se
             "build_ext --inplace`) in the nerfhead checkout")
 
 
+def _import_module(name: str):
+    return importlib.import_module(name)
+
+
 @lru_cache(maxsize=1)
 def _try_import() -> tuple[Any, Any, str]:
     """(module, torch.ops.nerfhead, '') or (None, None, why not)."""
     import torch  # first: nerfhead._C needs libc10/libtorch already loaded
 
     try:
-        mod = importlib.import_module("nerfhead._C")
+        mod = _import_module("nerfhead._C")
     except ImportError as e:  # not built, or built against another torch
         return None, None, f"nerfhead._C cannot be imported ({e}); {_REBUILD}"
     version = getattr(mod, "OPS_VERSION", None)
