@@ -50,8 +50,11 @@ MarchParams make_params(const char* op, double bound, double inv_bound, double d
                 cascades, " and ", resolution);
     TORCH_CHECK(max_steps >= 1 && max_steps <= INT_MAX, "nerfhead::", op, ": max_steps must be in [1, 2^31), got ",
                 max_steps);
-    TORCH_CHECK(bound > 0 && std::isfinite(bound) && dt_min > 0 && dt_max >= dt_min && dt_gamma >= 0,
-                "nerfhead::", op, ": need bound > 0, 0 < dt_min <= dt_max and dt_gamma >= 0 (see march_params)");
+    // Any step constants march, as in the reference: the step is clamp(t * dt_gamma, dt_min,
+    // dt_max) with dt_max winning over a larger dt_min (torch.clamp, fminf(fmaxf())), and even a
+    // zero step finishes (at most max_steps samples; an empty cell ends the ray). Only the box
+    // is checked.
+    TORCH_CHECK(bound > 0 && std::isfinite(bound), "nerfhead::", op, ": need a finite bound > 0, got ", bound);
     MarchParams p;
     p.bound = static_cast<float>(bound);
     p.inv_bound = static_cast<float>(inv_bound);

@@ -418,6 +418,23 @@ def test_march_hits_max_steps_and_handles_zero_rays(device):
     assert [t.shape[0] for t in out] == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_march_with_few_steps_on_a_fine_grid(device):
+    """max_steps = 16 on a 128^3 grid makes dt_min (2 sqrt(3) / 16) larger than dt_max
+    (2 sqrt(3) / 128): the step is dt_max, as torch.clamp gives (the tiny render presets)."""
+    g = OccupancyGrid(1.0, 128, 1)
+    o, d = _training_rays(512, seed=3)
+    near, far = near_far_from_aabb_reference(o, d, g.aabb, 0.05)
+    p = march_params(g, 1 / 256, 16)
+    assert p["dt_min"] > p["dt_max"]
+    gd = OccupancyGrid(1.0, 128, 1).to(device)
+    k = march_rays_train(*_on(device, o, d, near, far), gd, dt_gamma=1 / 256, max_steps=16, backend=device)
+    r = march_rays_train_reference(o, d, near, far, g, dt_gamma=1 / 256, max_steps=16)
+    for name in ("packed_info", "positions", "deltas", "t_starts", "t_ends", "ray_indices"):
+        _assert_bit_equal(getattr(k, name).cpu(), getattr(r, name), msg=name)
+    assert float(r.deltas.max()) == p["dt_max"]
+
+
 # ================================================================ training composite
 def _composite_inputs(k, rays, seed=13):
     gen = torch.Generator().manual_seed(seed)
