@@ -30,11 +30,12 @@
 # Usage: scripts/gpu_check.sh OUTDIR [--cpu] [--data DIR] [--preset head] [--train-minutes 1.5]
 #          [--train-iters N] [--train-set SECTION.FIELD=VALUE ...] [--wheels DIR] [--arch 9.0]
 #          [--skip-build] [--tests EXPR] [--bench-points N] [--bench-rays N] [--bench-repeats N]
-#          [--bench-levels L]
+#          [--bench-levels L] [--only PART,PART,...]
 #          [--render-resolution 512 (--cpu: 64)] [--render-frames 10] [--force]
 #   --preset: model preset of training and of the synthetic render (head; --cpu: tiny);
 #   --train-iters: a fixed number of steps instead of --train-minutes (--cpu default 40);
-#   --tests: a pytest -k expression selecting among the tests; OUTDIR must be new or empty
+#   --tests: a pytest -k expression selecting among the tests; --only: run just these parts
+#   (e.g. --only build,tests to rerun what failed); OUTDIR must be new or empty
 #   (--force: reuse it, replacing what an earlier run wrote).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ PY=${PYTHON:-python3}
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 OUT_DIR="" CPU=0 DATA="" PRESET="" TRAIN_MIN=1.5 TRAIN_ITERS="" WHEELS="" ARCH=${TORCH_CUDA_ARCH_LIST:-}
-TRAIN_SET=() SKIP_BUILD=0 TESTS="" B_POINTS="" B_RAYS="" B_REPEATS="" B_LEVELS="" R_RES="" R_FRAMES=10 FORCE=0
+TRAIN_SET=() SKIP_BUILD=0 TESTS="" B_POINTS="" B_RAYS="" B_REPEATS="" B_LEVELS="" R_RES="" R_FRAMES=10 FORCE=0 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) CPU=1; shift ;;
@@ -65,6 +66,7 @@ while [ $# -gt 0 ]; do
     --render-resolution) R_RES=$2; shift 2 ;;
     --render-frames) R_FRAMES=$2; shift 2 ;;
     --force) FORCE=1; shift ;;
+    --only) ONLY=",$2,"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) if [ -z "$OUT_DIR" ]; then OUT_DIR=$1; shift; else echo "gpu_check: one OUTDIR only, got also $1" >&2; exit 2; fi ;;
@@ -105,6 +107,7 @@ summarize() { $PY scripts/gpu_check_summary.py "$OUT_DIR" "$@" || echo "gpu_chec
 
 step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to NAME.log, record, summarize
   local name=$1 limit=$2; shift 2
+  if [ -n "$ONLY" ] && [[ "$ONLY" != *",$name,"* ]]; then return 0; fi
   local t0; t0=$(date +%s)
   echo "=== $name: $*"
   timeout --signal=INT --kill-after=20 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1

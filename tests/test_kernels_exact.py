@@ -13,7 +13,8 @@ takes ~20 s for the full forward and ~35 s forward + backward on 2 CI cores, so 
 per-ray comparisons check the kernel's full-size output on a fixed subset of 1/16 of the
 points or rays (each point / ray is computed independently: the subset is an exact test of
 those items at training size). The table gradient sums over all points, so it is compared
-at 2^15 points on the full-size table. ``slow`` variants compare everything at full size.
+at 2^15 points on the full-size table. ``slow`` variants compare all points (hash grid) and
+a quarter of the rays (march) at full size.
 """
 
 from __future__ import annotations
@@ -391,9 +392,11 @@ def test_training_march_bit_exact_at_training_size(scene, marched, device):
 
 
 @pytest.mark.slow
-def test_training_march_bit_exact_every_ray():
+def test_training_march_bit_exact_a_quarter_of_the_rays():
+    """16,384 of the 65,536 rays against the reference (the reference for all of them is a
+    Python loop of ~2.5 min on 2 cores; 1/4 is ~30 s)."""
     g, o, d = _training_grid(), *_training_rays(seed=1)
-    _check_march_exact(g, o, d, torch.arange(TRAIN_RAYS), "cpu")
+    _check_march_exact(g, o, d, torch.arange(0, TRAIN_RAYS, 4), "cpu")
 
 
 @pytest.mark.parametrize("device", DEVICES)
