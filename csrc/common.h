@@ -24,7 +24,13 @@
 #else
 #define NH_HD
 #define NH_INLINE inline
-#define NH_UNROLL  // the host compiler unrolls the small fixed-trip loops at -O3 on its own
+#if defined(__clang__)
+#define NH_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define NH_UNROLL _Pragma("GCC unroll 16")
+#else
+#define NH_UNROLL
+#endif
 #endif
 
 namespace nerfhead {

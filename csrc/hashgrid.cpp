@@ -116,7 +116,9 @@ at::Tensor hashgrid_backward_table(const at::Tensor& grad_out, const at::Tensor&
     check_common(x, table, level_offsets);
     const LevelParams p = make_level_params(x.size(1), level_scales, level_resolutions, level_offsets);
     check_grad_out(grad_out, x, table, p);
-    at::Tensor grad = at::zeros(table.sizes(), table.options().dtype(at::kFloat));
+    // float32 accumulation buffer: the CPU launcher zeroes it level by level in parallel
+    const auto f32 = table.options().dtype(at::kFloat);
+    at::Tensor grad = x.device().is_cpu() && x.size(0) > 0 ? at::empty(table.sizes(), f32) : at::zeros(table.sizes(), f32);
     if (x.size(0) > 0) {
         Args a = make_args(x, table, p);
         a.grad_out = grad_out.const_data_ptr();

@@ -57,9 +57,14 @@ bool backward_table_cpu(const Args& a) {
             order.push_back(lo);
             if (hi != lo) order.push_back(hi);
         }
+        // The buffer comes uninitialised: each level's thread zeroes its own rows first (the
+        // first touch of a fresh multi-megabyte buffer costs page faults: in parallel here).
+        float* grad = static_cast<float*>(a.out);
         at::parallel_for(0, L, 1, [&](int64_t begin, int64_t end) {
             for (int64_t j = begin; j < end; ++j) {
                 const auto level = static_cast<uint32_t>(order[j]);
+                std::fill(grad + int64_t(a.p.offset[level]) * a.features,
+                          grad + int64_t(a.p.offset[level + 1]) * a.features, 0.0f);
                 for (int64_t n = 0; n < N; ++n) op.run(level, n);
             }
         });

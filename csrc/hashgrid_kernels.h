@@ -51,7 +51,7 @@ template <> struct Scalar<float> {
 template <int D>
 NH_HD NH_INLINE uint32_t locate(const float* x, float scale, uint32_t grid[D], float frac[D]) {
     uint32_t inside = 0;
-NH_UNROLL
+    NH_UNROLL
     for (int d = 0; d < D; ++d) {
         const float xd = x[d];
         if (xd >= 0.0f && xd <= 1.0f) inside |= 1u << d;
@@ -91,7 +91,7 @@ NH_HD NH_INLINE uint32_t vertex_index(const uint32_t v[D], uint32_t resolution, 
 template <int D>
 NH_HD NH_INLINE float corner(uint32_t c, const uint32_t grid[D], const float frac[D], uint32_t v[D]) {
     float w = 1.0f;
-NH_UNROLL
+    NH_UNROLL
     for (int d = 0; d < D; ++d) {
         const bool hi = (c >> d) & 1u;
         v[d] = grid[d] + (hi ? 1u : 0u);
@@ -131,19 +131,27 @@ struct Forward {
         const uint32_t rows = p.offset[level + 1] - p.offset[level];
         const bool dense = (p.dense_mask >> level) & 1u;
         const T* level_table = table + static_cast<int64_t>(p.offset[level]) * F;
-        float acc[F];
-NH_UNROLL
-        for (int f = 0; f < F; ++f) acc[f] = 0.0f;
-NH_UNROLL
+        // all corners' rows and weights first, then the loads: 2^D independent reads in
+        // flight at once (the rows of a fine level are scattered over megabytes)
+        uint32_t index[1u << D];
+        float weight[1u << D];
+        NH_UNROLL
         for (uint32_t c = 0; c < (1u << D); ++c) {
             uint32_t v[D];
-            const float w = corner<D>(c, grid, frac, v);
-            const T* row = level_table + static_cast<int64_t>(vertex_index<D>(v, p.resolution[level], rows, dense)) * F;
-NH_UNROLL
-            for (int f = 0; f < F; ++f) acc[f] = add_rn(acc[f], mul_rn(w, Scalar<T>::load(row[f])));
+            weight[c] = corner<D>(c, grid, frac, v);
+            index[c] = vertex_index<D>(v, p.resolution[level], rows, dense);
+        }
+        float acc[F];
+        NH_UNROLL
+        for (int f = 0; f < F; ++f) acc[f] = 0.0f;
+        NH_UNROLL
+        for (uint32_t c = 0; c < (1u << D); ++c) {
+            const T* row = level_table + static_cast<int64_t>(index[c]) * F;
+            NH_UNROLL
+            for (int f = 0; f < F; ++f) acc[f] = add_rn(acc[f], mul_rn(weight[c], Scalar<T>::load(row[f])));
         }
         T* o = out + n * (static_cast<int64_t>(p.num_levels) * F) + level * F;
-NH_UNROLL
+        NH_UNROLL
         for (int f = 0; f < F; ++f) o[f] = Scalar<T>::store(acc[f]);
     }
 };
@@ -169,15 +177,15 @@ struct BackwardTable {
         const bool dense = (p.dense_mask >> level) & 1u;
         float g[F];
         const T* go = grad_out + n * (static_cast<int64_t>(p.num_levels) * F) + level * F;
-NH_UNROLL
+        NH_UNROLL
         for (int f = 0; f < F; ++f) g[f] = Scalar<T>::load(go[f]);
         float* level_grad = grad_table + static_cast<int64_t>(p.offset[level]) * F;
-NH_UNROLL
+        NH_UNROLL
         for (uint32_t c = 0; c < (1u << D); ++c) {
             uint32_t v[D];
             const float w = corner<D>(c, grid, frac, v);
             float* row = level_grad + static_cast<int64_t>(vertex_index<D>(v, p.resolution[level], rows, dense)) * F;
-NH_UNROLL
+            NH_UNROLL
             for (int f = 0; f < F; ++f) accumulate(row + f, mul_rn(w, g[f]));
         }
     }
@@ -274,6 +282,8 @@ struct Args {
 };
 
 // CPU (hashgrid_cpu.cpp, at::parallel_for). Return false for an unsupported (dim, features).
+// backward_table_cpu zeroes `out` itself (it may come uninitialised); the CUDA launcher
+// adds into a zeroed buffer.
 bool forward_cpu(const Args& a);
 bool backward_table_cpu(const Args& a);
 bool backward_input_cpu(const Args& a);
