@@ -477,7 +477,7 @@ def test_training_composite_forward_and_backward(marched, device, T_thresh):
     weights, wsum, depth, image = (t.detach().cpu() for t in outs_k)
     for name, a, b in (("weights", weights[idx], outs_r[0]), ("weights_sum", wsum[rays], outs_r[1]),
                        ("depth", depth[rays], outs_r[2]), ("image", image[rays], outs_r[3])):
-        scale = 1.0 if name != "depth" else float(b.abs().max())
+        scale = 1.0 if name != "depth" else float(b.detach().abs().max())
         torch.testing.assert_close(a, b.detach(), rtol=COMPOSITE["rtol"],
                                    atol=COMPOSITE["atol"] * scale + slack * scale, msg=name)
     for name, a, b in (("grad_sigmas", sk.grad.cpu()[idx], sr.grad), ("grad_rgbs", ck.grad.cpu()[idx], cr.grad)):
