@@ -7,8 +7,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <cstdio>
 #include <initializer_list>
-#include <sstream>
+#include <string>
+#include <type_traits>
 #ifdef NERFHEAD_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -45,11 +47,42 @@ inline const char* dtype_name(at::ScalarType t) {
     }
 }
 
+// Error messages are built with std::to_string and string concatenation, never with
+// iostreams. On the H200 machine of 2026-11-27 (torch 2.11 + /opt/gcc) parts of libstdc++
+// ended up inside this .so, and streaming an integer into an ostringstream there (what
+// c10::str does for TORCH_CHECK's arguments) segfaulted: a bad argument crashed the process
+// instead of raising. TORCH_CHECK with one std::string message does not touch a stream.
+inline std::string to_text(const char* s) { return s; }
+inline std::string to_text(const std::string& s) { return s; }
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+std::string to_text(T v) { return std::to_string(v); }
+template <class T, std::enable_if_t<std::is_floating_point_v<T>, int> = 0>
+std::string to_text(T v) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%g", static_cast<double>(v));
+    return buf;
+}
+inline std::string to_text(const at::Device& d) { return d.str(); }
+inline std::string to_text(at::ScalarType t) { return dtype_name(t); }
+inline std::string to_text(at::IntArrayRef sizes) {
+    std::string s = "[";
+    for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+    return s + "]";
+}
+template <class... Args> std::string text(const Args&... args) {
+    std::string s;
+    ((s += to_text(args)), ...);
+    return s;
+}
+
+// TORCH_CHECK with the message made by text() (evaluated only when the check fails).
+#define NERFHEAD_CHECK(cond, ...) TORCH_CHECK(cond, ::nerfhead::text(__VA_ARGS__))
+
 // The device of an operator's first tensor argument, which every other tensor must share;
 // raises unless it is a CPU or CUDA device.
 inline at::Device first_device(const char* op, const char* name, const at::Tensor& t) {
-    TORCH_CHECK(t.defined(), "nerfhead::", op, ": ", name, " is undefined");
-    TORCH_CHECK(t.device().is_cpu() || t.device().is_cuda(), "nerfhead::", op, ": ", name, " is on ", t.device(),
+    NERFHEAD_CHECK(t.defined(), "nerfhead::", op, ": ", name, " is undefined");
+    NERFHEAD_CHECK(t.device().is_cpu() || t.device().is_cuda(), "nerfhead::", op, ": ", name, " is on ", t.device(),
                 "; the kernels run on CPU or CUDA tensors");
     return t.device();
 }
@@ -69,22 +102,18 @@ inline void check_tensor(const char* op, const char* name, const at::Tensor& t, 
         ++d;
     }
     if (ok) return;
-    std::ostringstream expected;
-    expected << "[";
+    std::string expected = "[";
     d = 0;
     for (const int64_t want : shape) {
-        expected << (d++ ? ", " : "");
-        if (want < 0)
-            expected << "*";
-        else
-            expected << want;
+        if (d++) expected += ", ";
+        expected += want < 0 ? std::string("*") : std::to_string(want);
     }
-    expected << "]";
-    TORCH_CHECK(t.defined(), "nerfhead::", op, ": ", name, " is undefined");
-    TORCH_CHECK(false, "nerfhead::", op, ": ", name, " must be a contiguous ", dtype_name(dtype), " tensor of shape ",
-                expected.str(), *sizes_from ? " (" : "", sizes_from, *sizes_from ? ")" : "", " on ", device,
-                " (one device for all inputs); got ", dtype_name(t.scalar_type()), " ", t.sizes(), " on ", t.device(),
-                t.is_contiguous() ? "" : ", non-contiguous");
+    expected += "]";
+    NERFHEAD_CHECK(t.defined(), "nerfhead::", op, ": ", name, " is undefined");
+    NERFHEAD_CHECK(false, "nerfhead::", op, ": ", name, " must be a contiguous ", dtype_name(dtype),
+                   " tensor of shape ", expected, *sizes_from ? " (" : "", sizes_from, *sizes_from ? ")" : "",
+                   " on ", device, " (one device for all inputs); got ", dtype_name(t.scalar_type()), " ",
+                   t.sizes(), " on ", t.device(), t.is_contiguous() ? "" : ", non-contiguous");
 }
 
 // Run `cpu()` or `cuda(stream)` (which returns nullptr or a CUDA error message) for tensors
@@ -95,12 +124,12 @@ void on_device(const char* op, const at::Device& device, Cpu&& cpu, Cuda&& cuda)
         cpu();
         return;
     }
-    TORCH_CHECK(device.is_cuda(), "nerfhead::", op, ": tensors on ", device, " are not supported (CPU or CUDA)");
-    TORCH_CHECK(kWithCuda, "nerfhead::", op, ": nerfhead._C was built without its CUDA part (CPU-only torch, "
+    NERFHEAD_CHECK(device.is_cuda(), "nerfhead::", op, ": tensors on ", device, " are not supported (CPU or CUDA)");
+    NERFHEAD_CHECK(kWithCuda, "nerfhead::", op, ": nerfhead._C was built without its CUDA part (CPU-only torch, "
                 "BUILD_NO_CUDA=1 or no nvcc at build time); rebuild it on a CUDA machine");
     c10::DeviceGuard guard(device);
     const char* err = cuda(cuda_stream(device));
-    TORCH_CHECK(err == nullptr, "nerfhead::", op, ": CUDA kernel launch failed: ", err);
+    NERFHEAD_CHECK(err == nullptr, "nerfhead::", op, ": CUDA kernel launch failed: ", err);
 }
 
 }  // namespace nerfhead

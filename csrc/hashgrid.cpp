@@ -18,16 +18,16 @@ using hashgrid::LevelParams;
 LevelParams make_level_params(int64_t dim, c10::ArrayRef<double> scales, c10::ArrayRef<int64_t> resolutions,
                               c10::ArrayRef<int64_t> offsets) {
     const size_t L = scales.size();
-    TORCH_CHECK(L >= 1 && L <= kMaxLevels, "hashgrid: 1..", kMaxLevels, " levels supported, got ", L);
-    TORCH_CHECK(resolutions.size() == L && offsets.size() == L + 1,
+    NERFHEAD_CHECK(L >= 1 && L <= kMaxLevels, "hashgrid: 1..", kMaxLevels, " levels supported, got ", L);
+    NERFHEAD_CHECK(resolutions.size() == L && offsets.size() == L + 1,
                 "hashgrid: need one resolution per level and num_levels + 1 offsets");
-    TORCH_CHECK(offsets[0] == 0 && offsets[L] < (int64_t(1) << 32), "hashgrid: bad level offsets");
+    NERFHEAD_CHECK(offsets[0] == 0 && offsets[L] < (int64_t(1) << 32), "hashgrid: bad level offsets");
     LevelParams p{};
     p.num_levels = static_cast<uint32_t>(L);
     for (size_t l = 0; l <= L; ++l) p.offset[l] = static_cast<uint32_t>(offsets[l]);
     for (size_t l = 0; l < L; ++l) {
         const int64_t rows = offsets[l + 1] - offsets[l];
-        TORCH_CHECK(rows > 0 && resolutions[l] >= 2 && resolutions[l] < (int64_t(1) << 31),
+        NERFHEAD_CHECK(rows > 0 && resolutions[l] >= 2 && resolutions[l] < (int64_t(1) << 31),
                     "hashgrid: bad level ", l, " (rows ", rows, ", resolution ", resolutions[l], ")");
         p.scale[l] = static_cast<float>(scales[l]);  // already a float32 value
         p.resolution[l] = static_cast<uint32_t>(resolutions[l]);
@@ -45,24 +45,24 @@ LevelParams make_level_params(int64_t dim, c10::ArrayRef<double> scales, c10::Ar
 
 void check_common(const at::Tensor& x, const at::Tensor& table, c10::ArrayRef<int64_t> level_offsets) {
     first_device("hashgrid", "x", x);
-    TORCH_CHECK(x.is_contiguous() && table.is_contiguous(), "hashgrid: x and table must be contiguous");
-    TORCH_CHECK(x.scalar_type() == at::kFloat, "hashgrid: x must be float32, got ", x.scalar_type());
-    TORCH_CHECK(x.dim() == 2 && (x.size(1) == 2 || x.size(1) == 3), "hashgrid: x must be [N, 2|3], got ",
+    NERFHEAD_CHECK(x.is_contiguous() && table.is_contiguous(), "hashgrid: x and table must be contiguous");
+    NERFHEAD_CHECK(x.scalar_type() == at::kFloat, "hashgrid: x must be float32, got ", x.scalar_type());
+    NERFHEAD_CHECK(x.dim() == 2 && (x.size(1) == 2 || x.size(1) == 3), "hashgrid: x must be [N, 2|3], got ",
                 x.sizes());
-    TORCH_CHECK(table.dim() == 2, "hashgrid: table must be [rows, F], got ", table.sizes());
+    NERFHEAD_CHECK(table.dim() == 2, "hashgrid: table must be [rows, F], got ", table.sizes());
     const int64_t F = table.size(1);
-    TORCH_CHECK(F == 1 || F == 2 || F == 4 || F == 8, "hashgrid: features per level must be 1, 2, 4 or 8, got ", F);
-    TORCH_CHECK(table.scalar_type() == at::kFloat || table.scalar_type() == at::kHalf,
+    NERFHEAD_CHECK(F == 1 || F == 2 || F == 4 || F == 8, "hashgrid: features per level must be 1, 2, 4 or 8, got ", F);
+    NERFHEAD_CHECK(table.scalar_type() == at::kFloat || table.scalar_type() == at::kHalf,
                 "hashgrid: table must be float32 or float16, got ", table.scalar_type());
-    TORCH_CHECK(x.device() == table.device(), "hashgrid: x on ", x.device(), " but table on ", table.device());
-    TORCH_CHECK(!level_offsets.empty() && table.size(0) == level_offsets.back(), "hashgrid: table has ",
+    NERFHEAD_CHECK(x.device() == table.device(), "hashgrid: x on ", x.device(), " but table on ", table.device());
+    NERFHEAD_CHECK(!level_offsets.empty() && table.size(0) == level_offsets.back(), "hashgrid: table has ",
                 table.size(0), " rows, the config needs ", level_offsets.empty() ? 0 : level_offsets.back());
 }
 
 void check_grad_out(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& table, const LevelParams& p) {
-    TORCH_CHECK(grad_out.is_contiguous() && grad_out.device() == x.device(),
+    NERFHEAD_CHECK(grad_out.is_contiguous() && grad_out.device() == x.device(),
                 "hashgrid: grad_out must be contiguous and on ", x.device());
-    TORCH_CHECK(grad_out.scalar_type() == table.scalar_type() && grad_out.dim() == 2 &&
+    NERFHEAD_CHECK(grad_out.scalar_type() == table.scalar_type() && grad_out.dim() == 2 &&
                     grad_out.size(0) == x.size(0) &&
                     grad_out.size(1) == static_cast<int64_t>(p.num_levels) * table.size(1),
                 "hashgrid: grad_out must be [N, L*F] in the table's dtype, got ", grad_out.sizes(), " ",
@@ -84,7 +84,7 @@ Args make_args(const at::Tensor& x, const at::Tensor& table, const LevelParams& 
 template <class Cpu, class Cuda>
 void run(const char* op, const Args& a, const at::Device& device, Cpu cpu, Cuda cuda) {
     on_device(
-        op, device, [&] { TORCH_CHECK(cpu(a), "hashgrid: unsupported dim/features"); },
+        op, device, [&] { NERFHEAD_CHECK(cpu(a), "hashgrid: unsupported dim/features"); },
         [&](void* stream) { return cuda(a, stream); });
 }
 

@@ -44,17 +44,17 @@ template <class Op> void launch(const char* name, const Op& op, int64_t n, const
 MarchParams make_params(const char* op, double bound, double inv_bound, double dt_gamma, double dt_min,
                         double dt_max, double dt_to_cells, int64_t cascades, int64_t resolution,
                         int64_t max_steps) {
-    TORCH_CHECK(cascades >= 1 && cascades <= kMaxCascades && resolution >= 2 && resolution <= 1024 &&
+    NERFHEAD_CHECK(cascades >= 1 && cascades <= kMaxCascades && resolution >= 2 && resolution <= 1024 &&
                     (resolution & (resolution - 1)) == 0,
                 "nerfhead::", op, ": need 1..", kMaxCascades, " cascades and a power-of-two resolution in [2, 1024], got ",
                 cascades, " and ", resolution);
-    TORCH_CHECK(max_steps >= 1 && max_steps <= INT_MAX, "nerfhead::", op, ": max_steps must be in [1, 2^31), got ",
+    NERFHEAD_CHECK(max_steps >= 1 && max_steps <= INT_MAX, "nerfhead::", op, ": max_steps must be in [1, 2^31), got ",
                 max_steps);
     // Any step constants march, as in the reference: the step is clamp(t * dt_gamma, dt_min,
     // dt_max) with dt_max winning over a larger dt_min (torch.clamp, fminf(fmaxf())), and even a
     // zero step finishes (at most max_steps samples; an empty cell ends the ray). Only the box
     // is checked.
-    TORCH_CHECK(bound > 0 && std::isfinite(bound), "nerfhead::", op, ": need a finite bound > 0, got ", bound);
+    NERFHEAD_CHECK(bound > 0 && std::isfinite(bound), "nerfhead::", op, ": need a finite bound > 0, got ", bound);
     MarchParams p;
     p.bound = static_cast<float>(bound);
     p.inv_bound = static_cast<float>(inv_bound);
@@ -87,7 +87,7 @@ void check_ranges_cpu(const char* op, const char* what, const Offset* offsets, i
                       const int* counts, int64_t count_stride, int64_t R, int64_t total) {
     for (int64_t n = 0; n < R; ++n) {
         const int64_t off = offsets[n * offset_stride], cnt = counts[n * count_stride];
-        TORCH_CHECK(off >= 0 && cnt >= 0 && off + cnt <= total, "nerfhead::", op, ": ", what, " of ray ", n,
+        NERFHEAD_CHECK(off >= 0 && cnt >= 0 && off + cnt <= total, "nerfhead::", op, ": ", what, " of ray ", n,
                     " (offset ", off, ", count ", cnt, ") is not within the ", total, " samples");
     }
 }
@@ -96,7 +96,7 @@ void check_ranges_cpu(const char* op, const char* what, const Offset* offsets, i
 void check_ids_cpu(const char* op, const at::Tensor& alive, int64_t R) {
     const int64_t* ids = alive.const_data_ptr<int64_t>();
     for (int64_t i = 0; i < alive.numel(); ++i)
-        TORCH_CHECK(ids[i] >= 0 && ids[i] < R, "nerfhead::", op, ": alive[", i, "] = ", ids[i], " is not a ray id in [0, ",
+        NERFHEAD_CHECK(ids[i] >= 0 && ids[i] < R, "nerfhead::", op, ": alive[", i, "] = ", ids[i], " is not a ray id in [0, ",
                     R, ")");
 }
 
@@ -145,7 +145,7 @@ at::Tensor packbits(const at::Tensor& density_grid, double threshold) {
     const char* op = "packbits";
     const at::Device dev = first_device(op, "density_grid", density_grid);
     check_tensor(op, "density_grid", density_grid, kFloat, {-1}, dev);
-    TORCH_CHECK(density_grid.numel() % 8 == 0, "nerfhead::packbits: the number of cells (", density_grid.numel(),
+    NERFHEAD_CHECK(density_grid.numel() % 8 == 0, "nerfhead::packbits: the number of cells (", density_grid.numel(),
                 ") must be a multiple of 8");
     const int64_t B = density_grid.numel() / 8;
     auto out = at::empty({B}, density_grid.options().dtype(kByte));
@@ -312,7 +312,7 @@ std::vector<at::Tensor> march_rays(const at::Tensor& alive, const at::Tensor& ra
     const at::Device dev = first_device(op, "alive", alive);
     const MarchParams p =
         make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
-    TORCH_CHECK(k >= 1 && k <= INT_MAX, "nerfhead::march_rays: k (samples per ray and step) must be >= 1, got ", k);
+    NERFHEAD_CHECK(k >= 1 && k <= INT_MAX, "nerfhead::march_rays: k (samples per ray and step) must be >= 1, got ", k);
     check_tensor(op, "alive", alive, kLong, {-1}, dev);
     const int64_t n = alive.size(0);
     check_tensor(op, "rays_t", rays_t, kFloat, {n}, dev, "n from alive");
