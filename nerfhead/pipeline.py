@@ -68,44 +68,87 @@ def write_val_audio(data_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def run(args) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data, stages = out / "data", [s.strip() for s in args.preset.split(",") if s.strip()]
-    if not Path(args.video).is_file():
-        print(f"nerfhead run: video not found: {args.video}", file=sys.stderr)
-        return 2
+# ---------------------------------------------------------------------------- library API
+# ``run`` below and ``nerfhead batch`` (nerfhead/batch/) call these one stage at a time.
+
+def stage_names(preset: str) -> list[str]:
+    """``"head,lips"`` -> ``["head", "lips"]``: the training stages of a preset string."""
+    return [s.strip() for s in preset.split(",") if s.strip()]
+
+
+def run_dir_of(out: Path, k: int, stage: str) -> Path:
+    """Folder of the k-th training stage: OUT/run, then OUT/run_<stage>."""
+    return Path(out) / ("run" if k == 0 else f"run_{Path(stage).stem}")
+
+
+def preprocess(args, extra: list[str] | tuple = ()) -> Path:
+    """``nerfhead preprocess`` into OUT/data (finished steps are skipped); ``extra``:
+    further preprocess arguments (``--set``...). Returns the dataset folder."""
+    data = Path(args.out) / "data"
     pre = ["preprocess", str(args.video), "--out", str(data)]
     if args.max_seconds:
         pre += ["--max-seconds", str(args.max_seconds)]
     if args.crop_size:
         pre += ["--crop-size", str(args.crop_size)]
-    _subcommand(pre)
+    _subcommand(pre + list(extra))
+    return data
 
-    run_dir, prev = None, None
-    for k, stage in enumerate(stages):
-        run_dir = out / ("run" if k == 0 else f"run_{Path(stage).stem}")
-        cmd = ["train", str(data), "--config", stage, "--out", str(run_dir), "--device", args.device,
-               "--no-progress"]
-        if args.iters:
-            cmd += ["--iters", str(args.iters)]
-        if prev is not None:
-            cmd += ["--init", str(prev)]
-        for o in args.overrides:
-            cmd += ["--set", o]
-        _subcommand(cmd)
-        prev = run_dir
 
-    audio = write_val_audio(data, out / "val_audio.wav")
+def train(args, k: int, stage: str, init: Path | None) -> Path:
+    """``nerfhead train`` of the k-th stage (resumes from its newest checkpoint), started
+    from ``init`` (the previous stage's run) when given. Returns the run folder."""
+    out = Path(args.out)
+    run_dir = run_dir_of(out, k, stage)
+    cmd = ["train", str(out / "data"), "--config", stage, "--out", str(run_dir), "--device",
+           args.device, "--no-progress"]
+    if args.iters:
+        cmd += ["--iters", str(args.iters)]
+    if init is not None:
+        cmd += ["--init", str(init)]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    _subcommand(cmd)
+    return run_dir
+
+
+def render(args, run_dir: Path) -> bool:
+    """OUT/render.mp4: the validation audio with the validation poses; False when skipped
+    (the video exists and ``args.force`` is not set)."""
+    out = Path(args.out)
+    audio = write_val_audio(out / "data", out / "val_audio.wav")
     video = out / "render.mp4"
-    if args.force or not video.is_file():
-        _subcommand(["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
-                     str(video), "--device", args.device])
+    if video.is_file() and not args.force:
+        return False
+    _subcommand(["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
+                 str(video), "--device", args.device])
+    return True
+
+
+def evaluate(args, run_dir: Path) -> bool:
+    """OUT/eval/metrics.json and report.md; False when skipped (metrics.json exists and
+    ``args.force`` is not set)."""
+    out = Path(args.out)
     metrics = out / "eval" / "metrics.json"
-    if args.force or not metrics.is_file():
-        cmd = ["evaluate", str(run_dir), "--out", str(out / "eval"), "--device", args.device]
-        if args.eval_frames:
-            cmd += ["--max-frames", str(args.eval_frames)]
-        _subcommand(cmd)
-    print(f"done: {video}, {out / 'eval' / 'report.md'}")
+    if metrics.is_file() and not args.force:
+        return False
+    cmd = ["evaluate", str(run_dir), "--out", str(out / "eval"), "--device", args.device]
+    if args.eval_frames:
+        cmd += ["--max-frames", str(args.eval_frames)]
+    _subcommand(cmd)
+    return True
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(args.video).is_file():
+        print(f"nerfhead run: video not found: {args.video}", file=sys.stderr)
+        return 2
+    preprocess(args)
+    run_dir, prev = None, None
+    for k, stage in enumerate(stage_names(args.preset)):
+        run_dir = prev = train(args, k, stage, prev)
+    render(args, run_dir)
+    evaluate(args, run_dir)
+    print(f"done: {out / 'render.mp4'}, {out / 'eval' / 'report.md'}")
     return 0
