@@ -1,0 +1,421 @@
+"""Every speaker's stages as Ray tasks with declared resources, or one after another without Ray.
+
+The driver keeps one chain per speaker: a stage is submitted when the previous one finished,
+so the speakers move independently and Ray runs as many stages at once as the declared
+resources allow (a preprocessing task declares ``preprocess_cpus`` cores; training, render,
+evaluate and the driven render declare one GPU when the cluster has GPUs, else
+``train_cpus`` cores). A stage that fails ends its speaker's chain with its error; the other
+speakers go on. A stage whose worker or node was lost (a Ray system error, not an error of
+ours) is submitted again, at most ``retries`` times; it resumes from what the lost attempt
+left (checkpoints, finished preprocessing steps). Ctrl-C cancels the running tasks; rerunning
+the same command resumes every speaker by ``nerfhead run``'s rules.
+
+Per speaker, the driver (the only writer) keeps ``DIR/<name>/batch.json``: the video it
+belongs to, each stage's status, attempts, seconds and log, the error, the accumulated
+training time and the render speed. The summary table is built from it and the evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from nerfhead.batch.progress import StatusBoard
+from nerfhead.batch.spec import SpeakerSpec
+from nerfhead.batch.stages import GPU_STAGES, StageJob, StageResult, jobs_for, run_stage
+
+log = logging.getLogger("nerfhead.batch")
+
+RAY_MISSING = ("Ray is not installed, so the speakers run one after another in this process. "
+               "To run them as parallel Ray tasks (here or on a cluster), install the batch "
+               "extra: pip install -c constraints.txt -e \".[batch]\"")
+
+
+@dataclass
+class BatchOptions:
+    """How ``nerfhead batch`` runs (the command-line options)."""
+
+    out: Path  #: DIR: DIR/<name>/ per speaker, DIR/summary.{md,csv}
+    use_ray: bool = True  #: False: one stage after another in this process (--no-ray)
+    address: str | None = None  #: an existing Ray cluster (ray.init address); None: local
+    cpus: int | None = None  #: local Ray: CPUs it may use (default: this machine's cores)
+    preprocess_cpus: int = 2  #: cores a preprocessing task declares (capped by the largest node)
+    train_cpus: int | None = None  #: cores of a CPU training/render task (Ray default 1)
+    device: str = "auto"  #: auto: GPU tasks when the cluster has GPUs; cpu: never
+    retries: int = 2  #: resubmissions of a stage whose worker or node was lost
+    dashboard: bool = True  #: start the Ray dashboard with a local Ray (needs ray[default])
+
+
+# ------------------------------------------------------------------------------ state
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class SpeakerState:
+    """``DIR/<name>/batch.json``, loaded at start (earlier sessions) and saved on each change."""
+
+    def __init__(self, spec: SpeakerSpec, out: Path):
+        self.spec, self.path = spec, out / "batch.json"
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.recorded_video = old.get("video")
+        self.data = {"name": spec.name, "video": str(spec.video), "status": "pending",
+                     "stage": None, "error": None, "stages": {},
+                     "train_seconds": float(old.get("train_seconds") or 0.0),
+                     "render_fps": old.get("render_fps"), "render_frames": old.get("render_frames"),
+                     "session_started": _now(), "updated": _now()}
+        self.t_start = time.monotonic()
+        self.t_end: float | None = None
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def stage(self, key: str) -> dict:
+        return self.data["stages"].setdefault(key, {"status": "pending", "attempts": 0,
+                                                    "seconds": 0.0, "log": None, "error": None})
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.data["status"], self.t_end = status, time.monotonic()
+        if error:
+            self.data["error"] = error
+
+    @property
+    def elapsed(self) -> float:
+        return (self.t_end or time.monotonic()) - self.t_start
+
+    def save(self) -> None:
+        from nerfhead.fileio import atomic_path
+
+        self.data["updated"] = _now()
+        self.data["session_seconds"] = round(self.elapsed, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=1))
+
+
+# ------------------------------------------------------------------------------ executors
+
+class SequentialExecutor:
+    """No Ray: each submitted stage runs in this process when ``wait`` is called."""
+
+    name = "sequential (no Ray)"
+    dashboard = None
+
+    def __init__(self, opts: BatchOptions):
+        import torch
+
+        self.gpu = torch.cuda.is_available() and opts.device != "cpu"
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.train_cpus = opts.train_cpus or 0  # 0: the preset's train.cpu_threads
+        self.queue: deque = deque()
+        self.board = StatusBoard()
+
+    def place(self, job: StageJob) -> None:
+        if job.stage in GPU_STAGES:
+            job.device, job.cpus = ("cuda", 0) if self.gpu else ("cpu", self.train_cpus)
+        else:
+            job.device, job.cpus = "cpu", self.cores
+
+    def submit(self, job: StageJob):
+        self.queue.append(job)
+        return job
+
+    def wait(self, timeout: float) -> list[tuple[StageJob, StageResult | Exception]]:  # noqa: ARG002
+        if not self.queue:
+            return []
+        job = self.queue.popleft()
+        send = lambda d, n=job.speaker.name: self.board.update(n, d)  # noqa: E731
+        return [(job, run_stage(job, send))]
+
+    def snapshot(self) -> dict:
+        return self.board.snapshot()
+
+    def cancel_all(self) -> None:
+        self.queue.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def _task(job: StageJob, board) -> StageResult:
+    """The Ray task: one stage, progress to the board actor (fire and forget)."""
+    return run_stage(job, lambda d: board.update.remote(job.speaker.name, d))
+
+
+class RayExecutor:
+    """Stages as Ray tasks on a local Ray started here (bounded to this machine's cores) or on
+    an existing cluster (``address``)."""
+
+    def __init__(self, opts: BatchOptions):
+        import ray
+
+        self.ray, self.opts, self.started_here = ray, opts, opts.address is None
+        kw: dict = {"log_to_driver": False, "logging_level": logging.WARNING}
+        if self.started_here:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            # the tasks are small messages (paths, figures): a small object store suffices
+            kw.update(num_cpus=opts.cpus or cores,
+                      include_dashboard=opts.dashboard, object_store_memory=128 << 20,
+                      # workers import the same nerfhead as this process (a source checkout
+                      # need not be the installed one)
+                      runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                          [str(Path(__file__).resolve().parents[2])]
+                          + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}})
+        else:
+            kw["address"] = opts.address
+        ctx = ray.init(**kw)
+        url = getattr(ctx, "dashboard_url", None) or None
+        self.dashboard = url if not url or "://" in url else f"http://{url}"
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self.max_cpus = max(int(n["Resources"].get("CPU", 0)) for n in nodes)
+        self.gpu = any(n["Resources"].get("GPU", 0) >= 1 for n in nodes) and opts.device != "cpu"
+        total = ray.cluster_resources()
+        self.name = (f"Ray {ray.__version__}, {'local' if self.started_here else opts.address}: "
+                     f"{len(nodes)} node(s), {total.get('CPU', 0):.0f} CPU, "
+                     f"{total.get('GPU', 0):.0f} GPU")
+        self.board = ray.remote(num_cpus=0)(StatusBoard).remote()
+        self.remote = ray.remote(_task)
+        self.refs: dict = {}  # ObjectRef -> StageJob
+        self._snapshot: dict = {}
+
+    def place(self, job: StageJob) -> None:
+        if job.stage in GPU_STAGES:
+            job.device, job.cpus = ("cuda", 1) if self.gpu else (
+                "cpu", min(self.opts.train_cpus or 1, self.max_cpus))
+        else:
+            job.device, job.cpus = "cpu", min(self.opts.preprocess_cpus, self.max_cpus)
+
+    def submit(self, job: StageJob):
+        gpus = 1 if job.device == "cuda" else 0
+        # retries are ours (visible in the table); a GPU task gets a fresh worker process so
+        # that its CUDA context and cached memory go with it
+        ref = self.remote.options(num_cpus=job.cpus, num_gpus=gpus, max_retries=0,
+                                  max_calls=1 if gpus else 0,
+                                  name=f"{job.speaker.name}:{job.key}").remote(job, self.board)
+        self.refs[ref] = job
+        return ref
+
+    def wait(self, timeout: float) -> list[tuple[StageJob, StageResult | Exception]]:
+        ray = self.ray
+        done = []
+        if self.refs:
+            ready, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
+            for ref in ready:
+                job = self.refs.pop(ref)
+                try:
+                    done.append((job, ray.get(ref)))
+                except ray.exceptions.RayError as e:  # worker or node lost, cancelled ...
+                    done.append((job, e))
+        else:
+            time.sleep(timeout)
+        try:
+            self._snapshot = ray.get(self.board.snapshot.remote(), timeout=10)
+        except ray.exceptions.RayError:
+            pass
+        return done
+
+    def snapshot(self) -> dict:
+        return self._snapshot
+
+    def transient(self, e: Exception) -> bool:
+        """A lost worker, node or object: worth another attempt (our own errors come back as
+        a StageResult, an exception here is Ray's)."""
+        exc = self.ray.exceptions
+        return not isinstance(e, (exc.TaskCancelledError, exc.RayTaskError))
+
+    def cancel_all(self) -> None:
+        for ref in list(self.refs):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished or gone
+                pass
+        self.refs.clear()
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+def make_executor(opts: BatchOptions):
+    """RayExecutor, or SequentialExecutor when Ray is not wanted or not installed (logged)."""
+    if opts.use_ray:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            if opts.address:
+                raise SystemExit(f"nerfhead batch: --address {opts.address} needs Ray, which "
+                                 f"is not installed: pip install -c constraints.txt -e \".[batch]\"")
+            log.warning(RAY_MISSING)
+            return SequentialExecutor(opts)
+        return RayExecutor(opts)
+    return SequentialExecutor(opts)
+
+
+# ------------------------------------------------------------------------------ driver
+
+class Batch:
+    """The driver: one chain of stages per speaker, states, retries, Ctrl-C."""
+
+    def __init__(self, specs: list[SpeakerSpec], opts: BatchOptions, executor):
+        self.specs, self.opts, self.ex = specs, opts, executor
+        self.lock = threading.RLock()
+        self.states = {s.name: SpeakerState(s, opts.out / s.name) for s in specs}
+        self.chains = {s.name: deque(jobs_for(s, opts.out / s.name, opts.out)) for s in specs}
+        self.running: dict[str, StageJob] = {}
+        self.interrupted = False
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _fail(self, name: str, stage_key: str | None, error: str) -> None:
+        st = self.states[name]
+        if stage_key:
+            self.states[name].stage(stage_key).update(status="failed", error=error)
+        st.finish("failed", error)
+        self.chains[name].clear()
+        st.save()
+
+    def _check(self, spec: SpeakerSpec) -> str | None:
+        st = self.states[spec.name]
+        if spec.input_error:
+            return f"check: {spec.input_error}"
+        if st.recorded_video and st.recorded_video != str(spec.video):
+            return (f"check: {self.opts.out / spec.name} holds the work of another video "
+                    f"({st.recorded_video}); this entry names {spec.video}. Give this speaker "
+                    f"another name, or move that folder away to start it over")
+        return None
+
+    def _pose_ready(self, job: StageJob) -> bool | str:
+        """The driven render waits for the speaker whose dataset gives its poses."""
+        other = job.speaker.pose_speaker(set(self.states))
+        if other is None:
+            return True
+        pre = self.states[other]["stages"].get("preprocess", {}).get("status")
+        if pre in ("done", "up to date"):
+            return True
+        if self.states[other]["status"] in ("failed", "interrupted"):
+            return f"drive: pose source speaker {other!r} has no dataset ({self.states[other]['error']})"
+        return False
+
+    def _submit_ready(self) -> None:
+        for name, chain in self.chains.items():
+            if name in self.running or not chain or self.states[name]["status"] == "failed":
+                continue
+            job = chain[0]
+            if job.stage == "drive":
+                ready = self._pose_ready(job)
+                if ready is not True:
+                    if ready is not False:
+                        self._fail(name, job.key, ready)
+                    continue
+            chain.popleft()
+            st = self.states[name]
+            rec = st.stage(job.key)
+            rec["attempts"] += 1
+            job.attempt = rec["attempts"]
+            self.ex.place(job)
+            rec.update(status="queued", device=job.device, cpus=job.cpus)
+            st.data.update(status="running", stage=job.label)
+            st.save()
+            self.ex.submit(job)
+            self.running[name] = job
+
+    def _finished(self, job: StageJob, result) -> None:
+        name, st = job.speaker.name, self.states[job.speaker.name]
+        rec = st.stage(job.key)
+        del self.running[name]
+        if isinstance(result, Exception):
+            if job.stage == "train":  # the lost attempt's checkpoints are kept: its time counts
+                st.data["train_seconds"] += self._seconds_so_far(job)
+            brief = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
+            if getattr(self.ex, "transient", lambda e: False)(result) and rec["attempts"] <= self.opts.retries:
+                rec.update(status="retrying", error=f"attempt {rec['attempts']}: worker lost ({brief})")
+                log.warning("%s: %s: worker lost (%s); submitting attempt %d of %d", name,
+                            job.label, brief, rec["attempts"] + 1, self.opts.retries + 1)
+                self.chains[name].appendleft(job)
+                st.save()
+                return
+            self._fail(name, job.key, f"{job.label}: {type(result).__name__} after "
+                       f"{rec['attempts']} attempt(s): {brief}")
+            return
+        rec.update(seconds=round(rec["seconds"] + result.seconds, 2), log=result.log,
+                   host=result.host, pid=result.pid, info=result.info)
+        if not result.ok:
+            self._fail(name, job.key, result.error)
+            return
+        rec.update(status="done" if result.ran else "up to date", error=None)
+        if job.stage == "train" and result.ran:
+            st.data["train_seconds"] += result.seconds
+        if job.stage == "render" and result.info.get("fps"):
+            st.data.update(render_fps=round(result.info["fps"], 3),
+                           render_frames=result.info["frames"])
+        if not self.chains[name]:
+            st.finish("done")
+            st.data["error"] = None
+        st.save()
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> dict[str, SpeakerState]:
+        with self.lock:
+            for spec in self.specs:
+                problem = self._check(spec)
+                if problem:
+                    self._fail(spec.name, "check", problem)
+        try:
+            while True:
+                with self.lock:
+                    self._submit_ready()
+                    if not self.running:
+                        break
+                for job, result in self.ex.wait(timeout=0.5):
+                    with self.lock:
+                        self._finished(job, result)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            with self.lock:
+                self.ex.cancel_all()
+                for name, job in list(self.running.items()):
+                    st = self.states[name]
+                    if job.stage == "train":
+                        st.data["train_seconds"] += self._seconds_so_far(job)
+                    st.stage(job.key).update(status="interrupted")
+                    st.finish("interrupted", None)
+                    st.save()
+                self.running.clear()
+                for name, st in self.states.items():
+                    if st["status"] in ("pending", "running"):
+                        st.finish("interrupted")
+                        st.save()
+        return self.states
+
+    def _report(self, job: StageJob) -> dict | None:
+        """The live report of ``job`` (None while queued: the board still shows an older
+        stage or attempt of the speaker, or nothing)."""
+        rep = self.ex.snapshot().get(job.speaker.name) or {}
+        same = rep.get("stage") == job.label and rep.get("attempt") == job.attempt
+        return rep if same else None
+
+    def _seconds_so_far(self, job: StageJob) -> float:
+        rep = self._report(job)
+        return max(0.0, time.time() - rep["started"]) if rep and rep.get("started") else 0.0
+
+    def rows(self) -> list[dict]:
+        """One row per speaker for the status table (thread-safe)."""
+        with self.lock:
+            rows = []
+            for spec in self.specs:
+                st, job = self.states[spec.name], self.running.get(spec.name)
+                progress, where = "", ""
+                if job is not None:
+                    rep = self._report(job)
+                    progress = rep.get("progress", "") if rep else "queued (waiting for resources)"
+                    where = f"{rep.get('host')}:{rep.get('pid')}" if rep else ""
+                    if job.attempt > 1:
+                        progress = f"attempt {job.attempt}: {progress}"
+                rows.append({"speaker": spec.name, "stage": st["stage"] or "-",
+                             "status": st["status"], "progress": progress,
+                             "elapsed": st.elapsed, "error": st["error"] or "", "where": where})
+            return rows
