@@ -156,19 +156,22 @@ class RayExecutor:
         import ray
 
         self.ray, self.opts, self.started_here = ray, opts, opts.address is None
+        # the tasks see this process's NERFHEAD_* settings (weights folder, offline mode)
+        env = {k: v for k, v in os.environ.items() if k.startswith("NERFHEAD_")}
         kw: dict = {"log_to_driver": False, "logging_level": logging.WARNING}
         if self.started_here:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            # the tasks are small messages (paths, figures): a small object store suffices
-            kw.update(num_cpus=opts.cpus or cores,
-                      include_dashboard=opts.dashboard, object_store_memory=128 << 20,
-                      # workers import the same nerfhead as this process (a source checkout
-                      # need not be the installed one)
-                      runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                          [str(Path(__file__).resolve().parents[2])]
-                          + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}})
+            # workers import the same nerfhead as this process (a source checkout need not be
+            # the installed one); on a cluster every node has its own install
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(Path(__file__).resolve().parents[2])]
+                + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+            # the tasks exchange small messages (paths, figures): a small object store suffices
+            kw.update(num_cpus=opts.cpus or cores, include_dashboard=opts.dashboard,
+                      object_store_memory=128 << 20)
         else:
             kw["address"] = opts.address
+        kw["runtime_env"] = {"env_vars": env}
         ctx = ray.init(**kw)
         url = getattr(ctx, "dashboard_url", None) or None
         self.dashboard = url if not url or "://" in url else f"http://{url}"
@@ -181,6 +184,9 @@ class RayExecutor:
                      f"{total.get('GPU', 0):.0f} GPU")
         self.board = ray.remote(num_cpus=0)(StatusBoard).remote()
         self.remote = ray.remote(_task)
+        # a GPU task gets a fresh worker process, so that its CUDA context and cached memory
+        # go with it (max_calls cannot be given per call in .options())
+        self.remote_gpu = ray.remote(max_calls=1)(_task)
         self.refs: dict = {}  # ObjectRef -> StageJob
         self._snapshot: dict = {}
 
@@ -193,11 +199,10 @@ class RayExecutor:
 
     def submit(self, job: StageJob):
         gpus = 1 if job.device == "cuda" else 0
-        # retries are ours (visible in the table); a GPU task gets a fresh worker process so
-        # that its CUDA context and cached memory go with it
-        ref = self.remote.options(num_cpus=job.cpus, num_gpus=gpus, max_retries=0,
-                                  max_calls=1 if gpus else 0,
-                                  name=f"{job.speaker.name}:{job.key}").remote(job, self.board)
+        task = self.remote_gpu if gpus else self.remote
+        # max_retries=0: the retries are ours, so that the table shows them
+        ref = task.options(num_cpus=job.cpus, num_gpus=gpus, max_retries=0,
+                           name=f"{job.speaker.name}:{job.key}").remote(job, self.board)
         self.refs[ref] = job
         return ref
 

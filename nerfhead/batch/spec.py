@@ -160,6 +160,8 @@ def _speaker(raw: Any, defaults: dict, base: Path, where: str, entry: int) -> Sp
         raise SpeakersFileError(f"{where}: expected a mapping with at least name and video, "
                                 f"got {raw!r}")
     data = {**defaults, **raw}
+    if isinstance(data.get("name"), str) and data["name"].strip():
+        where = f"{where} ({data['name']})"
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise SpeakersFileError(f"{where}: unknown field(s) {unknown}; valid fields: "
@@ -168,7 +170,6 @@ def _speaker(raw: Any, defaults: dict, base: Path, where: str, entry: int) -> Sp
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise SpeakersFileError(f"{where}: '{key}' is required (a non-empty string)")
     name = data["name"]
-    where = f"{where} ({name})"
     if not NAME_RE.match(name):
         raise SpeakersFileError(f"{where}: name must be letters, digits, '.', '_' or '-' "
                                 f"(it becomes the folder DIR/{name})")

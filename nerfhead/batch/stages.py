@@ -111,11 +111,31 @@ class _Tail(io.TextIOBase):
 
 
 @contextlib.contextmanager
+def _stderr_fd_to(f) -> Iterator[None]:
+    """File descriptor 2 into ``f`` too: native libraries (MediaPipe, TensorFlow Lite) write
+    their warnings there, past Python's sys.stderr. stdout's descriptor is left alone: the
+    live table may be drawn on it."""
+    try:
+        sys.__stderr__.flush()
+        saved = os.dup(2)
+    except (OSError, AttributeError, ValueError):  # no usable descriptor 2 (embedded, closed)
+        yield
+        return
+    try:
+        os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def captured_output(log_path: Path, header: str) -> Iterator[_Tail]:
     """stdout, stderr and log records of the block into ``log_path`` (appended)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as f:
         f.write(f"\n===== {header} =====\n")
+        f.flush()
         tail = _Tail(f)
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
@@ -125,7 +145,7 @@ def captured_output(log_path: Path, header: str) -> Iterator[_Tail]:
         root.handlers = [handler]
         root.setLevel(logging.INFO)
         try:
-            with contextlib.redirect_stdout(tail), contextlib.redirect_stderr(tail):
+            with _stderr_fd_to(f), contextlib.redirect_stdout(tail), contextlib.redirect_stderr(tail):
                 yield tail
         finally:
             root.handlers, root.level = handlers, level
