@@ -143,7 +143,7 @@ def test_reporting_bars_report_and_restore_tqdm(monkeypatch):
         bar.update(150)
         bar.close()
     assert tqdm_module.tqdm is original
-    assert {"progress": "train head 150/600 it", "fraction": 0.25} in sent
+    assert {"progress": "train head 150/600 it 25%", "fraction": 0.25} in sent
     assert [(b["desc"], b["n"], b["total"]) for b in finished] == [("render", 6, 6),
                                                                    ("train head", 150, 600)]
 
@@ -250,7 +250,7 @@ def test_without_ray_a_clear_message_and_the_sequential_executor(monkeypatch, ca
         ex = scheduler.make_executor(BatchOptions(out=tmp_path))
     assert isinstance(ex, SequentialExecutor)
     assert "Ray is not installed" in caplog.text and ".[batch]" in caplog.text
-    with pytest.raises(SystemExit, match="--address auto needs Ray"):
+    with pytest.raises(scheduler.ClusterUnavailable, match="--address auto needs Ray"):
         scheduler.make_executor(BatchOptions(out=tmp_path, address="auto"))
 
 
@@ -313,3 +313,18 @@ def test_summary_reads_metrics_defensively(tmp_path, video):
     md = (out / "summary.md").read_text()
     assert "| a | done | evaluate | 61 | 4.5 | 12 | 30.5 | 35.25 |" in md
     assert "**c**: bad \\| video" in md
+
+
+def test_an_unreachable_cluster_is_a_clear_error(tmp_path, video, monkeypatch, capsys):
+    ray = pytest.importorskip("ray")
+    from nerfhead.cli import main
+
+    def refuse(**kw):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kw.get('address')}")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    good = _write(tmp_path, [{"name": "a", "video": "clips/a.mp4"}])
+    assert main(["batch", str(good), "--out", str(tmp_path / "o"), "--address", "10.0.0.9:6379"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot join the Ray cluster at 10.0.0.9:6379" in err and "RAY_AUTH_MODE=token" in err
+    assert not (tmp_path / "o" / ".batch.lock").exists()

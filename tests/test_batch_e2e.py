@@ -182,3 +182,40 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(batch_run, hdtf_video, tmp_pat
     state = json.loads((out / "hdtf" / "batch.json").read_text())
     assert state["status"] == "done" and state["stages"]["preprocess"]["status"] == "up to date"
     assert state["train_seconds"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_RAY, reason="needs Ray (pip install -e .[batch])")
+def test_joins_an_existing_cluster(tmp_path, monkeypatch, capsys):
+    """A cluster started apart (`ray start --head`), joined with --address: the stage runs
+    there and its failure comes back with its cause."""
+    from nerfhead.cli import main
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block",
+                             "--port", "0", "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        address, lines = None, []
+        for line in head.stdout:
+            lines.append(line)
+            m = re.search(r"ray start --address='([^']+)'", line)
+            if m:
+                address = m.group(1)
+                break
+        assert address, "".join(lines)
+        (tmp_path / "broken.mp4").write_bytes(b"junk")
+        path = tmp_path / "speakers.yaml"
+        path.write_text(yaml.safe_dump([{"name": "broken", "video": "broken.mp4"}]))
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the head uses a token (Ray >= 2.59)
+        rc = main(["batch", str(path), "--out", str(tmp_path / "out"), "--address", address,
+                   "--live", "off"])
+        out = capsys.readouterr().out
+        assert rc == 1 and f"on Ray {__import__('ray').__version__}, {address}: 1 node(s), 2 CPU" in out
+        state = json.loads((tmp_path / "out" / "broken" / "batch.json").read_text())
+        assert state["stages"]["preprocess"]["status"] == "failed"
+        assert "not a readable video" in state["error"]
+    finally:
+        head.terminate()  # `ray start --block` stops its processes on SIGTERM
+        head.wait(timeout=60)

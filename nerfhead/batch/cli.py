@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", type=int, default=None,
                    help="local Ray: CPUs it may use (default: all cores of this machine)")
     p.add_argument("--preprocess-cpus", type=int, default=2,
-                   help="cores a preprocessing task declares (default 2; capped by the largest node)")
+                   help="cores a preprocessing task declares, its torch/OpenCV threads (default "
+                        "2; capped by the largest node, or this machine without Ray)")
     p.add_argument("--train-cpus", type=int, default=None,
                    help="cores (torch threads) of a training/render/evaluate task without GPU "
                         "(Ray default 1; --no-ray default: the preset's train.cpu_threads)")
@@ -55,9 +56,19 @@ def _positive(name: str, value) -> str | None:
     return None if value is None or value >= 1 else f"{name} must be at least 1, got {value}"
 
 
+def dashboard_line(url: str | None, args: argparse.Namespace) -> str:
+    if url:
+        return url
+    if args.address:
+        return "none runs on that cluster (ray start --head --include-dashboard true, with ray[default])"
+    if args.no_dashboard:
+        return "off (--no-dashboard)"
+    return 'not running: it needs Ray\'s dashboard packages (pip install "ray[default]")'
+
+
 def run(args: argparse.Namespace) -> int:
     from nerfhead.batch.display import StatusDisplay, plain_table
-    from nerfhead.batch.scheduler import Batch, BatchOptions, make_executor
+    from nerfhead.batch.scheduler import Batch, BatchOptions, ClusterUnavailable, make_executor
     from nerfhead.batch.spec import SpeakersFileError, load_speakers
     from nerfhead.batch.stages import jobs_for
     from nerfhead.batch.summary import write_summary
@@ -96,12 +107,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     executor = None
     try:
-        executor = make_executor(opts)
+        try:
+            executor = make_executor(opts)
+        except ClusterUnavailable as e:
+            print(f"nerfhead batch: {e}", file=sys.stderr)
+            return 2
         print(f"nerfhead batch: {len(specs)} speaker(s) into {out} on {executor.name}")
-        if opts.use_ray and executor.name.startswith("Ray"):
-            print("Ray dashboard: " + (executor.dashboard if executor.dashboard else
-                  "off (--no-dashboard)" if args.no_dashboard and not args.address else
-                  "not running (it needs Ray's dashboard packages: pip install \"ray[default]\")"))
+        if executor.name.startswith("Ray"):
+            print(f"Ray dashboard: {dashboard_line(executor.dashboard, args)}")
         print(f"per-stage logs: {out}/<speaker>/logs/")
         batch = Batch(specs, opts, executor)
         live = {"auto": None, "on": True, "off": False}[args.live]

@@ -68,7 +68,8 @@ class StatusDisplay:
 
                 self.live = Live(get_renderable=lambda: rich_table(self.rows()),
                                  console=Console(file=self.stream), refresh_per_second=2,
-                                 redirect_stdout=False, redirect_stderr=False)
+                                 redirect_stdout=False, redirect_stderr=False,
+                                 transient=True)  # the final table is printed in full after
             except ImportError:
                 self.live = None
         self._stop = threading.Event()

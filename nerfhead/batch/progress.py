@@ -54,7 +54,8 @@ class ReportingBar(StdTqdm):
         total, n = d.get("total"), d.get("n", 0)
         desc = (d.get("prefix") or "").rstrip(": ") or "working"
         unit = d.get("unit") or "it"
-        text = f"{desc} {n:.0f}/{total:.0f} {unit}" if total else f"{desc} {n:.0f} {unit}"
+        text = (f"{desc} {n:.0f}/{total:.0f} {unit} {100 * n / total:.0f}%" if total
+                else f"{desc} {n:.0f} {unit}")
         if d.get("postfix"):
             text += f" ({d['postfix']})"
         return {"progress": text, "fraction": (n / total) if total else None}

@@ -32,6 +32,10 @@ from nerfhead.batch.stages import GPU_STAGES, StageJob, StageResult, jobs_for, r
 
 log = logging.getLogger("nerfhead.batch")
 
+class ClusterUnavailable(RuntimeError):
+    """``--address`` names a Ray cluster this process cannot join."""
+
+
 RAY_MISSING = ("Ray is not installed, so the speakers run one after another in this process. "
                "To run them as parallel Ray tasks (here or on a cluster), install the batch "
                "extra: pip install -c constraints.txt -e \".[batch]\"")
@@ -106,12 +110,14 @@ class SequentialExecutor:
 
     name = "sequential (no Ray)"
     dashboard = None
+    waiting = "waiting (one stage at a time without Ray)"
 
     def __init__(self, opts: BatchOptions):
         import torch
 
         self.gpu = torch.cuda.is_available() and opts.device != "cpu"
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.preprocess_cpus = min(opts.preprocess_cpus, cores)
         self.train_cpus = opts.train_cpus or 0  # 0: the preset's train.cpu_threads
         self.queue: deque = deque()
         self.board = StatusBoard()
@@ -120,7 +126,7 @@ class SequentialExecutor:
         if job.stage in GPU_STAGES:
             job.device, job.cpus = ("cuda", 0) if self.gpu else ("cpu", self.train_cpus)
         else:
-            job.device, job.cpus = "cpu", self.cores
+            job.device, job.cpus = "cpu", self.preprocess_cpus
 
     def submit(self, job: StageJob):
         self.queue.append(job)
@@ -152,6 +158,8 @@ class RayExecutor:
     """Stages as Ray tasks on a local Ray started here (bounded to this machine's cores) or on
     an existing cluster (``address``)."""
 
+    waiting = "queued (waiting for resources)"
+
     def __init__(self, opts: BatchOptions):
         import ray
 
@@ -172,7 +180,15 @@ class RayExecutor:
         else:
             kw["address"] = opts.address
         kw["runtime_env"] = {"env_vars": env}
-        ctx = ray.init(**kw)
+        try:
+            ctx = ray.init(**kw)
+        except ConnectionError as e:
+            raise ClusterUnavailable(
+                f"cannot join the Ray cluster at {opts.address}: {e}. Is it running (`ray "
+                f"status` on the head)? Give the head's IP:port that `ray start --head` printed, "
+                f"or `auto` on a node of the cluster. A cluster with token authentication also "
+                f"needs its token here: RAY_AUTH_MODE=token with ~/.ray/auth_token or "
+                f"RAY_AUTH_TOKEN (docs/batch.md)") from None
         url = getattr(ctx, "dashboard_url", None) or None
         self.dashboard = url if not url or "://" in url else f"http://{url}"
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -253,8 +269,8 @@ def make_executor(opts: BatchOptions):
             import ray  # noqa: F401
         except ImportError:
             if opts.address:
-                raise SystemExit(f"nerfhead batch: --address {opts.address} needs Ray, which "
-                                 f"is not installed: pip install -c constraints.txt -e \".[batch]\"")
+                raise ClusterUnavailable(f"--address {opts.address} needs Ray, which is not "
+                                         f"installed: pip install -c constraints.txt -e \".[batch]\"")
             log.warning(RAY_MISSING)
             return SequentialExecutor(opts)
         return RayExecutor(opts)
@@ -262,6 +278,13 @@ def make_executor(opts: BatchOptions):
 
 
 # ------------------------------------------------------------------------------ driver
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is gone: compare the names
+        return os.path.abspath(a) == os.path.abspath(b)
+
 
 class Batch:
     """The driver: one chain of stages per speaker, states, retries, Ctrl-C."""
@@ -287,7 +310,7 @@ class Batch:
         st = self.states[spec.name]
         if spec.input_error:
             return f"check: {spec.input_error}"
-        if st.recorded_video and st.recorded_video != str(spec.video):
+        if st.recorded_video and not _same_file(st.recorded_video, spec.video):
             return (f"check: {self.opts.out / spec.name} holds the work of another video "
                     f"({st.recorded_video}); this entry names {spec.video}. Give this speaker "
                     f"another name, or move that folder away to start it over")
@@ -327,6 +350,15 @@ class Batch:
             st.save()
             self.ex.submit(job)
             self.running[name] = job
+
+    def _fail_waiting(self) -> None:
+        """Nothing runs and nothing can start: a stage still waiting (a driven render whose
+        pose source never got a dataset in this session) will not run."""
+        for name, chain in self.chains.items():
+            if chain and self.states[name]["status"] != "failed":
+                other = chain[0].speaker.pose_speaker(set(self.states))
+                self._fail(name, chain[0].key, f"{chain[0].label}: waited for the dataset of "
+                           f"{other!r}, which this batch did not produce")
 
     def _finished(self, job: StageJob, result) -> None:
         name, st = job.speaker.name, self.states[job.speaker.name]
@@ -374,6 +406,7 @@ class Batch:
                 with self.lock:
                     self._submit_ready()
                     if not self.running:
+                        self._fail_waiting()
                         break
                 for job, result in self.ex.wait(timeout=0.5):
                     with self.lock:
@@ -416,7 +449,7 @@ class Batch:
                 progress, where = "", ""
                 if job is not None:
                     rep = self._report(job)
-                    progress = rep.get("progress", "") if rep else "queued (waiting for resources)"
+                    progress = rep.get("progress", "") if rep else self.ex.waiting
                     where = f"{rep.get('host')}:{rep.get('pid')}" if rep else ""
                     if job.attempt > 1:
                         progress = f"attempt {job.attempt}: {progress}"
