@@ -316,7 +316,7 @@ def test_summary_reads_metrics_defensively(tmp_path, video):
 
 
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path, video, monkeypatch, capsys):
-    ray = pytest.importorskip("ray")
+    ray = pytest.importorskip("ray", exc_type=ImportError)
     from nerfhead.cli import main
 
     def refuse(**kw):

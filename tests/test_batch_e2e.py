@@ -7,7 +7,6 @@ batch with Ctrl-C (SIGINT to its process group, as a terminal sends it) and reru
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -24,7 +23,12 @@ import pytest
 import yaml
 from test_preprocess_e2e import FAST  # light geometry fits: these tests check the batch
 
-HAS_RAY = importlib.util.find_spec("ray") is not None
+try:
+    import ray  # noqa: F401
+
+    HAS_RAY = True
+except ImportError:
+    HAS_RAY = False
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = {"data.image_size": 64, "train.val_every": 1000, "train.checkpoint_every": 10}
 
