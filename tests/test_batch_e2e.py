@@ -190,11 +190,9 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(batch_run, hdtf_video, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_RAY, reason="needs Ray (pip install -e .[batch])")
-def test_joins_an_existing_cluster(tmp_path, monkeypatch, capsys):
+def test_joins_an_existing_cluster(tmp_path):
     """A cluster started apart (`ray start --head`), joined with --address: the stage runs
     there and its failure comes back with its cause."""
-    from nerfhead.cli import main
-
     ray_cli = Path(sys.executable).with_name("ray")
     head = subprocess.Popen([str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block",
                              "--port", "0", "--num-cpus", "2", "--include-dashboard", "false",
@@ -212,14 +210,22 @@ def test_joins_an_existing_cluster(tmp_path, monkeypatch, capsys):
         (tmp_path / "broken.mp4").write_bytes(b"junk")
         path = tmp_path / "speakers.yaml"
         path.write_text(yaml.safe_dump([{"name": "broken", "video": "broken.mp4"}]))
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the head uses a token (Ray >= 2.59)
-        rc = main(["batch", str(path), "--out", str(tmp_path / "out"), "--address", address,
-                   "--live", "off"])
-        out = capsys.readouterr().out
-        assert rc == 1 and f"on Ray {__import__('ray').__version__}, {address}: 1 node(s), 2 CPU" in out
+        # the head uses a token (Ray >= 2.59); Ray reads RAY_AUTH_MODE when imported, hence
+        # a fresh process
+        env = dict(os.environ, RAY_AUTH_MODE="token")
+        proc = subprocess.run([sys.executable, "-m", "nerfhead", "batch", str(path), "--out",
+                               str(tmp_path / "out"), "--address", address, "--live", "off"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"{address}: 1 node(s), 2 CPU" in proc.stdout
         state = json.loads((tmp_path / "out" / "broken" / "batch.json").read_text())
         assert state["stages"]["preprocess"]["status"] == "failed"
         assert "not a readable video" in state["error"]
     finally:
         head.terminate()  # `ray start --block` stops its processes on SIGTERM
         head.wait(timeout=60)
+        # `ray start` recorded this head as the machine's current cluster, where a bare
+        # ray.init() would try to join it: forget it (only if it is still ours)
+        current = Path("/tmp/ray/ray_current_cluster")
+        if address and current.is_file() and current.read_text().strip() == address:
+            current.unlink()

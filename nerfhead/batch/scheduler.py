@@ -174,8 +174,10 @@ class RayExecutor:
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(Path(__file__).resolve().parents[2])]
                 + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-            # the tasks exchange small messages (paths, figures): a small object store suffices
-            kw.update(num_cpus=opts.cpus or cores, include_dashboard=opts.dashboard,
+            # address="local": a new Ray for this run, even where RAY_ADDRESS is set or another
+            # Ray runs on this machine (ray.init() would join those); the tasks exchange small
+            # messages (paths, figures): a small object store suffices
+            kw.update(address="local", num_cpus=opts.cpus or cores, include_dashboard=opts.dashboard,
                       object_store_memory=128 << 20)
         else:
             kw["address"] = opts.address
