@@ -177,7 +177,9 @@ class RayExecutor:
             # address="local": a new Ray for this run, even where RAY_ADDRESS is set or another
             # Ray runs on this machine (ray.init() would join those); the tasks exchange small
             # messages (paths, figures): a small object store suffices
-            kw.update(address="local", num_cpus=opts.cpus or cores, include_dashboard=opts.dashboard,
+            # include_dashboard None: Ray starts it where its packages (ray[default]) are installed
+            kw.update(address="local", num_cpus=opts.cpus or cores,
+                      include_dashboard=None if opts.dashboard else False,
                       object_store_memory=128 << 20)
         else:
             kw["address"] = opts.address
