@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nerfhead.batch import scheduler, stages
+from nerfhead.batch import executors, stages
+from nerfhead.batch.executors import BatchOptions, SequentialExecutor
 from nerfhead.batch.lock import BatchLock, BatchLocked
-from nerfhead.batch.scheduler import Batch, BatchOptions, SequentialExecutor
+from nerfhead.batch.scheduler import Batch
 from nerfhead.batch.spec import SpeakersFileError, load_speakers
 from nerfhead.batch.stages import StageResult, failure_cause, jobs_for
 from nerfhead.batch.summary import write_summary
@@ -247,11 +248,11 @@ def test_without_ray_a_clear_message_and_the_sequential_executor(monkeypatch, ca
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with caplog.at_level(logging.WARNING, logger="nerfhead.batch"):
-        ex = scheduler.make_executor(BatchOptions(out=tmp_path))
+        ex = executors.make_executor(BatchOptions(out=tmp_path))
     assert isinstance(ex, SequentialExecutor)
     assert "Ray is not installed" in caplog.text and ".[batch]" in caplog.text
-    with pytest.raises(scheduler.ClusterUnavailable, match="--address auto needs Ray"):
-        scheduler.make_executor(BatchOptions(out=tmp_path, address="auto"))
+    with pytest.raises(executors.ClusterUnavailable, match="--address auto needs Ray"):
+        executors.make_executor(BatchOptions(out=tmp_path, address="auto"))
 
 
 def test_cli_exit_codes(tmp_path, video, monkeypatch, capsys):

@@ -68,7 +68,8 @@ def dashboard_line(url: str | None, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nerfhead.batch.display import StatusDisplay, plain_table
-    from nerfhead.batch.scheduler import Batch, BatchOptions, ClusterUnavailable, make_executor
+    from nerfhead.batch.executors import BatchOptions, ClusterUnavailable, make_executor
+    from nerfhead.batch.scheduler import Batch
     from nerfhead.batch.spec import SpeakersFileError, load_speakers
     from nerfhead.batch.stages import jobs_for
     from nerfhead.batch.summary import write_summary
