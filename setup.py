@@ -103,6 +103,9 @@ setup(
                        # shipped inside the openwakeword wheel, run with onnxruntime
                        "onnxruntime", "openwakeword==0.4.0"],
         "dev": ["pytest>=7", "ninja"],
+        # nerfhead batch: speakers as Ray tasks (ray[default] brings the dashboard), live
+        # status table (rich). Without them `nerfhead batch` runs the speakers one by one.
+        "batch": ["ray[default]>=2.9", "rich>=13"],
         "backends": ["nerfacc==0.5.3"],
     },
     entry_points={"console_scripts": ["nerfhead=nerfhead.cli:main"]},

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "render": ("nerfhead.render.cli", "render a trained model with new audio and poses to mp4"),
     "evaluate": ("nerfhead.eval.cli", "metrics on the validation split, with and without masks"),
     "run": ("nerfhead.pipeline", "preprocess, train, render and evaluate in one go"),
+    "batch": ("nerfhead.batch.cli", "many speakers through run's stages as Ray tasks, one results table"),
     "bench": ("nerfhead.bench", "benchmarks: kernels, render"),
 }
 

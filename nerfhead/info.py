@@ -41,7 +41,7 @@ def collect() -> dict:
         "backends": {fam: available_backends(fam) for fam in ("hashgrid", "raymarch")},
         "packages": {m: _version(m) for m in
                      ("numpy", "cv2", "mediapipe", "imageio_ffmpeg", "scipy", "tensorboard",
-                      "facexlib", "lpips", "tinycudann", "nerfacc")},
+                      "facexlib", "lpips", "tinycudann", "nerfacc", "ray", "rich")},
     }
 
 

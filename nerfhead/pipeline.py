@@ -122,11 +122,94 @@ def check_same_job(out: Path, video: Path, pre_options: list[str]) -> None:
         tmp.write_text(json.dumps(record, indent=1))
 
 
+# ---------------------------------------------------------------------------- library API
+# ``run`` below and ``nerfhead batch`` (nerfhead/batch/) call these one stage at a time.
+
+def stage_names(preset: str) -> list[str]:
+    """``"head,lips"`` -> ``["head", "lips"]``: the training stages of a preset string."""
+    return [s.strip() for s in preset.split(",") if s.strip()]
+
+
+def run_dir_of(out: Path, k: int, stage: str) -> Path:
+    """Folder of the k-th training stage: OUT/run, then OUT/run_<stage>."""
+    return Path(out) / ("run" if k == 0 else f"run_{Path(stage).stem}")
+
+
+def preprocess_options(args) -> list[str]:
+    """The options that shape the dataset (recorded in OUT/run.json: a rerun must match)."""
+    options = []
+    if getattr(args, "max_seconds", None):
+        options += ["--max-seconds", str(args.max_seconds)]
+    if getattr(args, "crop_size", None):
+        options += ["--crop-size", str(args.crop_size)]
+    if getattr(args, "rotate", None):
+        options += ["--rotate", str(args.rotate)]
+    return options
+
+
+def preprocess(args, extra: list[str] | tuple = ()) -> Path:
+    """``nerfhead preprocess`` into OUT/data (finished steps are skipped), after checking that
+    OUT holds no other video's work; ``extra``: further preprocess arguments (``--set``...).
+    Returns the dataset folder."""
+    out, video = Path(args.out), Path(args.video)
+    data = out / "data"
+    options = preprocess_options(args)
+    check_same_job(out, video, options)
+    pre = ["preprocess", str(video), "--out", str(data), *options]
+    if getattr(args, "allow_silence", False):
+        pre.append("--allow-silence")
+    _subcommand(pre + list(extra))
+    return data
+
+
+def train(args, k: int, stage: str, init: Path | None) -> Path:
+    """``nerfhead train`` of the k-th stage (resumes from its newest checkpoint), started
+    from ``init`` (the previous stage's run) when given. Returns the run folder."""
+    out = Path(args.out)
+    run_dir = run_dir_of(out, k, stage)
+    cmd = ["train", str(out / "data"), "--config", stage, "--out", str(run_dir), "--device",
+           args.device, "--no-progress"]
+    if args.iters:
+        cmd += ["--iters", str(args.iters)]
+    if init is not None:
+        cmd += ["--init", str(init)]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    _subcommand(cmd)
+    return run_dir
+
+
+def render(args, run_dir: Path) -> bool:
+    """OUT/render.mp4: the validation audio with the validation poses; False when skipped
+    (the video is newer than the run's newest checkpoint and ``args.force`` is not set)."""
+    out = Path(args.out)
+    audio = write_val_audio(out / "data", out / "val_audio.wav")
+    video = out / "render.mp4"
+    if not args.force and _newer_than(video, run_dir):
+        return False
+    _subcommand(["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
+                 str(video), "--device", args.device])
+    return True
+
+
+def evaluate(args, run_dir: Path) -> bool:
+    """OUT/eval/metrics.json and report.md; False when skipped (metrics.json is newer than the
+    run's newest checkpoint and ``args.force`` is not set)."""
+    out = Path(args.out)
+    metrics = out / "eval" / "metrics.json"
+    if not args.force and _newer_than(metrics, run_dir):
+        return False
+    cmd = ["evaluate", str(run_dir), "--out", str(out / "eval"), "--device", args.device]
+    if args.eval_frames:
+        cmd += ["--max-frames", str(args.eval_frames)]
+    _subcommand(cmd)
+    return True
+
+
 def run(args) -> int:
     from nerfhead.fileio import OutputLocationError, check_output_dir, move_aside
 
     out = Path(args.out)
-    data, stages = out / "data", [s.strip() for s in args.preset.split(",") if s.strip()]
     video = Path(args.video)
     if not video.is_file():
         what = "is a folder, not a video file" if video.is_dir() else "not found"
@@ -140,43 +223,11 @@ def run(args) -> int:
     except OutputLocationError as e:
         print(f"nerfhead run: {e}", file=sys.stderr)
         return 2
-    options = []
-    if args.max_seconds:
-        options += ["--max-seconds", str(args.max_seconds)]
-    if args.crop_size:
-        options += ["--crop-size", str(args.crop_size)]
-    if args.rotate:
-        options += ["--rotate", str(args.rotate)]
-    check_same_job(out, video, options)
-    pre = ["preprocess", str(video), "--out", str(data), *options]
-    if args.allow_silence:
-        pre.append("--allow-silence")
-    _subcommand(pre)
-
+    preprocess(args)
     run_dir, prev = None, None
-    for k, stage in enumerate(stages):
-        run_dir = out / ("run" if k == 0 else f"run_{Path(stage).stem}")
-        cmd = ["train", str(data), "--config", stage, "--out", str(run_dir), "--device", args.device,
-               "--no-progress"]
-        if args.iters:
-            cmd += ["--iters", str(args.iters)]
-        if prev is not None:
-            cmd += ["--init", str(prev)]
-        for o in args.overrides:
-            cmd += ["--set", o]
-        _subcommand(cmd)
-        prev = run_dir
-
-    audio = write_val_audio(data, out / "val_audio.wav")
-    rendered = out / "render.mp4"
-    if args.force or not _newer_than(rendered, run_dir):
-        _subcommand(["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
-                     str(rendered), "--device", args.device])
-    metrics = out / "eval" / "metrics.json"
-    if args.force or not _newer_than(metrics, run_dir):
-        cmd = ["evaluate", str(run_dir), "--out", str(out / "eval"), "--device", args.device]
-        if args.eval_frames:
-            cmd += ["--max-frames", str(args.eval_frames)]
-        _subcommand(cmd)
-    print(f"done: {rendered}, {out / 'eval' / 'report.md'}")
+    for k, stage in enumerate(stage_names(args.preset)):
+        run_dir = prev = train(args, k, stage, prev)
+    render(args, run_dir)
+    evaluate(args, run_dir)
+    print(f"done: {out / 'render.mp4'}, {out / 'eval' / 'report.md'}")
     return 0

@@ -361,6 +361,7 @@ class Trainer:
         bar = tqdm(total=t.iters, initial=self.step, disable=not progress, unit="it",
                    desc=f"train {self.stage}", dynamic_ncols=True)
         window_t, window_n, saved_at, validated_at = time.perf_counter(), 0, -1, -1
+        start_step = self.step
         try:
             while self.step < stop:
                 if max_seconds is not None and time.perf_counter() - self._fit_t0 >= max_seconds:
@@ -390,9 +391,12 @@ class Trainer:
                     res = self.validate()
                     validated_at = self.step
                     bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
-            if saved_at != self.step:
+            # a run already at its last step trains nothing: leave its checkpoint (and so its
+            # time stamp, which tells `nerfhead run` whether renders are stale) as it is
+            trained = self.step != start_step
+            if (trained or not list_checkpoints(self.run_dir)) and saved_at != self.step:
                 self.save()
-            if validated_at != self.step:
+            if trained and validated_at != self.step:
                 res = self.validate()
                 bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
         finally:
