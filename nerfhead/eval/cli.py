@@ -7,7 +7,15 @@ rendered with its audio features, its poses and its camera, and compared with it
 
 Renders are made at the run's training resolution; GT, originals and masks are resized to it
 (INTER_AREA). Landmarks for LMD are detected on frames resized to 512x512. Outputs in
-``--out`` (default RUN/eval): metrics.json, report.md, per_frame.png, frame_<id>.png.
+``--out`` (default RUN/eval): metrics.json, report.md (lip sync first), per_frame.png,
+frame_<id>.png, mouth_strip.png (mouth crops over one second of speech, GT above render),
+mouth_opening.png (the rendered and GT mouth-opening curves against time).
+
+Composites: a run with a trained torso is scored as ``nerfhead render`` delivers it (head and
+torso over the plate). A head-only run (head or lips stage) is scored, as ER-NeRF / SyncTalk
+score the head, over the GT torso image of each frame; the report also scores the image a user
+of ``nerfhead render`` gets from such a run (the head over the plate, no body) and says which
+is which.
 """
 
 from __future__ import annotations
@@ -95,6 +103,38 @@ def val_audio(data_dir: Path, aud_ids: np.ndarray) -> np.ndarray | None:
     return samples[int(aud_ids[0]) * per_frame:(int(aud_ids[-1]) + 1) * per_frame]
 
 
+def strip_frame_ids(audio: np.ndarray | None, ids: np.ndarray) -> tuple[int, ...]:
+    """Frame ids of the second of speech shown in mouth_strip.png (chosen from the audio
+    alone, before rendering, so only those frames are kept)."""
+    from nerfhead.eval.lipsync import FPS, audio_energy_per_frame, speech_frames, speech_window
+
+    if audio is None or len(ids) == 0:
+        return ()
+    energy = audio_energy_per_frame(audio, len(ids))
+    start = speech_window(energy, speech_frames(energy), min(FPS, len(ids)))
+    return () if start is None else tuple(int(f) for f in ids[start:start + FPS])
+
+
+def composite_description(gt_torso: bool, clip: bool, no_torso: bool) -> str:
+    plate = "the clip's bc.jpg" if clip else "the run's bc.jpg"
+    if not gt_torso:
+        return f"head and torso rendered by the model, over {plate} (what `nerfhead render` delivers)"
+    why = "--no-torso" if no_torso else "the run has no trained torso"
+    return (f"rendered head over the frame's GT torso image (torso_imgs) on {plate} ({why}); "
+            "as ER-NeRF / SyncTalk judge the head stage. No user receives this image: the GT "
+            "torso comes from the very frames being scored")
+
+
+def delivered_description(gt_torso: bool, clip: bool, no_torso: bool) -> str:
+    plate = "the clip's bc.jpg" if clip else "the run's bc.jpg"
+    if not gt_torso:
+        return "the composite measured above"
+    return (f"the rendered head over {plate} with no body ("
+            + ("--no-torso" if no_torso else "no trained torso: train the torso stage, or "
+               "`nerfhead render --gt-torso` to put the dataset's torso images behind the head")
+            + ")")
+
+
 def evaluate(args) -> dict:
     from nerfhead.data.dataset import load_audio_features
     from nerfhead.eval.report import SequenceEvaluator, write_report
@@ -139,31 +179,37 @@ def evaluate(args) -> dict:
         log.warning("landmark detector unavailable (%s): no LMD or lip-sync proxy", det_reason)
     k = min(args.previews, len(ids))
     preview = tuple(int(ids[j]) for j in np.linspace(0, len(ids) - 1, k).astype(int)) if k else ()
-    ev = SequenceEvaluator(detector, lpips, lpips_reason, preview, det_reason)
+    audio = val_audio(data_dir, aud_ids)
+    strip = strip_frame_ids(audio, ids)
+    ev = SequenceEvaluator(detector, lpips, lpips_reason, preview, det_reason, strip_frames=strip)
     renders = [] if syncnet_weights_found(args.syncnet) else None  # kept only for SyncNet
     feats_seq = np.asarray(feats)[aud_ids]  # the audio of the evaluated frames, in order
     for j in tqdm(range(len(ids)), desc="evaluate", unit="frame"):
         fid = int(ids[j])
-        # frames never trained on have no per-frame latent: the mean latent is used
-        bg = plate
-        torso = frames.torso(fid) if gt_torso else None
+        # frames never trained on have no per-frame latent: the mean latent is used.
+        # One render over the plate is what `nerfhead render` delivers; the composite
+        # measured puts the same head over the GT torso when no torso was trained.
+        out = model.render_frame(c2w[j], feats_seq, j, frames.expression(fid), latent_index=None,
+                                 bg=plate, with_torso=not args.no_torso, camera=camera)
+        delivered = to_uint8(out["rgb"])
+        render, torso = delivered, frames.torso(fid) if gt_torso else None
         if torso is not None:
             t = resize_to(torso, H, W).astype(np.float32) / 255.0
             bg = t[..., :3] * t[..., 3:] + plate * (1 - t[..., 3:])
-        out = model.render_frame(c2w[j], feats_seq, j, frames.expression(fid), latent_index=None,
-                                 bg=bg, with_torso=not args.no_torso, camera=camera)
-        render = to_uint8(out["rgb"])
+            alpha = out["head_alpha"].cpu().numpy()[..., None]
+            render = to_uint8(np.clip(out["head_rgb"].cpu().numpy() + (1 - alpha) * bg, 0, 1))
         gt = resize_to(frames.gt(fid), H, W)
         original = resize_to(frames.original(fid), H, W)
         mask = resize_to(frames.face_mask(fid), H, W)
-        ev.add(fid, render, gt, original, mask)
+        ev.add(fid, render, gt, original, mask, delivered=delivered if torso is not None else None)
         if renders is not None:
             renders.append(render)
-    audio = val_audio(data_dir, aud_ids)
     info = {"run": str(run.run_dir), "step": run.step, "stage": run.stage, "data": str(data_dir),
             "split": split, "resolution": [H, W], "device": device, "audio_kind": kind,
             "torso": ("GT torso image over the plate (no trained torso)" if gt_torso
                       else "rendered by the torso field"),
+            "composite": composite_description(gt_torso, clip, args.no_torso),
+            "delivered_composite": delivered_description(gt_torso, clip, args.no_torso),
             "audio": f"{data_dir / 'aud.wav'} (features {kind}) for the evaluated frames"}
     result = ev.finish(audio, info)
     result["syncnet"] = syncnet_scores(renders or [], audio, args.syncnet, device,
@@ -171,7 +217,7 @@ def evaluate(args) -> dict:
     if detector is not None:
         detector.close()
     out_dir = Path(args.out) if args.out else Path(run.run_dir) / "eval"
-    return write_report(result, ev.previews, out_dir)
+    return write_report(result, ev.previews, out_dir, ev.strip)
 
 
 def run(args) -> int:
