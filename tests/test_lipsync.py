@@ -143,3 +143,73 @@ def test_speech_frames_agree_with_grid_word_alignments(grid_video, shared_dir):
     speech = lipsync.speech_frames(lipsync.audio_energy_per_frame(samples, len(truth)))
     assert (speech == truth).mean() >= 0.9
     assert 0.3 < speech.mean() < 0.6
+
+
+# ------------------------------------------------------------------ the evaluation report
+@pytest.fixture(scope="module")
+def hdtf_frames(hdtf_video):
+    import cv2
+
+    from nerfhead.render.video import read_frames
+
+    frames = [cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA)
+              for f in read_frames(hdtf_video, max_frames=50)]
+    return frames, _decode_on_timestamps(hdtf_video, 2.0)
+
+
+def _evaluate(frames, renders, samples, out_dir, delivered=None):
+    from nerfhead.eval.report import SequenceEvaluator, write_report
+
+    det = lipsync.FaceLandmarks()
+    mask = np.zeros((256, 256), np.uint8)
+    mask[60:230, 50:210] = 255
+    energy = lipsync.audio_energy_per_frame(samples, len(frames))
+    start = lipsync.speech_window(energy, lipsync.speech_frames(energy))
+    ev = SequenceEvaluator(det, None, "no LPIPS in this test", preview_frames=(0,),
+                           strip_frames=tuple(range(start, start + 25)))
+    for i, (gt, render) in enumerate(zip(frames, renders)):
+        ev.add(i, render, gt, gt, mask, delivered=None if delivered is None else delivered[i])
+    result = write_report(ev.finish(samples, {"run": "test", "split": "val", "composite": "c",
+                                              "delivered_composite": "d"}),
+                          ev.previews, out_dir, ev.strip)
+    det.close()
+    return result
+
+
+def test_report_puts_lip_sync_first_and_sees_a_frozen_mouth(hdtf_frames, tmp_path):
+    """Real frames: a render equal to the GT scores correlation 1 and amplitude ratio 1; a
+    render frozen on one frame (the mouth never moves) scores no correlation and amplitude 0,
+    while its PSNR alone would not say so. The report leads with lip sync, writes the mouth
+    strip (GT above render) and the opening curves, and scores the delivered frames."""
+    import cv2
+
+    frames, samples = hdtf_frames
+    same = _evaluate(frames, frames, samples, tmp_path / "same")
+    mo = same["mouth_opening"]
+    assert mo["correlation"] == pytest.approx(1.0) and mo["amplitude_ratio"] == pytest.approx(1.0)
+    assert mo["frames_used"] == 50
+    sp = same["speech_frames"]["count"]
+    assert 0 < sp < 50  # the clip has a pause around frames 20-30
+    full = same["modes"]["full"]
+    assert full["lmd_speech"]["count"] == sp and full["lmd_silence"]["count"] == 50 - sp
+
+    frozen = [frames[0]] * 50
+    plate = [np.zeros_like(f) for f in frames]
+    res = _evaluate(frames, frozen, samples, tmp_path / "frozen", delivered=plate)
+    assert res["mouth_opening"]["correlation"] is None
+    assert res["mouth_opening"]["amplitude_ratio"] == pytest.approx(0.0, abs=1e-9)
+    assert res["modes"]["full"]["lmd_speech"]["mean"] > 0.5
+    assert res["delivered"]["psnr"]["mean"] < res["modes"]["full"]["psnr"]["mean"]
+
+    report = (tmp_path / "frozen" / "report.md").read_text()
+    assert report.index("## Lip sync") < report.index("## Image quality") < report.index("| PSNR")
+    assert "composite measured below: c" in report and "delivers it: d" in report
+    strip = cv2.imread(str(tmp_path / "frozen" / "mouth_strip.png"))
+    assert strip.shape[0] == 2 * 64 + 2 and strip.shape[1] == 25 * 64 + 24 * 2
+    same_strip = cv2.imread(str(tmp_path / "same" / "mouth_strip.png")).astype(int)
+    # GT above render: identical rows when the render is the GT, not when it is frozen
+    assert np.array_equal(same_strip[:64], same_strip[66:])
+    assert np.array_equal(strip[:64], same_strip[:64])
+    assert np.abs(strip[66:].astype(int) - strip[:64]).mean() > 5
+    assert (tmp_path / "frozen" / "mouth_opening.png").stat().st_size > 10_000
+    assert res["mouth_strip"]["frame_ids"] == sorted(res["mouth_strip"]["frame_ids"])

@@ -396,7 +396,8 @@ def plot_mouth_opening(result: dict, path: Path, strip_ids=()) -> None:
         ax.plot(t[a:b], curves["gt"][a:b], color="k", lw=1, label="GT")
         ax.plot(t[a:b], curves["render"][a:b], color="tab:red", lw=1, label="render")
         if pos:
-            ax.axvspan(t[pos[0]], t[pos[-1]], color="tab:blue", alpha=0.12, label="mouth strip")
+            ax.axvspan(t[pos[0]], t[pos[-1]], facecolor="none", edgecolor="tab:blue", lw=1.5,
+                       label="mouth strip")
         ax.set_xlim(t[a], t[max(a, b - 1)] + 1e-6)
         ax.set_ylabel("mouth opening")
         ax.grid(alpha=0.3)
