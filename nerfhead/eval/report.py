@@ -245,7 +245,7 @@ def lipsync_lines(result: dict) -> list[str]:
     full = result["modes"]["full"]
     sync = result.get("syncnet", {})
     z_r, z_g = pr.get("zero_offset_correlation"), pg.get("zero_offset_correlation")
-    share = f" ({100 * z_r / z_g:.0f}% of GT)" if z_r is not None and z_g and z_g > 0 else ""
+    share = f" ({100 * z_r / z_g:.0f}% of GT)" if z_r and z_g and z_r > 0 and z_g > 0 else ""
     amp = _num(mo.get("amplitude_ratio"), 2)
     if mo.get("range_ratio") is not None:
         amp += f" (p5-p95 range ratio {mo['range_ratio']:.2f})"
