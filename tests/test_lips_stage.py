@@ -58,3 +58,21 @@ def test_frame_rays_keep_the_rest_of_the_head(head, tmp_path):
         psnr[rays] = tr.validations[-1]["psnr"]
     assert psnr[0] < head_psnr - 0.3
     assert psnr[-1] > psnr[0] + 0.5 and psnr[-1] > head_psnr - 0.5
+
+
+def test_mouth_rays_and_latent_dropout_in_the_head_stage(head, tmp_path):
+    """mouth_ray_fraction puts that share of a head step's rays inside the mouth box;
+    latent_dropout 1 trains only through the mean latent (what unseen frames get), so the
+    per-frame latents never drift apart."""
+    data, _, _ = head
+    tr = Trainer(data, configs(iters=4, mouth_ray_fraction=0.25, latent_dropout=1.0), tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batch = tr._with_mouth_rays(tr.train_set.sample(5, "random", g), 5, g)
+    x0, y0, x1, y1 = tr.train_set.mouth_box(5)
+    inside = (batch.u >= x0) & (batch.u < x1) & (batch.v >= y0) & (batch.v < y1)
+    assert batch.u.shape[0] == 256 and bool(inside[-64:].all())
+    img = torch.from_numpy(tr.train_set.image(5)).float() / 255
+    assert torch.allclose(batch.rgb, img[batch.v, batch.u])
+    tr.fit(progress=False)
+    lat = tr.model.latents.detach()
+    assert float(lat.abs().max()) > 0 and float((lat - lat[0]).abs().max()) < 1e-6

@@ -208,6 +208,23 @@ class Trainer:
                         rgb=torch.cat([patch.rgb, full.rgb]), bg=torch.cat([patch.bg, full.bg]),
                         patch=patch.patch)
 
+    def _with_mouth_rays(self, batch, i: int, g: torch.Generator):
+        """Head stage: replace the last ``mouth_ray_fraction`` of the random rays by rays drawn
+        uniformly inside the mouth box of frame ``i``."""
+        ds = self.train_set
+        n = int(round(self.tcfg.mouth_ray_fraction * batch.u.shape[0]))
+        if n <= 0:
+            return batch
+        x0, y0, x1, y1 = ds.mouth_box(i)
+        H, W = ds.size
+        u = torch.randint(x0, max(x1, x0 + 1), (n,), generator=g).clamp(0, W - 1)
+        v = torch.randint(y0, max(y1, y0 + 1), (n,), generator=g).clamp(0, H - 1)
+        rgb = torch.from_numpy(ds.image(i))[v, u].float() / 255.0
+        bg = torch.from_numpy(ds.head_background(i))[v, u].float() / 255.0
+        k = batch.u.shape[0] - n
+        return RayBatch(u=torch.cat([batch.u[:k], u]), v=torch.cat([batch.v[:k], v]),
+                        rgb=torch.cat([batch.rgb[:k], rgb]), bg=torch.cat([batch.bg[:k], bg]))
+
     def _lips_loss(self, pred, target, head, n_patch: int, patch) -> torch.Tensor:
         """MSE of the mouth patch + MSE of the frame rays (each a mean, so the mouth weighs as
         much as the whole frame) + the patch's perceptual term + the regularisers."""
@@ -236,11 +253,15 @@ class Trainer:
         n_patch = batch.u.shape[0]
         if self.stage == "lips":
             batch = self._with_frame_rays(batch, i, g)
+        elif self.stage == "head" and t.mouth_ray_fraction > 0:
+            batch = self._with_mouth_rays(batch, i, g)
         pose = ds.poses[i].to(dev)
         rays_o, rays_d = pixel_rays(pose, ds.camera, batch.u, batch.v)
         noise = torch.rand(batch.u.shape[0], generator=g).to(dev)
         target, bg = batch.rgb.to(dev), batch.bg.to(dev)
-        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), i)
+        drop = (self.stage != "torso" and t.latent_dropout > 0
+                and float(torch.rand(1, generator=g)) < t.latent_dropout)
+        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), None if drop else i)
         if self.stage == "torso":
             with torch.no_grad():
                 head = m.render_head_rays(rays_o, rays_d, cond, noise)
