@@ -99,8 +99,10 @@ class SequenceEvaluator:
                 self.render_landmarks.append(lp)
                 self.gt_landmarks.append(lr)
         if delivered is not None:
-            for name, value in (("psnr", M.psnr(delivered, gt)), ("ssim", M.ssim(delivered, gt)))\
-                    + ((("lpips", self.lpips.distance(delivered, gt)),) if self.lpips else ()):
+            scores = {"psnr": M.psnr(delivered, gt), "ssim": M.ssim(delivered, gt)}
+            if self.lpips is not None:
+                scores["lpips"] = self.lpips.distance(delivered, gt)
+            for name, value in scores.items():
                 self.delivered.setdefault(name, []).append(float(value))
         if fid in self.preview_frames:
             self.previews[fid] = (gt, render)
@@ -222,10 +224,8 @@ def _fmt(s: dict | None, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
-def _num(v, digits: int = 3, signed: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+def _num(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def _offset(p: dict) -> str:
