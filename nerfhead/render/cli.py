@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--paste-back seam blend (default feather)")
     p.add_argument("--feather", type=int, default=16, help="--paste-back feather width in source pixels")
     p.add_argument("--no-torso", action="store_true", help="head over the background plate only")
+    p.add_argument("--gt-torso", action="store_true",
+                   help="for a run without a trained torso: put the dataset's torso image "
+                        "(torso_imgs) of each pose's frame behind the head (needs poses from the "
+                        "dataset: train, val or smooth)")
     p.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
@@ -161,10 +165,11 @@ class StageTimes:
 
 
 def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False, with_torso=True,
-                    camera=None, times: StageTimes | None = None, progress=True):
+                    camera=None, times: StageTimes | None = None, progress=True, gt_torso=False):
     """Yield (frame index, rendered uint8 [H, W, 3], composited uint8 crop) for ``seq``.
 
     Without --portrait the composited crop is the render resized to the original crop size.
+    ``gt_torso``: the head goes over the frame's torso image on the plate instead of the plate.
     """
     import torch
     from tqdm import tqdm
@@ -178,8 +183,10 @@ def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False
     for i in tqdm(range(n), desc="render", unit="frame", disable=not progress):
         fid = int(seq.frame_ids[i])
         t0 = time.perf_counter()
+        bg = torso_background(model, frames, fid, camera) if gt_torso else None
         out = model.render_frame(seq.c2w[i], audio_feats, i, frames.expression(fid),
-                                 latent_index=lut.get(fid), with_torso=with_torso, camera=camera)
+                                 latent_index=lut.get(fid), bg=bg, with_torso=with_torso,
+                                 camera=camera)
         rgb = to_uint8(out["rgb"])
         if model.device.type == "cuda":
             torch.cuda.synchronize()
@@ -193,6 +200,32 @@ def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False
             crop = rgb
         times.add("composite", time.perf_counter() - t1)
         yield i, rgb, crop
+
+
+def torso_background(model, frames: DatasetFrames, fid: int, camera=None) -> np.ndarray:
+    """The frame's torso image (torso_imgs) over the run's plate, float [H, W, 3] in [0, 1]."""
+    cam = camera or model.camera
+    plate = model.background.detach().cpu().numpy()
+    plate = resize_to(plate, cam.height, cam.width)
+    torso = frames.torso(fid)
+    if torso is None:
+        raise FileNotFoundError(f"--gt-torso: {frames.root / 'torso_imgs' / f'{fid}.png'} is "
+                                "missing (the dataset has no torso images)")
+    t = resize_to(torso, cam.height, cam.width).astype(np.float32) / 255.0
+    return t[..., :3] * t[..., 3:] + plate * (1 - t[..., 3:])
+
+
+def warn_missing_torso(run, no_torso: bool, gt_torso: bool) -> str | None:
+    """The warning for a run whose torso was never trained (None when there is nothing to say)."""
+    model = run.model
+    if no_torso or gt_torso or (model.torso is not None and bool(model.has_torso)):
+        return None
+    msg = (f"{run.run_dir} has no trained torso (stage {run.stage}): the video shows the head "
+           "floating over the background plate with no neck or body. Train the torso stage "
+           "(`nerfhead train DATA --config torso --init RUN`), or pass --gt-torso to put the "
+           "dataset's torso images behind the head, or --no-torso to silence this warning.")
+    log.warning(msg)
+    return msg
 
 
 def driving_features(run, audio_path, features_path=None, max_frames=None):
@@ -243,11 +276,17 @@ def render_video(args) -> Path:
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
     data_dir = run_dataset(run, args.data)
     frames = DatasetFrames(data_dir)
+    gt_torso = getattr(args, "gt_torso", False)
+    warn_missing_torso(run, args.no_torso, gt_torso)
     feats, samples = driving_features(run, args.audio, args.audio_features, args.max_frames)
     seq = build_sequence(data_dir, len(feats), args.poses, pose_file=args.pose_file,
                          pose_from=args.pose_from, mode=args.pose_mode, smooth_sigma=args.smooth_sigma)
     if args.portrait and not seq.tied_to_frames:
         raise SystemExit(f"--portrait blends into the frames the poses came from; poses "
+                         f"'{seq.source}' are not tied to frames of {data_dir} (use --poses "
+                         f"train, val or smooth)")
+    if gt_torso and not seq.tied_to_frames:
+        raise SystemExit(f"--gt-torso uses the torso image of each pose's frame; poses "
                          f"'{seq.source}' are not tied to frames of {data_dir} (use --poses "
                          f"train, val or smooth)")
     out = Path(args.out) if args.out else Path(run.run_dir) / "renders" / f"{Path(args.audio).stem}.mp4"
@@ -271,7 +310,7 @@ def render_video(args) -> Path:
     times = StageTimes()
     with VideoWriter(out, fps=25, audio=samples, sr=16000) as writer:
         for i, _, crop in render_sequence(run, feats, seq, frames, args.portrait, not args.no_torso,
-                                          times=times):
+                                          times=times, gt_torso=gt_torso):
             t0 = time.perf_counter()
             if source is not None:
                 frame = source[int(seq.frame_ids[i])]

@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from nerfhead.config import ConfigError, to_dict
-from nerfhead.data.dataset import TalkingHeadDataset, check_dataset_dir, dataset_fingerprint
+from nerfhead.data.dataset import (RayBatch, TalkingHeadDataset, check_dataset_dir,
+                                   dataset_fingerprint)
 from nerfhead.fileio import atomic_path, clean_stale_temps, move_aside, write_image
 from nerfhead.models.rays import pixel_rays
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
@@ -257,6 +258,50 @@ class Trainer:
         j = int(torch.randint(0, len(ds), (1,), generator=g))
         return self.model.conditions(ds.audio, int(ds.aud_ids[j]), ds.expression(j), j)
 
+    def _with_frame_rays(self, patch, i: int, g: torch.Generator):
+        """Lips stage: the mouth patch followed by ``train.lips_frame_rays`` random rays of
+        the whole frame, so density and colour away from the mouth stay supervised (a stage
+        trained on mouth patches alone grows floaters beside the jaw and above the hair:
+        nothing there is constrained while the shared hash tables and MLPs move)."""
+        n = self.tcfg.lips_frame_rays
+        n = self.dcfg.num_rays if n < 0 else n
+        if n == 0:
+            return patch
+        full = self.train_set.sample(i, "random", g, num_rays=n, bg_kind="head")
+        return RayBatch(u=torch.cat([patch.u, full.u]), v=torch.cat([patch.v, full.v]),
+                        rgb=torch.cat([patch.rgb, full.rgb]), bg=torch.cat([patch.bg, full.bg]),
+                        patch=patch.patch)
+
+    def _with_mouth_rays(self, batch, i: int, g: torch.Generator):
+        """Head stage: replace the last ``mouth_ray_fraction`` of the random rays by rays drawn
+        uniformly inside the mouth box of frame ``i``."""
+        ds = self.train_set
+        n = int(round(self.tcfg.mouth_ray_fraction * batch.u.shape[0]))
+        if n <= 0:
+            return batch
+        x0, y0, x1, y1 = ds.mouth_box(i)
+        H, W = ds.size
+        u = torch.randint(x0, max(x1, x0 + 1), (n,), generator=g).clamp(0, W - 1)
+        v = torch.randint(y0, max(y1, y0 + 1), (n,), generator=g).clamp(0, H - 1)
+        rgb = torch.from_numpy(ds.image(i))[v, u].float() / 255.0
+        bg = torch.from_numpy(ds.head_background(i))[v, u].float() / 255.0
+        k = batch.u.shape[0] - n
+        return RayBatch(u=torch.cat([batch.u[:k], u]), v=torch.cat([batch.v[:k], v]),
+                        rgb=torch.cat([batch.rgb[:k], rgb]), bg=torch.cat([batch.bg[:k], bg]))
+
+    def _lips_loss(self, pred, target, head, n_patch: int, patch) -> torch.Tensor:
+        """MSE of the mouth patch + MSE of the frame rays (each a mean, so the mouth weighs as
+        much as the whole frame) + the patch's perceptual term + the regularisers."""
+        t = self.tcfg
+        loss = ((pred[:n_patch] - target[:n_patch]) ** 2).mean()
+        if pred.shape[0] > n_patch:
+            loss = loss + t.lips_frame_weight * ((pred[n_patch:] - target[n_patch:]) ** 2).mean()
+        loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+        if head["audio_att"].numel():
+            loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+        to_img = lambda x: x.T.reshape(1, 3, patch[0], patch[1])  # noqa: E731
+        return loss + self.perceptual(to_img(pred[:n_patch]), to_img(target[:n_patch]))
+
     def train_step(self, step: int) -> dict:
         """One optimisation step at ``step``; returns {"loss", "psnr", "samples_per_ray"}."""
         t, ds, m, dev = self.tcfg, self.train_set, self.model, self.device
@@ -269,11 +314,18 @@ class Trainer:
         i = int(torch.randint(0, len(ds), (1,), generator=g))
         batch = ds.sample(i, "mouth" if self.stage == "lips" else "random", g,
                           bg_kind="plate" if self.stage == "torso" else "head")
+        n_patch = batch.u.shape[0]
+        if self.stage == "lips":
+            batch = self._with_frame_rays(batch, i, g)
+        elif self.stage == "head" and t.mouth_ray_fraction > 0:
+            batch = self._with_mouth_rays(batch, i, g)
         pose = ds.poses[i].to(dev)
         rays_o, rays_d = pixel_rays(pose, ds.camera, batch.u, batch.v)
         noise = torch.rand(batch.u.shape[0], generator=g).to(dev)
         target, bg = batch.rgb.to(dev), batch.bg.to(dev)
-        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), i)
+        drop = (self.stage != "torso" and t.latent_dropout > 0
+                and float(torch.rand(1, generator=g)) < t.latent_dropout)
+        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), None if drop else i)
         if self.stage == "torso":
             with torch.no_grad():
                 head = m.render_head_rays(rays_o, rays_d, cond, noise)
@@ -284,17 +336,15 @@ class Trainer:
         else:
             head = m.render_head_rays(rays_o, rays_d, cond, noise)
             pred = head["rgb"] + (1 - head["alpha"][:, None]) * bg
-            use_unc = (self.stage == "head" and self.mcfg.uncertainty
-                       and step >= t.uncertainty_start * t.iters)
-            loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
-                    else ((pred - target) ** 2).mean())
-            loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
-            if head["audio_att"].numel():
-                loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
             if self.stage == "lips":
-                P = batch.patch
-                to_img = lambda x: x.T.reshape(1, 3, P[0], P[1])
-                loss = loss + self.perceptual(to_img(pred), to_img(target))
+                loss = self._lips_loss(pred, target, head, n_patch, batch.patch)
+            else:
+                use_unc = self.mcfg.uncertainty and step >= t.uncertainty_start * t.iters
+                loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
+                        else ((pred - target) ** 2).mean())
+                loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+                if head["audio_att"].numel():
+                    loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
         value = float(loss.detach())
         if not math.isfinite(value):
             last = list_checkpoints(self.run_dir)
