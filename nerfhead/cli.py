@@ -20,7 +20,8 @@ SUBCOMMANDS = {
     "render": ("nerfhead.render.cli", "render a trained model with new audio and poses to mp4"),
     "evaluate": ("nerfhead.eval.cli", "metrics on the validation split, with and without masks"),
     "run": ("nerfhead.pipeline", "preprocess, train, render and evaluate in one go"),
-    "bench": ("nerfhead.bench", "benchmarks: kernels, render"),
+    "bench": ("nerfhead.bench", "benchmarks: kernels, render, motion"),
+    "motion": ("nerfhead.motion.cli", "motion files (export, edit, generate) and head motion from audio"),
 }
 
 

@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-torso", action="store_true", help="render without the torso")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    from nerfhead.motion.jitter import add_arguments as add_jitter_arguments
+
+    add_jitter_arguments(p)
     p.add_argument("--syncnet", default=None,
                    help="SyncNet weights (syncnet_v2.model) for LSE-C/LSE-D; default: "
                         "nerfhead.weights lookup, reported unavailable when absent")
@@ -175,6 +178,12 @@ def evaluate(args) -> dict:
     result = ev.finish(audio, info)
     result["syncnet"] = syncnet_scores(renders or [], audio, args.syncnet, device,
                                        landmarks=ev.render_landmarks)
+    from nerfhead.motion.jitter import evaluate_jitter
+
+    result["jitter"] = evaluate_jitter(model, c2w, feats_seq, [frames.expression(int(f)) for f in ids],
+                                       camera, detector, ev.render_landmarks, ev.gt_landmarks,
+                                       data_dir, run, audio, [s for s in args.jitter_sources.split(",")
+                                                              if s], args.jitter_frames)
     if detector is not None:
         detector.close()
     out_dir = Path(args.out) if args.out else Path(run.run_dir) / "eval"

@@ -216,6 +216,9 @@ def markdown(result: dict) -> str:
             z = p["zero_offset_correlation"]
             lines.append(f"| {k} | {p['best_offset']} | {p['best_correlation']:.3f} | "
                          f"{'n/a' if z is None else f'{z:.3f}'} |")
+    from nerfhead.motion.jitter import markdown_lines as jitter_lines
+
+    lines += jitter_lines(result.get("jitter"))
     lines += ["", "Mode definitions: *without masks* compares the whole rendered frame (head, torso, "
               "background plate) with `gt_imgs`; *with masks* pastes the rendered face into the "
               "original frame with the soft parsing face mask (hair excluded) and compares with "

@@ -4,7 +4,7 @@
 eyeBlinkLeft and eyeBlinkRight (people blink with both eyes). A blink is a peak of it that
 rises at least ``PROMINENCE`` above its surroundings (``scipy.signal.find_peaks``); its
 duration is the peak's full width at half prominence. From the blinks of a clip come the
-speaker's rate (blinks per minute), durations, intervals between blinks (onset to onset,
+speaker's rate (blinks per minute), durations, intervals between blinks (peak to peak,
 within stretches the clip really covers), the peak heights relative to the typical one, and the
 mean shape of a blink (closure against time in units of its duration). The eye columns' levels
 with the eyes open (median away from blinks) and closed (median at the peaks) map a closure
@@ -60,7 +60,7 @@ class BlinkProfile:
     count: int  #: blinks found
     rate_per_min: float
     durations_s: list = field(default_factory=list)  #: full width at half closure, per blink
-    intervals_s: list = field(default_factory=list)  #: onset-to-onset, consecutive blinks
+    intervals_s: list = field(default_factory=list)  #: peak to peak, consecutive blinks
     heights: list = field(default_factory=list)  #: peak closure of each blink (median = 1)
     shape: list = field(default_factory=list)  #: mean closure over +-SHAPE_SPAN durations
     open_level: dict = field(default_factory=dict)  #: eye column -> value with the eyes open

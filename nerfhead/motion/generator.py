@@ -291,8 +291,6 @@ def training_motion(data_dir, cfg: MotionModelConfig, split: str = "train",
     data_dir = Path(data_dir)
     rest = rest_pose(dataset_poses(data_dir, "train")[0])
     c2w, ids = dataset_poses(data_dir, split)
-    pose = c2w_to_canonical(c2w, rest)
-    pose, ids = fill_short_gaps(pose, ids, cfg.max_gap)
     if samples is None:
         wav = data_dir / "aud.wav"
         if not wav.is_file():
@@ -301,11 +299,22 @@ def training_motion(data_dir, cfg: MotionModelConfig, split: str = "train",
             raise DatasetError(f"dataset: {wav} not found; the head-motion model learns from the "
                                "clip's audio (rerun `nerfhead preprocess` to write it)")
         samples = load_audio(wav)
-    total = max(int(ids.max()) + 1, int(np.ceil(len(samples) / 16000 * cfg.fps)))
-    feats, detector = prosody_features(samples, total, cfg.fps)
-    cuts = find_cuts(pose, ids, cfg.jump_factor, known_cuts(data_dir))
+    return motion_from_arrays(c2w_to_canonical(c2w, rest), ids, samples, cfg, known_cuts(data_dir))
+
+
+def motion_from_arrays(pose6: np.ndarray, frame_ids: np.ndarray, samples: np.ndarray,
+                       cfg: MotionModelConfig, known=(), features=None) -> TrainingMotion:
+    """TrainingMotion of canonical poses [N, 6] of frames ``frame_ids`` of a clip whose audio
+    is ``samples`` (16 kHz, from the clip's first frame); ``features`` [frames, F] skips the
+    feature extraction (the clip's, computed once)."""
+    pose, ids = fill_short_gaps(np.asarray(pose6, np.float64), np.asarray(frame_ids), cfg.max_gap)
+    detector = ""
+    if features is None:
+        total = max(int(ids.max()) + 1, int(np.ceil(len(samples) / 16000 * cfg.fps)))
+        features, detector = prosody_features(samples, total, cfg.fps)
+    cuts = find_cuts(pose, ids, cfg.jump_factor, known)
     stretches = segments(len(ids), cuts, cfg.cut_margin, min_len=(cfg.order + 3) * cfg.keyframe_step)
-    return TrainingMotion(pose, ids, feats[ids], stretches, cuts, detector)
+    return TrainingMotion(pose, ids, features[ids], stretches, cuts, detector)
 
 
 # ------------------------------------------------------------------------------ fitting

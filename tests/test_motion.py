@@ -1,0 +1,354 @@
+"""Motion files, blinks, expression control, head motion from audio, jitter (nerfhead.motion).
+
+Hand-computed and synthetic ground truth first; then the real GRID poses (the 300-s clip's
+bundle-adjusted head poses, ``tests/data/grid_s1_300s_motion.npz``, with the clip's audio from
+``../shared``) for the head-motion generator; then a tiny trained model rendering motion files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from nerfhead.motion import blink as B
+from nerfhead.motion import stats as S
+from nerfhead.motion.pose import (angular_velocity, c2w_to_canonical, canonical_to_c2w, rest_pose,
+                                  rest_pose_in_camera)
+from nerfhead.motion.table import (ALL_COLUMNS, BLENDSHAPES, MotionFileError, MotionTable,
+                                   read_motion, write_motion)
+from nerfhead.data.synthetic import look_at_gl
+
+
+def _project(c2w, point_head, focal=500.0):
+    """Pixel (u, v) of a head-frame point seen from camera-to-world ``c2w`` (OpenGL)."""
+    w2c = np.linalg.inv(c2w)
+    p = w2c[:3, :3] @ point_head + w2c[:3, 3]
+    return np.array([focal * p[0] / -p[2], -focal * p[1] / -p[2]])  # v grows downwards
+
+
+# ------------------------------------------------------------------------------ pose frame
+def test_canonical_pose_round_trip_and_rest_is_zero():
+    rng = np.random.default_rng(0)
+    c2w = np.stack([look_at_gl(np.array([0.1 * rng.normal(), 0.05 * rng.normal(), 0.55]))
+                    for _ in range(30)])
+    rest = rest_pose(c2w)
+    p = c2w_to_canonical(c2w, rest)
+    assert np.allclose(canonical_to_c2w(p, rest), c2w, atol=1e-5)
+    assert np.allclose(c2w_to_canonical(rest[None], rest), 0, atol=1e-9)
+    assert np.allclose(canonical_to_c2w(np.zeros((1, 6)), rest)[0], rest, atol=1e-6)
+
+
+def test_canonical_pose_signs_match_the_documented_convention():
+    """yaw > 0: face turns to the subject's left (picture right); pitch > 0: chin down;
+    roll > 0: top of the head to the picture's left; tx > 0 subject's left, ty > 0 up, tz > 0
+    towards the camera (the head looks bigger)."""
+    rest = look_at_gl(np.array([0.0, 0.0, 0.6]))  # frontal: head axes = camera axes
+    nose, crown, left_ear = np.array([0, 0, 0.1]), np.array([0, 0.1, 0]), np.array([0.07, 0, 0])
+    at = lambda *p: canonical_to_c2w(np.array([p], float), rest)[0]  # noqa: E731
+    base = _project(rest, nose)
+    assert _project(at(10, 0, 0, 0, 0, 0), nose)[0] > base[0] + 5  # yaw: nose to picture right
+    assert _project(at(0, 10, 0, 0, 0, 0), nose)[1] > base[1] + 5  # pitch: nose goes down
+    assert _project(at(0, 0, 10, 0, 0, 0), crown)[0] < _project(rest, crown)[0] - 5  # roll
+    assert _project(at(0, 0, 0, 0.01, 0, 0), nose)[0] > base[0] + 5  # tx: subject's left
+    assert _project(at(0, 0, 0, 0, 0.01, 0), nose)[1] < base[1] - 5  # ty: up (v decreases)
+    width = lambda c: _project(c, left_ear)[0] - _project(c, -left_ear)[0]  # noqa: E731
+    assert width(at(0, 0, 0, 0, 0, 0.05)) > 1.05 * width(rest)  # tz: towards the camera
+    view = rest_pose_in_camera(at(5, 0, 0, 0, 0, 0))
+    assert view["yaw_deg"] == pytest.approx(5, abs=1e-6)
+    assert view["head_centre_camera_m"][2] == pytest.approx(-0.6, abs=1e-6)
+
+
+def test_angular_velocity_of_a_steady_turn():
+    p = np.zeros((11, 6))
+    p[:, 0] = np.arange(11) * 0.4  # 0.4 degrees of yaw per frame = 10 deg/s at 25 fps
+    w = angular_velocity(p, 25.0)
+    assert np.allclose(w[:, 1], 10.0, atol=1e-9) and np.allclose(w[:, [0, 2]], 0, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ motion file
+def _table(n=12):
+    rng = np.random.default_rng(1)
+    return MotionTable(pose=np.column_stack([rng.normal(0, 2, (n, 3)), rng.normal(0, 0.01, (n, 3))]),
+                       blendshapes=rng.uniform(0, 1, (n, 52)), blink=rng.uniform(0, 1, (n, 2)),
+                       meta={"condition_columns": ["eyeBlinkLeft", "browInnerUp"],
+                             "condition_source": "test"})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_motion_file_round_trip(tmp_path, suffix):
+    t = _table()
+    path = write_motion(t, tmp_path / f"m{suffix}")
+    back = read_motion(path)
+    assert len(back) == 12 and back.fps == pytest.approx(25.0)
+    assert np.allclose(back.pose[:, :3], t.pose[:, :3], atol=1e-4)
+    assert np.allclose(back.pose[:, 3:], t.pose[:, 3:], atol=1e-6)
+    assert np.allclose(back.blendshapes, t.blendshapes, atol=1e-4)
+    assert set(back.present) == set(ALL_COLUMNS)
+    if suffix == ".csv":
+        text = path.read_text().splitlines()
+        assert text[0].startswith("# nerfhead-motion v1")
+        assert any("model condition (test): eyeBlinkLeft browInnerUp" in ln for ln in text)
+        header = next(ln for ln in text if not ln.startswith("#")).split(",")
+        assert header[:8] == ["frame", "time_s", "yaw_deg", "pitch_deg", "roll_deg", "tx_m",
+                              "ty_m", "tz_m"]
+        assert header[8:60] == list(BLENDSHAPES) and header[60:] == ["blink_left", "blink_right"]
+
+
+def test_motion_file_from_a_spreadsheet_is_read(tmp_path):
+    """Semicolons, decimal commas, quoted comment rows, trailing empty cells, a subset of
+    columns: what a spreadsheet in another locale saves."""
+    rows = ['"# nerfhead-motion v1: edited";;;;;;;', "time_s;yaw_deg;pitch_deg;roll_deg;tx_m;ty_m;tz_m;"]
+    for i in range(5):
+        rows.append(f"{i * 0.04:.2f};{i},5;0;0;0;0,001;0;")
+    p = tmp_path / "edited.csv"
+    p.write_text("\n".join(rows) + "\n")
+    t = read_motion(p)
+    assert len(t) == 5 and np.allclose(t.pose[:, 0], [0.5, 1.5, 2.5, 3.5, 4.5])
+    assert np.allclose(t.pose[:, 4], 0.001) and np.isnan(t.blendshapes).all()
+    assert "eyeBlinkLeft" not in t.present
+
+
+def test_motion_file_errors_name_the_place(tmp_path, caplog):
+    t = _table(4)
+    good = write_motion(t, tmp_path / "good.csv").read_text()
+    lines = good.splitlines()
+    header_at = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
+    cols = lines[header_at].split(",")
+
+    def variant(name, fn):
+        rows = [ln.split(",") for ln in lines[header_at:]]
+        fn(rows)
+        p = tmp_path / name
+        p.write_text("\n".join(",".join(r) for r in rows) + "\n")
+        return p
+
+    drop = cols.index("pitch_deg")
+    p = variant("missing.csv", lambda rows: [r.pop(drop) for r in rows])
+    with pytest.raises(MotionFileError, match=r"missing column\(s\) pitch_deg.*motion export"):
+        read_motion(p)
+    yaw = cols.index("yaw_deg")
+    p = variant("text.csv", lambda rows: rows[2].__setitem__(yaw, "abc"))
+    with pytest.raises(MotionFileError, match=r"line \d+, column 'yaw_deg'.*'abc'"):
+        read_motion(p)
+    blink = cols.index("eyeBlinkLeft")
+    p = variant("range.csv", lambda rows: rows[3].__setitem__(blink, "1.7"))
+    with pytest.raises(MotionFileError, match=r"eyeBlinkLeft = 1.7 at frame\(s\) 2 .*\[0, 1\]"):
+        read_motion(p)
+    p = variant("angle.csv", lambda rows: rows[1].__setitem__(yaw, "135"))
+    with pytest.raises(MotionFileError, match="yaw_deg = 135.*90 degrees"):
+        read_motion(p)
+    tcol = cols.index("time_s")
+    p = variant("order.csv", lambda rows: rows[3].__setitem__(tcol, "0.0"))
+    with pytest.raises(MotionFileError, match="time does not increase"):
+        read_motion(p)
+    p = variant("typo.csv", lambda rows: rows[0].__setitem__(cols.index("browInnerUp"), "browInerUp"))
+    with caplog.at_level(logging.WARNING, logger="nerfhead.motion"):
+        read_motion(p)
+    assert "did you mean 'browInnerUp'" in caplog.text
+    with pytest.raises(MotionFileError, match="not found"):
+        read_motion(tmp_path / "nope.csv")
+
+
+def test_motion_file_at_another_frame_rate_is_resampled(tmp_path):
+    n = 51  # 1 s at 50 fps: yaw ramps 0..10 degrees
+    cols = {"time_s": np.arange(n) / 50.0, "yaw_deg": np.linspace(0, 10, n)}
+    for c in ("pitch_deg", "roll_deg", "tx_m", "ty_m", "tz_m"):
+        cols[c] = np.zeros(n)
+    p = tmp_path / "m50.json"
+    p.write_text(json.dumps({"columns": {k: v.tolist() for k, v in cols.items()}}))
+    t = read_motion(p)
+    assert len(t) == 26 and t.fps == 25.0
+    assert np.allclose(t.pose[:, 0], np.linspace(0, 10, 26), atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ blinks
+def _blink_clip(n=750, fps=25.0, every=(2.0, 4.0), seed=0):
+    """Synthetic eyeBlink curves: open 0.1, blinks of 5 frames peaking at 0.7 at known times."""
+    rng = np.random.default_rng(seed)
+    bs = np.full((n, 52), 0.05)
+    bs[:, BLENDSHAPES.index("eyeBlinkLeft")] = 0.10
+    bs[:, BLENDSHAPES.index("eyeBlinkRight")] = 0.12
+    bs[:, BLENDSHAPES.index("eyeSquintLeft")] = 0.40
+    peaks, t = [], 1.0
+    while t * fps < n - 5:
+        peaks.append(int(t * fps))
+        t += rng.uniform(*every)
+    bump = np.array([0.25, 0.75, 1.0, 0.75, 0.25])
+    for p in peaks:
+        sl = slice(p - 2, p + 3)
+        bs[sl, BLENDSHAPES.index("eyeBlinkLeft")] += 0.6 * bump
+        bs[sl, BLENDSHAPES.index("eyeBlinkRight")] += 0.6 * bump
+        bs[sl, BLENDSHAPES.index("eyeSquintLeft")] += 0.3 * bump
+    return bs, np.array(peaks)
+
+
+def test_measure_blinks_recovers_rate_duration_and_levels():
+    bs, peaks = _blink_clip()
+    prof = B.measure_blinks(bs)
+    assert prof.count == len(peaks)
+    assert prof.rate_per_min == pytest.approx(60 * len(peaks) / 30.0)
+    # half prominence of the 5-frame bump is reached between the 0.25 and 0.75 samples: 3 frames
+    assert np.median(prof.durations_s) == pytest.approx(3 / 25, abs=0.01)
+    assert np.allclose(prof.intervals_s, np.diff(peaks) / 25)
+    assert prof.open_level["eyeBlinkLeft"] == pytest.approx(0.10)
+    assert prof.closed_level["eyeBlinkLeft"] == pytest.approx(0.70)
+    assert prof.closed_level["eyeSquintLeft"] == pytest.approx(0.70)
+    d = B.derived_blink(bs, prof)
+    assert np.allclose(d[peaks], 1.0) and np.allclose(d[peaks + 5], 0.0)
+    # a gap in the frame ids splits the clip: no interval across it
+    ids = np.concatenate([np.arange(375), np.arange(400, 775)])
+    assert all(iv < 5 for iv in B.measure_blinks(bs, frame_ids=ids).intervals_s)
+
+
+def test_natural_blinks_follow_the_speakers_rate_and_duration():
+    bs, _ = _blink_clip(n=3000)
+    prof = B.measure_blinks(bs)
+    closure, times = B.synthesize(3000, prof, seed=3)
+    again = B.measure_blinks(B.apply_closure(np.zeros((3000, 52)), np.column_stack([closure, closure]),
+                                             prof))
+    assert again.rate_per_min == pytest.approx(prof.rate_per_min, rel=0.2)
+    assert np.median(again.durations_s) == pytest.approx(np.median(prof.durations_s), abs=0.045)
+    assert np.array_equal(B.synthesize(3000, prof, seed=3)[0], closure)  # seeded
+    assert not np.array_equal(B.synthesize(3000, prof, seed=4)[0], closure)
+    with pytest.raises(B.BlinkError, match="no blink found"):
+        B.synthesize(100, B.measure_blinks(np.full((100, 52), 0.1)))
+
+
+def test_apply_closure_moves_every_eye_column_between_its_levels():
+    bs, _ = _blink_clip()
+    prof = B.measure_blinks(bs)
+    closure = np.zeros((3, 2))
+    closure[1] = [1.0, 0.0]
+    closure[2] = [0.5, 0.5]
+    out = B.apply_closure(np.full((3, 52), 0.33), closure, prof)
+    L, R, SL = (BLENDSHAPES.index(c) for c in ("eyeBlinkLeft", "eyeBlinkRight", "eyeSquintLeft"))
+    assert out[0, L] == pytest.approx(0.10) and out[0, R] == pytest.approx(0.12)
+    assert out[1, L] == pytest.approx(0.70) and out[1, R] == pytest.approx(0.12)
+    assert out[1, SL] == pytest.approx(0.70) and out[2, L] == pytest.approx(0.40)
+    assert out[0, BLENDSHAPES.index("browInnerUp")] == pytest.approx(0.33)  # untouched
+
+
+def test_blink_files(tmp_path):
+    bs, _ = _blink_clip()
+    prof = B.measure_blinks(bs)
+    (tmp_path / "times.csv").write_text("blink_at_s\n0.52\n1.5\n9\n")  # times of the peaks
+    c = B.load_blink_file(tmp_path / "times.csv", 50, prof)
+    assert c.shape == (50, 2) and c[13, 0] == pytest.approx(1.0) and c[13, 1] == c[13, 0]
+    assert c[37, 0] == pytest.approx(c[38, 0]) and c[37, 0] > 0.8 and c[25, 0] < 0.01  # 37.5
+    (tmp_path / "curve.csv").write_text("blink\n0\n0.5\n1\n")
+    c = B.load_blink_file(tmp_path / "curve.csv", 5, prof)
+    assert np.allclose(c[:, 1], [0, 0.5, 1, 0, 0])  # shorter file: eyes open afterwards
+    (tmp_path / "bad.csv").write_text("blink_left\n0.2\n")
+    with pytest.raises(B.BlinkError, match="only one of blink_left/blink_right"):
+        B.load_blink_file(tmp_path / "bad.csv", 5, prof)
+    (tmp_path / "none.csv").write_text("yaw_deg\n1\n")
+    with pytest.raises(B.BlinkError, match="no blink_left/blink_right, blink or blink_at_s"):
+        B.load_blink_file(tmp_path / "none.csv", 5, prof)
+    with pytest.raises(B.BlinkError, match="not one of clip, natural, none"):
+        B.blink_closure("sometimes", 5, prof)
+
+
+def test_mediapipe_blink_left_is_the_subjects_left_eye(hdtf_video, weights_dir):
+    """The documented convention (docs/motion.md), checked on a real frame: covering the eye on
+    the picture's left (the subject's right) raises eyeBlinkRight, and vice versa."""
+    import cv2
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from nerfhead.render.video import read_frames
+
+    if not hdtf_video.is_file():
+        pytest.skip(f"{hdtf_video} not found")
+    frame = list(read_frames(hdtf_video, max_frames=11))[10]
+    opts = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(weights_dir / "face_landmarker.task")),
+        running_mode=vision.RunningMode.IMAGE, num_faces=1, output_face_blendshapes=True)
+    with vision.FaceLandmarker.create_from_options(opts) as lmk:
+        def detect(img):
+            r = lmk.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(img)))
+            pts = np.array([(p.x * img.shape[1], p.y * img.shape[0]) for p in r.face_landmarks[0]])
+            return {c.category_name: c.score for c in r.face_blendshapes[0]}, pts
+
+        _, pts = detect(frame)
+        got = {}
+        for side, idx in (("picture_left", [33, 133, 159, 145]), ("picture_right", [362, 263, 386, 374])):
+            img = frame.copy()
+            (x0, y0), (x1, y1) = pts[idx].min(0).astype(int) - 4, pts[idx].max(0).astype(int) + 4
+            img[y0:y1, x0:x1] = frame[y1 + 8:y1 + 14, x0:x1].reshape(-1, 3).mean(0).astype(np.uint8)
+            cv2.line(img, (x0 + 2, (y0 + y1) // 2), (x1 - 2, (y0 + y1) // 2), (60, 40, 40), 2)
+            got[side] = detect(img)[0]
+    assert pts[33, 0] < pts[263, 0]  # landmark 33 (the subject's right eye) is on the picture's left
+    assert got["picture_left"]["eyeBlinkRight"] > got["picture_left"]["eyeBlinkLeft"] + 0.1
+    assert got["picture_right"]["eyeBlinkLeft"] > got["picture_right"]["eyeBlinkRight"] + 0.05
+
+
+# ------------------------------------------------------------------------------ expression
+def test_expression_scales():
+    from nerfhead.motion.controls import parse_expression_scales, scale_expressions
+
+    assert parse_expression_scales(["browInnerUp=1.5", "eyeWideLeft=0"]) == {"browInnerUp": 1.5,
+                                                                             "eyeWideLeft": 0.0}
+    with pytest.raises(ValueError, match="did you mean 'browInnerUp'"):
+        parse_expression_scales(["browInerUp=2"])
+    with pytest.raises(ValueError, match="NAME=SCALE"):
+        parse_expression_scales(["browInnerUp"])
+    with pytest.raises(ValueError, match=">= 0"):
+        parse_expression_scales(["browInnerUp=-1"])
+    e = np.full((2, 52), 0.4, np.float32)
+    out = scale_expressions(e, {"browInnerUp": 1.5, "jawOpen": 3.0}, ["browInnerUp"])
+    i, j = BLENDSHAPES.index("browInnerUp"), BLENDSHAPES.index("jawOpen")
+    assert np.allclose(out[:, i], 0.6) and np.allclose(out[:, j], 1.0)  # clipped at 1
+    assert np.allclose(np.delete(out, [i, j], 1), 0.4)
+
+
+def test_fit_length_says_how_it_extends(caplog):
+    from nerfhead.motion.controls import fit_length
+
+    with caplog.at_level(logging.INFO, logger="nerfhead.motion"):
+        assert fit_length(4, 8, "mirror", "m.csv").tolist() == [0, 1, 2, 3, 2, 1, 0, 1]
+        assert "extended by --pose-mode mirror" in caplog.text and "4 frames" in caplog.text
+        assert fit_length(4, 6, "loop", "m.csv").tolist() == [0, 1, 2, 3, 0, 1]
+        assert fit_length(9, 3, "mirror", "m.csv").tolist() == [0, 1, 2]
+        assert "the last 6 are not used" in caplog.text
+
+
+# ------------------------------------------------------------------------------ statistics
+def test_motion_stats_hand_computed():
+    n = 100
+    p = np.zeros((n, 6))
+    p[:, 0] = 2.0 * np.sin(2 * np.pi * np.arange(n) / 50.0)  # yaw sine: 2 deg, period 2 s
+    st = S.motion_stats(p)
+    # amplitude: |yaw - window mean| over 2-s windows of a full period = |2 sin|
+    assert st["amplitude"].mean() == pytest.approx(np.mean(np.abs(2 * np.sin(2 * np.pi * np.arange(50) / 50))))
+    # angular speed: |d yaw/dt| ~ 2 * 2 pi / 2 s * |cos| -> mean 4 pi / pi * ... = 8/2 deg/s
+    assert st["angular_speed"].mean() == pytest.approx(4.0, rel=0.01)
+    assert st["translation_speed"].max() == 0
+    ok = np.ones(n, bool)
+    ok[40:45] = False
+    assert len(S.motion_stats(p, ok)["angular_speed"]) == n - 1 - 6  # steps touching the cut
+    w = S.windows(p, np.ones(n, bool))
+    assert np.allclose(S.nearest_window_distance(w[:5], w), 0.0, atol=1e-6)  # a copy scores 0
+    shifted = S.windows(p + np.array([1.0, 0, 0, 0, 0, 0]), np.ones(n, bool))
+    assert np.allclose(S.nearest_window_distance(shifted[:5], w), 0.0, atol=1e-6)  # offset: still
+    c = S.compare(st, {k: st[k] + 1.0 for k in S.STATS})
+    assert c["angular_speed"]["w1"] == pytest.approx(1.0) and c["angular_speed"]["ks"] > 0
+
+
+# ------------------------------------------------------------------------------ jitter
+def test_landmark_jitter_hand_computed():
+    from nerfhead.motion.jitter import RIGID_LANDMARKS, landmark_jitter
+
+    base = np.zeros((478, 2))
+    steady = [base + [2.0 * t, 0.5 * t] for t in range(10)]  # constant velocity: no jitter
+    assert landmark_jitter(steady)["mean_px"] == pytest.approx(0.0)
+    shake = [base + [0.0, 1.0 if t % 2 else -1.0] for t in range(10)]  # +-1 px: |1 - 2(-1) + 1| = 4
+    j = landmark_jitter(shake)
+    assert j["mean_px"] == pytest.approx(4.0) and j["triples"] == 8
+    mouth_only = [base.copy() for _ in range(5)]
+    mouth_only[2][[13, 14, 17]] = 9.0  # lip landmarks move: the rigid set does not see it
+    assert landmark_jitter(mouth_only)["mean_px"] == 0.0 and 13 not in RIGID_LANDMARKS
+    gaps = steady[:3] + [None] + steady[4:]
+    assert landmark_jitter(gaps)["triples_without_face"] == 3
