@@ -352,3 +352,308 @@ def test_landmark_jitter_hand_computed():
     assert landmark_jitter(mouth_only)["mean_px"] == 0.0 and 13 not in RIGID_LANDMARKS
     gaps = steady[:3] + [None] + steady[4:]
     assert landmark_jitter(gaps)["triples_without_face"] == 3
+
+
+# ------------------------------------------------------------------------------ head motion
+def _true_model():
+    """A known head-motion process: AR(2) keyframe velocities, noise twice as large in speech."""
+    from nerfhead.motion.generator import HeadMotionModel, MotionModelConfig
+
+    a1, a2 = 0.6, -0.2
+    A = np.vstack([a1 * np.eye(6), a2 * np.eye(6)])
+    U = np.zeros((3, 6))
+    U[0] = np.log(2.0)  # speech doubles the noise
+    return HeadMotionModel(MotionModelConfig(), scale=[2.0, 2.0, 1.0, 0.01, 0.01, 0.01],
+                           feature_mean=[0.0, 0.0, 0.0], A=A.tolist(), kappa=[0.02] * 6,
+                           U=U.tolist(), c=[np.log(0.15)] * 6, lo=[-30] * 3 + [-0.2] * 3,
+                           hi=[30] * 3 + [0.2] * 3)
+
+
+def _speech_features(n, seed=0):
+    """Alternating speech (2-4 s) and silence (1-2 s) blocks: [speech, loudness, envelope]."""
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(seed)
+    s, i, on = np.zeros(n), 0, False
+    while i < n:
+        k = int(25 * (rng.uniform(2, 4) if on else rng.uniform(1, 2)))
+        s[i:i + k] = on
+        i, on = i + k, not on
+    return np.column_stack([s, np.where(s > 0, 0.0, -3.0), gaussian_filter1d(s, 12.5)])
+
+
+def test_generator_learns_a_known_process():
+    from nerfhead.motion.generator import MotionModelConfig, fit, motion_from_arrays, spectral_radius
+
+    true = _true_model()
+    n = 25 * 240  # four minutes
+    feats = _speech_features(n)
+    poses, _ = true.sample(feats, seed=0)
+    data = motion_from_arrays(poses, np.arange(n), None, MotionModelConfig(), features=feats)
+    assert len(data.cuts) == 0 and data.stretches == [(0, n)]
+    model = fit(data)
+    assert model.info["spectral_radius"] < 1
+    assert spectral_radius(model.A, 2, model.kappa) < 1
+    # the noise in speech over the noise in silence: 2 in truth
+    assert np.mean(model.info["noise_speech_over_silence"][:3]) == pytest.approx(2.0, rel=0.25)
+    test_feats = _speech_features(25 * 60, seed=5)
+    truth = S.motion_stats(true.sample(test_feats, seed=11)[0], speech=test_feats[:, 0] > 0.5)
+    gen = [S.motion_stats(model.sample(test_feats, seed=s)[0], speech=test_feats[:, 0] > 0.5)
+           for s in range(4)]
+    pooled = {k: np.concatenate([g[k] for g in gen]) for k in S.STATS}
+    d = S.compare(truth, pooled)
+    for k in ("angular_speed", "angular_acceleration", "amplitude"):
+        assert d[k]["w1_relative"] < 0.25, (k, d[k])
+    assert all(g["speech_over_silence"] > 1.3 for g in gen)
+
+
+def test_generated_motion_is_seeded_smooth_and_in_range():
+    from nerfhead.motion.generator import MotionModelConfig, fit, motion_from_arrays
+
+    true = _true_model()
+    feats = _speech_features(25 * 120)
+    poses, _ = true.sample(feats, seed=0)
+    model = fit(motion_from_arrays(poses, np.arange(len(poses)), None, MotionModelConfig(),
+                                   features=feats))
+    f = _speech_features(25 * 30, seed=2)
+    a, info = model.sample(f, seed=7)
+    b, _ = model.sample(f, seed=7)
+    c, _ = model.sample(f, seed=8)
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    assert a.shape == (750, 6) and info["frames"] == 750
+    lo, hi = np.asarray(model.lo), np.asarray(model.hi)
+    assert (a >= lo).all() and (a <= hi).all()
+    # smooth: the second difference is small next to the first (a cubic spline through 5 Hz
+    # keyframes: no frame-to-frame noise)
+    d1 = np.abs(np.diff(a[:, 0])).mean()
+    d2 = np.abs(np.diff(a[:, 0], 2)).mean()
+    assert d2 < 0.25 * d1
+    # narrow the range: the soft limit holds every value inside and never speeds the head up
+    # (its slope is at most 1: no jumps)
+    model.lo, model.hi = (lo / 20).tolist(), (hi / 20).tolist()
+    lim, info = model.sample(f, seed=7)
+    assert info["limited_fraction"] > 0.1
+    assert (lim >= lo / 20 - 1e-12).all() and (lim <= hi / 20 + 1e-12).all()
+    assert (np.abs(np.diff(lim, axis=0)) <= np.abs(np.diff(a, axis=0)) + 1e-12).all()
+
+
+def test_cuts_split_the_training_motion():
+    from nerfhead.motion.generator import find_cuts, segments
+
+    rng = np.random.default_rng(0)
+    p = np.cumsum(rng.normal(0, 0.02, (300, 6)), 0)
+    p[:, 3:] *= 0.001
+    p[150:, 0] += 5.0  # a take join: the head jumps 5 degrees
+    ids = np.concatenate([np.arange(100), np.arange(110, 310)])  # frames 100-109 left out
+    cuts = find_cuts(p, ids, 6.0)
+    assert 100 in cuts and any(abs(c - 150) <= 2 for c in cuts) and len(cuts) == 2
+    st = segments(300, cuts, 5, 10)
+    assert st[0] == (0, 95) and st[1][0] == 105 and st[-1][1] == 300
+    assert find_cuts(p, ids, 6.0, known=[260]).tolist()[-1] == 250  # frame 260 sits at index 250
+
+
+@pytest.fixture(scope="module")
+def grid_motion(grid_video):
+    """The 300-s GRID clip's bundle-adjusted head poses (tests/data, see the module docstring)
+    and its audio, split as preprocess splits it (last 1/11 held out)."""
+    from pathlib import Path
+
+    from nerfhead.audio.features import load_audio
+    from nerfhead.motion.generator import MotionModelConfig, motion_from_arrays, prosody_features
+
+    if not grid_video.is_file():
+        pytest.skip(f"{grid_video} not found")
+    d = np.load(Path(__file__).parent / "data" / "grid_s1_300s_motion.npz")
+    pose, n = d["pose"].astype(np.float64), len(d["pose"])
+    ids = np.setdiff1d(np.arange(n), d["interpolated"])  # frames preprocess left out
+    samples = load_audio(grid_video)
+    samples = np.pad(samples, (0, max(0, n * 640 - len(samples))))
+    cfg = MotionModelConfig()
+    feats, _ = prosody_features(samples, n)
+    val = ids >= n - n // 11
+    train = motion_from_arrays(pose[ids[~val]], ids[~val], samples, cfg, features=feats)
+    heldout = motion_from_arrays(pose[ids[val]], ids[val], samples, cfg, features=feats)
+    assert len(train.pose) == int(d["train_frames"])
+    a = int(ids[val][0]) * 640
+    return train, heldout, samples[a:a + len(heldout.pose) * 640]
+
+
+@pytest.mark.slow
+def test_generated_head_motion_against_held_out_grid(grid_motion, tmp_path):
+    """Fit on 272 s of GRID s1, generate for the held-out 27 s of audio: statistics close to the
+    real held-out motion, more motion in speech, not a copy, inside the trained range."""
+    from nerfhead.motion.bench import evaluate_generator, markdown, write_report
+
+    train, heldout, audio = grid_motion
+    result, arrays = evaluate_generator(train, heldout, audio, seeds=3)
+    assert result["fit"]["cuts_found"] > 40  # the joins between the 100 sentences
+    d = result["distances"]["smoothed"]
+    for k in ("angular_speed", "angular_acceleration", "amplitude"):
+        # close: within 0.3 of the mean, and far closer than a static head
+        assert d["generated"][k]["w1_relative"] <= 0.3, (k, d["generated"][k])
+        assert d["generated"][k]["w1"] < 0.35 * d["static"][k]["w1"]
+    assert result["speech_over_silence"]["generated_mean"] > 1.0
+    near = result["nearest_train_window_deg"]
+    assert near["replay_of_train"]["median"] == pytest.approx(0.0, abs=1e-6)
+    assert near["generated"]["min"] > 0.05
+    assert near["generated"]["median"] >= 0.5 * near["heldout"]["median"]
+    assert all(result["verdict"].values()), result["verdict"]
+    write_report(dict(result, data="GRID fixture"), arrays, tmp_path)
+    assert "| angular_speed (deg/s) |" in markdown(result)
+    assert (tmp_path / "motion_bench.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------ rendering
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Synthetic 24x24 dataset of 80 frames (+ aud.wav) and a `tiny` model trained 2 steps."""
+    from nerfhead.cli import main
+    from nerfhead.data.synthetic import make_dataset
+    from nerfhead.render.video import write_wav
+
+    root = tmp_path_factory.mktemp("motion")
+    data = make_dataset(root / "data", num_frames=80, size=24)
+    sr = 16000
+    t = np.arange(80 * 640) / sr
+    write_wav(data / "aud.wav", 0.2 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 0.4 * t) > 0), sr)
+    run = root / "run"
+    assert main(["train", str(data), "--config", "tiny", "--out", str(run), "--iters", "2",
+                 "--device", "cpu", "--no-progress", "--set", "data.image_size=0",
+                 "--set", "model.max_steps=16", "--set", "data.num_rays=64"]) == 0
+    drive = root / "tone.wav"  # a steady tone: the same audio features in every frame
+    write_wav(drive, 0.3 * np.sin(2 * np.pi * 200 * np.arange(sr) / sr), sr)
+    return root, data, run, drive
+
+
+def _write_rows(path, header, rows):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_export_edit_and_render_back(tiny, tmp_path):
+    from nerfhead.cli import main
+    from nerfhead.motion.controls import render_inputs
+    from nerfhead.render.video import probe
+    from nerfhead.train.checkpoint import load_run
+
+    root, data, run, drive = tiny
+    out = tmp_path / "motion.csv"
+    assert main(["motion", "export", str(run), "--out", str(out)]) == 0
+    cond = list(load_run(run).configs["model"].expression)
+    text = out.read_text()
+    assert f"model condition (run {run}, step 2): {' '.join(cond)}" in text
+    t = read_motion(out)
+    assert len(t) == 80 and np.abs(t.pose).max() > 0  # the synthetic camera moves
+    assert main(["motion", "export", str(data), "--out", str(tmp_path / "m.json")]) == 0
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["num_frames"] == 80 and doc["rest_pose"]["head_centre_camera_m"][2] < 0
+    assert doc["condition_source"].startswith("default model config")
+    # a user edits it in a spreadsheet: turn the head 4 degrees, raise the brows
+    lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    header = lines[0].split(",")
+    rows = [ln.split(",") for ln in lines[1:11]]
+    for r in rows:
+        r[header.index("yaw_deg")] = f"{float(r[header.index('yaw_deg')]) + 4:.4f}"
+        r[header.index("browInnerUp")] = "0.5"
+    edited = tmp_path / "edited.csv"
+    _write_rows(edited, header, rows)
+    inputs = render_inputs(data, load_run(run), 10, motion=edited)
+    assert np.allclose(inputs.pose6[:, 0], t.pose[:10, 0] + 4, atol=2e-4)
+    assert np.allclose(inputs.expressions[:, BLENDSHAPES.index("browInnerUp")], 0.5)
+    assert inputs.mean_latent and not inputs.seq.tied_to_frames
+    video = tmp_path / "edited.mp4"
+    assert main(["render", str(run), "--audio", str(drive), "--motion", str(edited), "--out",
+                 str(video), "--max-frames", "6", "--device", "cpu"]) == 0
+    assert probe(video)["duration"] == pytest.approx(6 / 25, abs=0.05)
+
+
+def test_render_motion_file_errors(tiny, tmp_path, capsys, caplog):
+    from nerfhead.cli import main
+    from nerfhead.motion.controls import render_inputs
+    from nerfhead.train.checkpoint import load_run
+
+    root, data, run, drive = tiny
+    full = tmp_path / "full.csv"
+    assert main(["motion", "export", str(data), "--out", str(full)]) == 0
+    lines = [ln.split(",") for ln in full.read_text().splitlines() if not ln.startswith("#")]
+    header, rows = lines[0], lines[1:]
+    k = header.index("eyeBlinkLeft")
+    no_blink = tmp_path / "no_blink.csv"
+    _write_rows(no_blink, header[:k] + header[k + 1:], [r[:k] + r[k + 1:] for r in rows])
+    args = ["render", str(run), "--audio", str(drive), "--out", str(tmp_path / "x.mp4"),
+            "--max-frames", "3", "--device", "cpu"]
+    assert main(args + ["--motion", str(no_blink)]) == 2
+    err = capsys.readouterr().err
+    assert "eyeBlinkLeft" in err and "conditioned on" in err and str(no_blink) in err
+    assert main(args + ["--motion", str(full), "--poses", "static"]) == 2
+    assert "drop --poses" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    rows = [r[:] for r in rows]
+    rows[1][header.index("browInnerUp")] = "2.5"
+    _write_rows(bad, header, rows)
+    assert main(args + ["--motion", str(bad)]) == 2
+    assert "browInnerUp = 2.5 at frame(s) 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+    short = tmp_path / "short.csv"
+    _write_rows(short, header, lines[1:6])
+    with caplog.at_level(logging.INFO, logger="nerfhead.motion"):
+        inputs = render_inputs(data, load_run(run), 12, motion=short)
+    assert "5 frames (0.20 s) but the audio needs 12" in caplog.text
+    assert "extended by --pose-mode mirror" in caplog.text
+    assert np.allclose(inputs.pose6[5], inputs.pose6[3]) and len(inputs.seq) == 12
+    far = tmp_path / "far.csv"
+    rows = [r[:] for r in lines[1:4]]
+    for r in rows:
+        r[header.index("pitch_deg")] = "40"
+    _write_rows(far, header, rows)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nerfhead.motion"):
+        render_inputs(data, load_run(run), 3, motion=far)
+    assert "pitch_deg reaches 40 deg" in caplog.text and "never looked" in caplog.text
+
+
+def _eye_boxes(run_dir, c2w, pad=2):
+    """Pixel boxes around the synthetic head's two eyes seen from ``c2w``."""
+    from nerfhead.data.synthetic import EYE_DIRS, RADIUS, project_gl
+    from nerfhead.train.checkpoint import load_run
+
+    run = load_run(run_dir)
+    cam = run.camera
+    boxes = []
+    for e in EYE_DIRS:
+        x, y = project_gl(np.array([RADIUS * e / np.linalg.norm(e)]), c2w.astype(np.float64),
+                          cam.focal, cam.width)[0]
+        boxes.append((slice(max(0, int(y) - pad), int(y) + pad + 1),
+                      slice(max(0, int(x) - pad), int(x) + pad + 1)))
+    return run, boxes
+
+
+def test_blinks_forced_on_change_the_eyes_and_off_keep_them_still(tiny, tmp_path):
+    """Static pose, a steady tone, the mean latent: with --blink none every frame's eye region is
+    the same; with a blink file the eyes change at the blink and return after it."""
+    from nerfhead.audio.features import extract
+    from nerfhead.motion.controls import render_inputs
+    from nerfhead.render.cli import to_uint8
+
+    root, data, run_dir, drive = tiny
+    feats = extract(drive)[:10]
+    blinks = tmp_path / "blinks.csv"
+    blinks.write_text("blink_at_s\n0.2\n")  # fully closed at frame 5
+    run, boxes = _eye_boxes(run_dir, render_inputs(data, None, 1, poses="static").seq.c2w[0])
+    renders = {}
+    for mode in ("none", str(blinks)):
+        inputs = render_inputs(data, run, 10, poses="static", blink=mode)
+        assert inputs.mean_latent and inputs.expressions.shape == (10, 52)
+        renders[mode] = np.stack([to_uint8(run.model.render_frame(
+            inputs.seq.c2w[i], feats, i, inputs.expressions[i], latent_index=None)["rgb"])
+            for i in range(2, 9)]).astype(np.int16)  # frames 2..8 (away from the audio edges)
+    eyes = lambda v: np.concatenate([v[:, b[0], b[1]].reshape(len(v), -1) for b in boxes], 1)  # noqa: E731
+    off, on = eyes(renders["none"]), eyes(renders[str(blinks)])
+    assert np.abs(off - off[0]).max() == 0  # blinks off: the eye region stays still
+    change = np.abs(on - on[0]).mean(1)  # blinks on: it changes at the blink, and only there
+    assert change[3] > 0.5 and change[3] == change.max()  # frame 5 = index 3
+    assert change[0] == 0 and np.array_equal(on[-1], off[-1])  # after the blink: eyes open again
