@@ -322,8 +322,9 @@ def test_motion_stats_hand_computed():
     p[:, 0] = 2.0 * np.sin(2 * np.pi * np.arange(n) / 50.0)  # yaw sine: 2 deg, period 2 s
     st = S.motion_stats(p)
     # amplitude: |yaw - window mean| over 2-s windows of a full period = |2 sin|
-    assert st["amplitude"].mean() == pytest.approx(np.mean(np.abs(2 * np.sin(2 * np.pi * np.arange(50) / 50))))
-    # angular speed: |d yaw/dt| ~ 2 * 2 pi / 2 s * |cos| -> mean 4 pi / pi * ... = 8/2 deg/s
+    sine = 2 * np.sin(2 * np.pi * np.arange(50) / 50)
+    assert st["amplitude"].mean() == pytest.approx(np.mean(np.abs(sine)))
+    # angular speed: |d yaw/dt| = 2 deg * 2 pi / 2 s * |cos|, whose mean is 2 pi * 2/pi = 4 deg/s
     assert st["angular_speed"].mean() == pytest.approx(4.0, rel=0.01)
     assert st["translation_speed"].max() == 0
     ok = np.ones(n, bool)
@@ -506,13 +507,20 @@ def test_generated_head_motion_against_held_out_grid(grid_motion, tmp_path):
 # ------------------------------------------------------------------------------ rendering
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Synthetic 24x24 dataset of 80 frames (+ aud.wav) and a `tiny` model trained 2 steps."""
+    """Synthetic 24x24 dataset of 80 frames (+ aud.wav, face masks) and a `tiny` model trained
+    2 steps."""
     from nerfhead.cli import main
     from nerfhead.data.synthetic import make_dataset
     from nerfhead.render.video import write_wav
 
+    import cv2
+
     root = tmp_path_factory.mktemp("motion")
     data = make_dataset(root / "data", num_frames=80, size=24)
+    mask = np.zeros((24, 24), np.uint8)
+    cv2.circle(mask, (12, 11), 6, 255, -1)
+    for i in range(80):  # face masks (evaluate's portrait mode reads them)
+        cv2.imwrite(str(data / "parsing" / f"{i}_face.png"), mask)
     sr = 16000
     t = np.arange(80 * 640) / sr
     write_wav(data / "aud.wav", 0.2 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 0.4 * t) > 0), sr)
@@ -633,14 +641,15 @@ def _eye_boxes(run_dir, c2w, pad=2):
 
 
 def test_blinks_forced_on_change_the_eyes_and_off_keep_them_still(tiny, tmp_path):
-    """Static pose, a steady tone, the mean latent: with --blink none every frame's eye region is
-    the same; with a blink file the eyes change at the blink and return after it."""
+    """Static pose, the same audio, the mean latent: with --blink none every frame's eye region is
+    the same; with a blink file the eyes change at the blink and are back after it. (A model
+    trained 2 steps barely responds to blinks, so the change is measured on the float render;
+    the trained-model version is the slow test below.)"""
     from nerfhead.audio.features import extract
     from nerfhead.motion.controls import render_inputs
-    from nerfhead.render.cli import to_uint8
 
     root, data, run_dir, drive = tiny
-    feats = extract(drive)[:10]
+    feats = np.repeat(extract(drive)[5:6], 10, 0)  # the same audio window for every frame
     blinks = tmp_path / "blinks.csv"
     blinks.write_text("blink_at_s\n0.2\n")  # fully closed at frame 5
     run, boxes = _eye_boxes(run_dir, render_inputs(data, None, 1, poses="static").seq.c2w[0])
@@ -648,12 +657,94 @@ def test_blinks_forced_on_change_the_eyes_and_off_keep_them_still(tiny, tmp_path
     for mode in ("none", str(blinks)):
         inputs = render_inputs(data, run, 10, poses="static", blink=mode)
         assert inputs.mean_latent and inputs.expressions.shape == (10, 52)
-        renders[mode] = np.stack([to_uint8(run.model.render_frame(
-            inputs.seq.c2w[i], feats, i, inputs.expressions[i], latent_index=None)["rgb"])
-            for i in range(2, 9)]).astype(np.int16)  # frames 2..8 (away from the audio edges)
+        renders[mode] = np.stack([run.model.render_frame(
+            inputs.seq.c2w[i], feats, i, inputs.expressions[i], latent_index=None)["rgb"].numpy()
+            for i in range(2, 9)]).astype(np.float64)  # frames 2..8
     eyes = lambda v: np.concatenate([v[:, b[0], b[1]].reshape(len(v), -1) for b in boxes], 1)  # noqa: E731
     off, on = eyes(renders["none"]), eyes(renders[str(blinks)])
     assert np.abs(off - off[0]).max() == 0  # blinks off: the eye region stays still
     change = np.abs(on - on[0]).mean(1)  # blinks on: it changes at the blink, and only there
-    assert change[3] > 0.5 and change[3] == change.max()  # frame 5 = index 3
+    assert change[3] > 0 and change[3] == change.max()  # frame 5 = index 3
     assert change[0] == 0 and np.array_equal(on[-1], off[-1])  # after the blink: eyes open again
+
+
+def test_poses_audio_fit_generate_and_render(tiny, tmp_path, capsys):
+    from nerfhead.cli import main
+    from nerfhead.motion.generator import HeadMotionModel, model_path
+    from nerfhead.render.video import probe
+
+    root, data, run, drive = tiny
+    speech = root / "data" / "aud.wav"  # tone bursts: speech-like on and off
+    video = tmp_path / "audio_poses.mp4"
+    assert main(["render", str(run), "--audio", str(speech), "--poses", "audio", "--seed", "3",
+                 "--out", str(video), "--max-frames", "4", "--device", "cpu"]) == 0
+    assert probe(video)["duration"] == pytest.approx(4 / 25, abs=0.05)
+    model = HeadMotionModel.load(model_path(run))  # fitted on first use, kept in the run
+    assert model.info["frames"] == 73 and len(model.A) == 12
+    out = tmp_path / "gen.csv"
+    assert main(["motion", "generate", str(run), "--audio", str(speech), "--out", str(out),
+                 "--seed", "3"]) == 0
+    t = read_motion(out)
+    assert len(t) == 80 and np.abs(t.pose).max() > 0
+    assert (t.pose >= np.asarray(model.lo) - 1e-4).all() and (t.pose <= np.asarray(model.hi) + 1e-4).all()
+    again = tmp_path / "gen2.csv"
+    assert main(["motion", "generate", str(run), "--audio", str(speech), "--out", str(again),
+                 "--seed", "3"]) == 0
+    assert again.read_text() == out.read_text()  # same seed, same motion
+    assert main(["motion", "fit", str(data)]) == 2
+    assert "give --out" in capsys.readouterr().err
+    assert main(["motion", "fit", str(data), "--out", str(tmp_path / "hm.json")]) == 0
+    assert main(["bench", "motion", str(data), "--out", str(tmp_path / "b")]) == 2
+    assert "held-out part has 7 frames" in capsys.readouterr().err
+
+
+def test_evaluate_reports_jitter_for_every_pose_source(tiny, tmp_path):
+    from nerfhead.cli import main
+
+    root, data, run, drive = tiny
+    assert main(["evaluate", str(run), "--out", str(tmp_path), "--device", "cpu",
+                 "--jitter-frames", "3", "--previews", "0"]) == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    jit = result["jitter"]
+    assert jit["unit"] == "px at 512x512" and set(jit["sources"]) == {"tracked", "smooth", "static",
+                                                                       "audio"}
+    assert jit["sources"]["tracked"]["frames"] == 7 and jit["sources"]["static"]["frames"] == 3
+    # a shaded sphere is no face: every triple is counted as without a face, nothing crashes
+    assert jit["sources"]["static"]["render"]["triples_without_face"] == 1
+    assert jit["sources"]["static"]["render"]["mean_px"] is None
+    assert "## Jitter" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_trained_model_blinks_with_the_eyes_when_told(tmp_path):
+    """A model trained until it has learned the synthetic head's blinks (big eyes, no per-frame
+    latent, 300 steps): a forced blink changes the eye region, and much more than the rest of
+    the head; blinks off leave the eyes exactly as they were."""
+    from nerfhead.cli import main
+    from nerfhead.data.synthetic import make_dataset
+    from nerfhead.motion.controls import render_inputs
+
+    data = make_dataset(tmp_path / "data", num_frames=44, size=32, eye_angle=0.35)
+    run_dir = tmp_path / "run"
+    assert main(["train", str(data), "--config", "tiny", "--out", str(run_dir), "--iters", "300",
+                 "--device", "cpu", "--no-progress", "--set", "data.image_size=0",
+                 "--set", "data.num_rays=1024", "--set", "model.latent_dim=0",
+                 "--set", "model.max_steps=32", "--set", "train.val_every=100000"]) == 0
+    blinks = tmp_path / "blinks.csv"
+    blinks.write_text("blink_at_s\n0.2\n")  # closed at frame 5
+    feats = np.repeat(np.load(data / "aud_mel.npy")[5:6], 8, 0)
+    run, boxes = _eye_boxes(run_dir, render_inputs(data, None, 1, poses="static").seq.c2w[0])
+    out = {}
+    for mode in ("none", str(blinks)):
+        inputs = render_inputs(data, run, 8, poses="static", blink=mode)
+        out[mode] = [run.model.render_frame(inputs.seq.c2w[i], feats, i, inputs.expressions[i])
+                     for i in (1, 5)]
+    head = out["none"][0]["head_alpha"].numpy() > 0.5
+    eye = np.zeros_like(head)
+    for b in boxes:
+        eye[b] = True
+    diff = lambda a, b: np.abs(a["rgb"].numpy() - b["rgb"].numpy()).mean(-1)  # noqa: E731
+    assert diff(*out["none"])[eye].max() == 0  # blinks off: still
+    d = diff(*out[str(blinks)])  # open (frame 1) vs closed (frame 5)
+    assert d[eye].mean() > 0.03
+    assert d[eye].mean() > 2 * d[head & ~eye].mean()

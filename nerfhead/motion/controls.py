@@ -12,9 +12,10 @@ per-frame blendshapes), in this order:
 3. ``--expression NAME=SCALE``: multiplies a blendshape curve (clipped to [0, 1]).
 
 Frames whose poses are not tied to a training frame (motion files, generated poses, static
-or other clips' poses with set blinks or expressions) use the mean per-frame latent, as ``evaluate`` does for frames never trained on, so the appearance does
-not flicker with the latents of unrelated frames. Values outside what the model was trained on
-(poses beyond the training range, condition blendshapes beyond their training range) are
+or other clips' poses with set blinks or expressions) use the mean per-frame latent, as
+``evaluate`` does for frames never trained on, so the appearance does not flicker with the
+latents of unrelated frames. Values outside what the model was trained on (poses beyond the
+training range, condition blendshapes beyond their training range) are
 rendered with a warning that names the column, the frames and the range.
 """
 
@@ -241,6 +242,9 @@ def render_inputs(data_dir, run, num_frames: int, samples=None, *, poses: str | 
                                  "change (--blink/--expression need them)")
             expr = bs[np.minimum(seq.frame_ids, len(bs) - 1)].astype(np.float32)
         profile = speaker_blinks(data_dir)
+        if profile is None and blink != "clip":
+            raise ValueError(f"--blink {blink}: {data_dir} has no bs.npy, so the speaker's open "
+                             "and closed eyes are unknown; use --blink clip")
         closure = blink_closure(blink, num_frames, profile, seed=seed) if blink != "clip" else None
         if closure is not None:
             expr = apply_closure(expr, closure, profile)
