@@ -183,7 +183,8 @@ def evaluate(args) -> dict:
     result["jitter"] = evaluate_jitter(model, c2w, feats_seq, [frames.expression(int(f)) for f in ids],
                                        camera, detector, ev.render_landmarks, ev.gt_landmarks,
                                        data_dir, run, audio, [s for s in args.jitter_sources.split(",")
-                                                              if s], args.jitter_frames)
+                                                              if s], args.jitter_frames,
+                                       detector_reason=det_reason)
     if detector is not None:
         detector.close()
     out_dir = Path(args.out) if args.out else Path(run.run_dir) / "eval"

@@ -101,7 +101,8 @@ def detect(detector, img: np.ndarray):
 
 def evaluate_jitter(model, c2w, feats_seq, expressions, camera, detector, render_landmarks,
                     gt_landmarks, data_dir, run=None, samples=None, sources=SOURCES,
-                    max_frames: int = 100, seed: int = 0, progress: bool = True) -> dict:
+                    max_frames: int = 100, seed: int = 0, progress: bool = True,
+                    detector_reason: str | None = None) -> dict:
     """The ``jitter`` section of metrics.json (see the module docstring).
 
     ``render_landmarks`` / ``gt_landmarks``: per evaluated frame (tracked poses), from the main
@@ -111,7 +112,7 @@ def evaluate_jitter(model, c2w, feats_seq, expressions, camera, detector, render
     from nerfhead.render.cli import to_uint8
 
     if detector is None:
-        return {"unavailable": "no landmark detector"}
+        return {"unavailable": f"no landmark detector ({detector_reason or 'none given'})"}
     out = {"unit": "px at 512x512", "landmarks": "rigid: nose, upper face outline, eye corners "
            f"({len(RIGID_LANDMARKS)} MediaPipe points)", "gt": landmark_jitter(gt_landmarks),
            "sources": {}}
@@ -125,7 +126,7 @@ def evaluate_jitter(model, c2w, feats_seq, expressions, camera, detector, render
             try:
                 poses = source_poses(name, np.asarray(c2w[:k]), data_dir, run,
                                      None if samples is None else samples[:k * SAMPLES_PER_FRAME], seed)
-            except (ValueError, OSError) as e:
+            except (ValueError, OSError, RuntimeError) as e:  # e.g. too short to fit motion
                 out["sources"][name] = {"unavailable": str(e)}
                 log.warning("jitter, pose source %s: %s", name, e)
                 continue
