@@ -750,3 +750,35 @@ def test_trained_model_blinks_with_the_eyes_when_told(tmp_path):
     # measured 0.090 in the eyes against 0.046 over the rest of the head: after 300 steps the
     # blink has leaked a little elsewhere, but the eyes change most
     assert d[eye].mean() > 1.5 * d[head & ~eye].mean()
+
+
+@pytest.mark.slow
+def test_real_clip_export_render_and_jitter(hdtf_video, tmp_path):
+    """3 s of the HDTF clip: preprocess, a tiny model, then export the motion, render it back,
+    and evaluate with the jitter section measured on real faces."""
+    from nerfhead.cli import main
+
+    if not hdtf_video.is_file():
+        pytest.skip(f"{hdtf_video} not found")
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["preprocess", str(hdtf_video), "--out", str(data), "--max-seconds", "3",
+                 "--crop-size", "256"]) == 0
+    assert main(["train", str(data), "--config", "tiny", "--out", str(run), "--iters", "30",
+                 "--device", "cpu", "--no-progress", "--set", "data.image_size=64",
+                 "--set", "train.val_every=1000"]) == 0
+    motion = tmp_path / "motion.csv"
+    assert main(["motion", "export", str(run), "--out", str(motion)]) == 0
+    t = read_motion(motion)
+    assert len(t) == 75 and np.isfinite(t.pose).all()
+    assert np.abs(t.pose[:, :3].mean(0)).max() < 1.0  # relative to the mean training pose
+    assert np.abs(t.pose[:, :3]).max() > 0.5  # the speaker moves her head
+    assert 0 <= t.blink.min() and t.blink.max() <= 1
+    assert main(["render", str(run), "--audio", str(data / "aud.wav"), "--motion", str(motion),
+                 "--blink", "none", "--out", str(tmp_path / "back.mp4"), "--max-frames", "4",
+                 "--device", "cpu"]) == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--device", "cpu",
+                 "--jitter-frames", "4", "--jitter-sources", "tracked,static",
+                 "--previews", "0"]) == 0
+    jit = json.loads((tmp_path / "eval" / "metrics.json").read_text())["jitter"]
+    assert jit["gt"]["triples"] >= 4 and jit["gt"]["mean_px"] > 0  # real faces on the GT frames
+    assert set(jit["sources"]) == {"tracked", "static"}
