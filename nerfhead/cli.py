@@ -21,7 +21,8 @@ SUBCOMMANDS = {
     "evaluate": ("nerfhead.eval.cli", "metrics on the validation split, with and without masks"),
     "run": ("nerfhead.pipeline", "preprocess, train, render and evaluate in one go"),
     "batch": ("nerfhead.batch.cli", "many speakers through run's stages as Ray tasks, one results table"),
-    "bench": ("nerfhead.bench", "benchmarks: kernels, render"),
+    "bench": ("nerfhead.bench", "benchmarks: kernels, render, motion"),
+    "motion": ("nerfhead.motion.cli", "motion files (export, edit, generate) and head motion from audio"),
 }
 
 

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default); 1 is far faster on a CPU "
                         "shared with other jobs (measured 0.5 s against 17 s per 128-px frame)")
+    from nerfhead.motion.jitter import add_arguments as add_jitter_arguments
+
+    add_jitter_arguments(p)
     p.add_argument("--syncnet", default=None,
                    help="SyncNet weights (syncnet_v2.model) for LSE-C/LSE-D; default: "
                         "nerfhead.weights lookup, reported unavailable when absent")
@@ -235,6 +238,13 @@ def evaluate(args) -> dict:
     result = ev.finish(audio, info)
     result["syncnet"] = syncnet_scores(renders or [], audio, args.syncnet, device,
                                        landmarks=ev.render_landmarks)
+    from nerfhead.motion.jitter import evaluate_jitter
+
+    result["jitter"] = evaluate_jitter(model, c2w, feats_seq, [frames.expression(int(f)) for f in ids],
+                                       camera, detector, ev.render_landmarks, ev.gt_landmarks,
+                                       data_dir, run, audio, [s for s in args.jitter_sources.split(",")
+                                                              if s], args.jitter_frames,
+                                       detector_reason=det_reason)
     if detector is not None:
         detector.close()
     out_dir = Path(args.out) if args.out else Path(run.run_dir) / "eval"

@@ -334,6 +334,9 @@ def markdown(result: dict) -> str:
     inf = {m: result["modes"][m]["psnr"]["infinite"] for m in MODES}
     if any(inf.values()):
         lines.append(f"Identical frames (PSNR = inf, left out of the mean): {inf}")
+    from nerfhead.motion.jitter import markdown_lines as jitter_lines
+
+    lines += jitter_lines(result.get("jitter"))
     lines += ["", "Mode definitions: *without masks* compares the whole composite described above "
               "with `gt_imgs`; *with masks* pastes the rendered face into the "
               "original frame with the soft parsing face mask (hair excluded) and compares with "

@@ -36,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-features", default=None,
                    help="precomputed features [N,T,C] .npy (needed for runs trained on 'precomputed')")
     p.add_argument("--out", default=None, help="output mp4 (default RUN/renders/<audio>.mp4)")
-    p.add_argument("--poses", default="train", choices=["train", "val", "smooth", "static"],
-                   help="pose source of this speaker (default train)")
+    p.add_argument("--poses", default=None, choices=["train", "val", "smooth", "static", "audio"],
+                   help="pose source of this speaker (default train); audio: head motion generated "
+                        "from the driving audio by the speaker's head-motion model (docs/motion.md)")
     p.add_argument("--pose-file", default=None, help="poses from a transforms JSON or .npy [N,4,4]")
     p.add_argument("--pose-from", default=None, metavar="DATA2",
                    help="poses of another preprocessed clip, moved into this speaker's space")
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
+    from nerfhead.motion.cli import add_render_arguments
+
+    add_render_arguments(p)
 
 
 def pick_device(name: str) -> str:
@@ -165,11 +169,14 @@ class StageTimes:
 
 
 def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False, with_torso=True,
-                    camera=None, times: StageTimes | None = None, progress=True, gt_torso=False):
+                    camera=None, times: StageTimes | None = None, progress=True, gt_torso=False,
+                    expressions=None, mean_latent=False):
     """Yield (frame index, rendered uint8 [H, W, 3], composited uint8 crop) for ``seq``.
 
     Without --portrait the composited crop is the render resized to the original crop size.
     ``gt_torso``: the head goes over the frame's torso image on the plate instead of the plate.
+    ``expressions`` [N, 52] replaces the frames' blendshapes; ``mean_latent`` the frames'
+    latents (``nerfhead.motion.controls``).
     """
     import torch
     from tqdm import tqdm
@@ -184,9 +191,10 @@ def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False
         fid = int(seq.frame_ids[i])
         t0 = time.perf_counter()
         bg = torso_background(model, frames, fid, camera) if gt_torso else None
-        out = model.render_frame(seq.c2w[i], audio_feats, i, frames.expression(fid),
-                                 latent_index=lut.get(fid), bg=bg, with_torso=with_torso,
-                                 camera=camera)
+        expr = frames.expression(fid) if expressions is None else expressions[i]
+        out = model.render_frame(seq.c2w[i], audio_feats, i, expr,
+                                 latent_index=None if mean_latent else lut.get(fid), bg=bg,
+                                 with_torso=with_torso, camera=camera)
         rgb = to_uint8(out["rgb"])
         if model.device.type == "cuda":
             torch.cuda.synchronize()
@@ -265,7 +273,6 @@ def warn_if_silent(samples, audio_path) -> None:
 
 def render_video(args) -> Path:
     from nerfhead.render.compositing import paste_back
-    from nerfhead.render.poses import build_sequence
     from nerfhead.fileio import check_output_file, clean_stale_temps, require_space
     from nerfhead.render.video import SourceFrames, VideoWriter
     from nerfhead.train.checkpoint import load_run, run_dataset
@@ -279,8 +286,10 @@ def render_video(args) -> Path:
     gt_torso = getattr(args, "gt_torso", False)
     warn_missing_torso(run, args.no_torso, gt_torso)
     feats, samples = driving_features(run, args.audio, args.audio_features, args.max_frames)
-    seq = build_sequence(data_dir, len(feats), args.poses, pose_file=args.pose_file,
-                         pose_from=args.pose_from, mode=args.pose_mode, smooth_sigma=args.smooth_sigma)
+    from nerfhead.motion.cli import render_inputs_from_args
+
+    inputs = render_inputs_from_args(args, run, data_dir, len(feats), samples)
+    seq = inputs.seq
     if args.portrait and not seq.tied_to_frames:
         raise SystemExit(f"--portrait blends into the frames the poses came from; poses "
                          f"'{seq.source}' are not tied to frames of {data_dir} (use --poses "
@@ -310,7 +319,9 @@ def render_video(args) -> Path:
     times = StageTimes()
     with VideoWriter(out, fps=25, audio=samples, sr=16000) as writer:
         for i, _, crop in render_sequence(run, feats, seq, frames, args.portrait, not args.no_torso,
-                                          times=times, gt_torso=gt_torso):
+                                          times=times, gt_torso=gt_torso,
+                                          expressions=inputs.expressions,
+                                          mean_latent=inputs.mean_latent):
             t0 = time.perf_counter()
             if source is not None:
                 frame = source[int(seq.frame_ids[i])]
