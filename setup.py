@@ -1,12 +1,16 @@
-"""Build nerfhead and, where CUDA can be built, its one extension ``nerfhead._C``.
+"""Build nerfhead and its one extension ``nerfhead._C`` (always: a compile error is an error).
 
-The extension is built when torch was built with CUDA, ``nvcc`` is found and
-``BUILD_NO_CUDA`` is not set to 1. Otherwise the package installs as pure Python and
-every op runs through its PyTorch reference. Install with ``--no-build-isolation`` so
-the build sees the torch you already have (an isolated build would fetch another one).
+``nerfhead._C`` holds the hash-grid and ray-marching kernels (``csrc/``): per-item bodies in
+one header per op family, run by a CPU launcher (``*_cpu.cpp``, ``at::parallel_for``) and a
+CUDA launcher (``*_cuda.cu``). It is built as
 
-Honoured environment variables: ``BUILD_NO_CUDA=1``, ``TORCH_CUDA_ARCH_LIST`` (read by
-torch's build helper), ``MAX_JOBS`` (parallel compile jobs, read by torch's ninja build).
+* C++ and CUDA when torch was built with CUDA, ``nvcc`` is found and ``BUILD_NO_CUDA`` is not 1;
+* plain C++ (the CPU kernels only) otherwise: a CPU-only torch, no nvcc, or ``BUILD_NO_CUDA=1``.
+
+The build needs the torch you already have: install with ``--no-build-isolation`` (an
+isolated build would fetch another torch). Honoured environment variables:
+``BUILD_NO_CUDA=1``, ``TORCH_CUDA_ARCH_LIST`` (read by torch's build helper), ``MAX_JOBS``
+(parallel compile jobs, read by torch's ninja build).
 """
 
 import glob
@@ -19,15 +23,13 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _want_cuda_extension():
-    """Return (build?, reason) so the install log says why the extension was (not) built."""
+def _cuda_part():
+    """Return (build the CUDA part?, reason) so the install log says why."""
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
     if os.environ.get("BUILD_NO_CUDA", "0") == "1":
         return False, "BUILD_NO_CUDA=1"
-    try:
-        import torch
-        from torch.utils.cpp_extension import CUDA_HOME
-    except ImportError:
-        return False, "torch is not importable in the build environment (use --no-build-isolation)"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} was built without CUDA"
     if CUDA_HOME is None and shutil.which("nvcc") is None:
@@ -36,26 +38,39 @@ def _want_cuda_extension():
 
 
 def _extension_modules():
-    build, reason = _want_cuda_extension()
-    print(f"[nerfhead setup] CUDA extension: {'building' if build else 'skipped'} ({reason})",
-          file=sys.stderr)
-    if not build:
-        return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
-
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cu"))) + [os.path.join("csrc", "ext.cpp")]
-    ext = CUDAExtension(
-        name="nerfhead._C",
-        sources=sources,
-        include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "--expt-relaxed-constexpr",
-                     "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-                     "-U__CUDA_NO_HALF2_OPERATORS__"],
-        },
-    )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError as e:
+        sys.exit(f"[nerfhead setup] nerfhead builds its C++ extension against the installed torch, "
+                 f"which cannot be imported here ({e}). Install torch first, then install nerfhead "
+                 f"with --no-build-isolation (see README).")
+    with_cuda, reason = _cuda_part()
+    csrc = os.path.join("csrc")
+    cpp = sorted(glob.glob(os.path.join(csrc, "*.cpp")))
+    cu = sorted(glob.glob(os.path.join(csrc, "*.cu")))
+    # Our sources are C++17; the files that include torch headers get the standard torch's
+    # build helper picks (no -std here). -ffp-contract=off: the host compiler must not fuse
+    # the multiply-adds that the bit-exact kernels keep separate (csrc/common.h). -fopenmp
+    # (compile only): at::parallel_for is inline OpenMP code when torch's backend is OpenMP;
+    # not linking libgomp ourselves keeps torch's own copy the only OpenMP runtime.
+    cxx = ["-O3", "-g0", "-ffp-contract=off"]
+    if torch.backends.openmp.is_available():
+        cxx.append("-fopenmp")
+    # No --use_fast_math: the bodies are shared with the CPU build and must compute the
+    # same functions (expf, not __expf; IEEE division, no flush-to-zero).
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+    print(f"[nerfhead setup] nerfhead._C: C++ kernels" + (" + CUDA kernels" if with_cuda else "")
+          + f" ({reason}); torch {torch.__version__}", file=sys.stderr)
+    if with_cuda:
+        ext = CUDAExtension(name="nerfhead._C", sources=cpp + cu, include_dirs=[os.path.join(HERE, "csrc")],
+                            define_macros=[("NERFHEAD_WITH_CUDA", "1")],
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+    else:
+        ext = CppExtension(name="nerfhead._C", sources=cpp, include_dirs=[os.path.join(HERE, "csrc")],
+                           extra_compile_args={"cxx": cxx})
+    build_ext = BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    return [ext], {"build_ext": build_ext}
 
 
 ext_modules, cmdclass = _extension_modules()
@@ -88,6 +103,9 @@ setup(
                        # shipped inside the openwakeword wheel, run with onnxruntime
                        "onnxruntime", "openwakeword==0.4.0"],
         "dev": ["pytest>=7", "ninja"],
+        # nerfhead batch: speakers as Ray tasks (ray[default] brings the dashboard), live
+        # status table (rich). Without them `nerfhead batch` runs the speakers one by one.
+        "batch": ["ray[default]>=2.9", "rich>=13"],
         "backends": ["nerfacc==0.5.3"],
     },
     entry_points={"console_scripts": ["nerfhead=nerfhead.cli:main"]},

@@ -1,55 +1,54 @@
-// The one header of nerfhead._C: declarations of every op the bindings expose.
-// Each op family lives in its own .cu file; ext.cpp only binds these names.
+// Declarations of the host entry points that ext.cpp registers as torch.ops.nerfhead.*.
+// Each takes CPU or CUDA tensors (all on one device) and runs the same per-item kernel
+// bodies there: hashgrid.cpp (hashgrid_kernels.h), raymarch.cpp (raymarch_kernels.h).
 #pragma once
 
-#include <torch/types.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 
 #include <tuple>
 #include <vector>
 
-#define NH_CHECK_CUDA(x) TORCH_CHECK((x).is_cuda(), #x " must be a CUDA tensor")
-#define NH_CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), #x " must be contiguous")
-#define NH_CHECK_INPUT(x) \
-    NH_CHECK_CUDA(x);     \
-    NH_CHECK_CONTIGUOUS(x)
-
 namespace nerfhead {
 
-// ---- hashgrid.cu: multi-resolution hash-grid encoding (BEGIN hashgrid) ----
-// x: [N, D] float32 (D = 2|3), table: [rows, F] float32|float16 (F = 1|2|4|8), contiguous CUDA.
+// ---- hash grid (BEGIN hashgrid) ----
+// x: [N, D] float32 (D = 2|3), table: [rows, F] float32|float16 (F = 1|2|4|8), contiguous.
 // level_scales: L float32 values; level_resolutions: L; level_offsets: L + 1 rows (last = rows).
 // Forward -> [N, L*F] in table dtype; backward_table -> [rows, F] table dtype;
-// backward_input -> [N, D] float32 (zero where x was clamped).
-at::Tensor hashgrid_forward(const at::Tensor& x, const at::Tensor& table, const std::vector<double>& level_scales,
-                            const std::vector<int64_t>& level_resolutions, const std::vector<int64_t>& level_offsets);
+// backward_input -> [N, D] float32 (zero on the axes where x was clamped).
+at::Tensor hashgrid_forward(const at::Tensor& x, const at::Tensor& table, c10::ArrayRef<double> level_scales,
+                            c10::ArrayRef<int64_t> level_resolutions, c10::ArrayRef<int64_t> level_offsets);
 at::Tensor hashgrid_backward_table(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& table,
-                                   const std::vector<double>& level_scales,
-                                   const std::vector<int64_t>& level_resolutions,
-                                   const std::vector<int64_t>& level_offsets);
+                                   c10::ArrayRef<double> level_scales, c10::ArrayRef<int64_t> level_resolutions,
+                                   c10::ArrayRef<int64_t> level_offsets);
 at::Tensor hashgrid_backward_input(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& table,
-                                   const std::vector<double>& level_scales,
-                                   const std::vector<int64_t>& level_resolutions,
-                                   const std::vector<int64_t>& level_offsets);
+                                   c10::ArrayRef<double> level_scales, c10::ArrayRef<int64_t> level_resolutions,
+                                   c10::ArrayRef<int64_t> level_offsets);
 // ---- (END hashgrid) ----
 
-// ---- raymarch.cu: near/far, occupancy grid, march, composite (BEGIN raymarch) ----
-// All float tensors are contiguous float32 CUDA tensors. Python faces and PyTorch references:
-// nerfhead/ops/occupancy.py, raymarch.py, raymarch_inference.py. March scalars come from
-// occupancy.march_params (already rounded to float32).
+// ---- ray marching (BEGIN raymarch) ----
+// Python faces and PyTorch references: nerfhead/ops/occupancy.py, raymarch.py,
+// raymarch_inference.py. March scalars come from occupancy.march_params (float32 values).
 // near_far_from_aabb: rays [R, 3], aabb [6] -> (nears [R], fars [R]); misses get FLT_MAX.
 std::tuple<at::Tensor, at::Tensor> near_far_from_aabb(const at::Tensor& rays_o, const at::Tensor& rays_d,
                                                       const at::Tensor& aabb, double min_near);
 at::Tensor morton3d(const at::Tensor& coords);          // int32 [M, 3] -> int32 [M]
 at::Tensor morton3d_invert(const at::Tensor& indices);  // int32 [M] -> int32 [M, 3]
 at::Tensor packbits(const at::Tensor& density_grid, double threshold);  // [N] -> uint8 [N / 8]
-// -> positions [S,3], dirs [S,3], deltas [S], t_starts [S], t_ends [S], ray_indices int64 [S],
-//    packed_info int32 [R,2]
-std::vector<at::Tensor> march_rays_train(const at::Tensor& rays_o, const at::Tensor& rays_d,
-                                         const at::Tensor& nears, const at::Tensor& fars,
-                                         const at::Tensor& noise, const at::Tensor& bitfield, double bound,
-                                         double inv_bound, double dt_gamma, double dt_min, double dt_max,
-                                         double dt_to_cells, int64_t cascades, int64_t resolution,
-                                         int64_t max_steps);
+// Training march, count pass -> counts int32 [R].
+at::Tensor march_rays_train_count(const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& nears,
+                                  const at::Tensor& fars, const at::Tensor& noise, const at::Tensor& bitfield,
+                                  double bound, double inv_bound, double dt_gamma, double dt_min, double dt_max,
+                                  double dt_to_cells, int64_t cascades, int64_t resolution, int64_t max_steps);
+// Training march, fill pass: writes ray n's first counts[n] samples from offsets[n] (int64)
+// into positions [S,3], dirs [S,3], deltas [S], t_starts [S], t_ends [S], ray_indices int64 [S].
+void march_rays_train_fill(const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& nears,
+                           const at::Tensor& fars, const at::Tensor& noise, const at::Tensor& bitfield, double bound,
+                           double inv_bound, double dt_gamma, double dt_min, double dt_max, double dt_to_cells,
+                           int64_t cascades, int64_t resolution, int64_t max_steps, const at::Tensor& offsets,
+                           const at::Tensor& counts, const at::Tensor& positions, const at::Tensor& dirs,
+                           const at::Tensor& deltas, const at::Tensor& t_starts, const at::Tensor& t_ends,
+                           const at::Tensor& ray_indices);
 // -> weights [S], weights_sum [R], depth [R], image [R, C]
 std::vector<at::Tensor> composite_rays_train_forward(const at::Tensor& sigmas, const at::Tensor& rgbs,
                                                      const at::Tensor& deltas, const at::Tensor& ts,

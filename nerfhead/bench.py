@@ -1,9 +1,11 @@
-"""``nerfhead bench kernels|render``.
+"""``nerfhead bench kernels|render|motion``.
 
 ``kernels``: the op micro-benchmarks of ``nerfhead.ops.bench_kernels`` (hash grid, marching).
 ``render``: frames per second and ms per stage of a trained run (``RUN``) or of an untrained
 model of a preset (``--synthetic``), see ``nerfhead.render.bench``; prints a table and, with
 ``--json``, writes the numbers.
+``motion``: head motion generated from audio against the held-out poses
+(``nerfhead.motion.bench``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--profile", default=None, metavar="FILE",
                    help="also profile 3 frames with torch.profiler and write the top operators "
                         "(by device time on CUDA, else CPU time) to FILE")
+    from nerfhead.motion.cli import add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("motion", help="head motion generated from audio against "
+                                       "the clip's held-out part (docs/motion.md)"))
 
 
 def run(args) -> int:
@@ -57,5 +63,10 @@ def run(args) -> int:
 
         main(args)
         return 0
-    print("nerfhead bench: choose a target: kernels or render", file=sys.stderr)
+    if args.target == "motion":
+        from nerfhead.motion.cli import run as motion_run
+
+        args.action = "bench"
+        return motion_run(args)
+    print("nerfhead bench: choose a target: kernels, render or motion", file=sys.stderr)
     return 2

@@ -9,6 +9,9 @@ import importlib
 import logging
 import sys
 
+#: printed after Ctrl-C unless the subcommand's module says otherwise (``ON_INTERRUPT``)
+RESUMES = "interrupted; completed work is kept and rerunning the same command resumes from it"
+
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "info": ("nerfhead.info", "versions, devices and which op backends can run here"),
@@ -17,7 +20,9 @@ SUBCOMMANDS = {
     "render": ("nerfhead.render.cli", "render a trained model with new audio and poses to mp4"),
     "evaluate": ("nerfhead.eval.cli", "metrics on the validation split, with and without masks"),
     "run": ("nerfhead.pipeline", "preprocess, train, render and evaluate in one go"),
-    "bench": ("nerfhead.bench", "benchmarks: kernels, render"),
+    "batch": ("nerfhead.batch.cli", "many speakers through run's stages as Ray tasks, one results table"),
+    "bench": ("nerfhead.bench", "benchmarks: kernels, render, motion"),
+    "motion": ("nerfhead.motion.cli", "motion files (export, edit, generate) and head motion from audio"),
 }
 
 
@@ -33,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(_unavailable=f"nerfhead {name} is unavailable: {e}")
             continue
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _on_interrupt=getattr(mod, "ON_INTERRUPT", RESUMES))
     return parser
 
 
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; completed work is kept and a rerun resumes from it", file=sys.stderr)
+        print(getattr(args, "_on_interrupt", RESUMES), file=sys.stderr)
         return 130
 
 

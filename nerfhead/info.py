@@ -23,7 +23,7 @@ def collect() -> dict:
     import torch
 
     from nerfhead import __version__
-    from nerfhead.ops._loader import extension_available, extension_error
+    from nerfhead.ops._loader import extension_available, extension_error, extension_with_cuda
     from nerfhead.ops.backend import available_backends
 
     devices = ["cpu"]
@@ -35,11 +35,13 @@ def collect() -> dict:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "devices": devices,
-        "extension": "loaded" if extension_available() else extension_error(),
+        "extension": ("loaded (C++ kernels" + (" and CUDA kernels)" if extension_with_cuda() else
+                                               ", built without its CUDA part)")
+                      if extension_available() else extension_error()),
         "backends": {fam: available_backends(fam) for fam in ("hashgrid", "raymarch")},
         "packages": {m: _version(m) for m in
                      ("numpy", "cv2", "mediapipe", "imageio_ffmpeg", "scipy", "tensorboard",
-                      "facexlib", "lpips", "tinycudann", "nerfacc")},
+                      "facexlib", "lpips", "tinycudann", "nerfacc", "ray", "rich")},
     }
 
 

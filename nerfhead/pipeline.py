@@ -10,18 +10,29 @@ Layout written::
     DIR/eval/        metrics.json, report.md, per-frame plot, GT|render|error images
 
 Every step resumes: preprocess skips finished steps, training continues from its newest
-checkpoint, and render/evaluate are skipped when their outputs exist (``--force`` redoes them).
-Each step runs through the same code as its own subcommand.
+checkpoint, and render/evaluate are skipped when their outputs are newer than the last
+checkpoint (``--force`` redoes them). Each step runs through the same code as its own
+subcommand.
+
+An output folder belongs to one video and one set of preprocessing options, recorded in
+``DIR/run.json``: a rerun with another video or other options is refused before anything is
+written (the dataset and the runs trained on it would be overwritten); ``--force-new`` moves
+the old folder aside (``DIR.replaced-<time>``) and starts over. Errors and what to do:
+docs/troubleshooting.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 log = logging.getLogger("nerfhead.run")
+ON_INTERRUPT = ("interrupted; finished steps (preprocessing steps, training checkpoints) are kept "
+                "and rerunning the same command resumes from them; a render or evaluation in "
+                "progress starts again")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,12 +42,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--max-seconds", type=float, default=None, help="use only the first S seconds")
     p.add_argument("--crop-size", type=int, default=None, help="preprocess crop size (default 512)")
+    p.add_argument("--rotate", type=int, default=None, choices=[0, 90, 180, 270],
+                   help="turn the picture clockwise by this many degrees (preprocess --rotate)")
+    p.add_argument("--allow-silence", action="store_true",
+                   help="preprocess even when the audio has too little speech (preprocess "
+                        "--allow-silence)")
     p.add_argument("--iters", type=int, default=None, help="override train.iters for every stage")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="training config override (repeatable)")
     p.add_argument("--eval-frames", type=int, default=None, help="evaluate at most N val frames")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--force", action="store_true", help="redo render and evaluate")
+    p.add_argument("--force-new", action="store_true",
+                   help="start over: move an existing --out folder aside (OUT.replaced-<time>)")
 
 
 def _subcommand(argv: list[str]) -> None:
@@ -59,53 +77,157 @@ def write_val_audio(data_dir: Path, dest: Path) -> Path:
     from nerfhead.render.poses import dataset_poses
     from nerfhead.render.video import write_wav
 
+    from nerfhead.fileio import atomic_path
+
     _, ids = dataset_poses(data_dir, "val")
     samples = load_audio(data_dir / "aud.wav")
     seg = samples[int(ids[0]) * 640:(int(ids[-1]) + 1) * 640]
-    tmp = dest.with_name(f".{dest.name}.tmp.wav")
-    write_wav(tmp, seg, 16000)
-    tmp.replace(dest)
+    with atomic_path(dest) as tmp:
+        write_wav(tmp, seg, 16000)
     return dest
 
 
-def run(args) -> int:
+def _newer_than(path: Path, run_dir: Path) -> bool:
+    """Whether ``path`` exists and was written after ``run_dir``'s newest checkpoint."""
+    from nerfhead.train.checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir)
+    return path.is_file() and (not ckpts or path.stat().st_mtime_ns >= ckpts[-1].stat().st_mtime_ns)
+
+
+def check_same_job(out: Path, video: Path, pre_options: list[str]) -> None:
+    """Refuse (SystemExit) a rerun into ``out`` with another video or preprocessing options;
+    record them on the first run (``out/run.json``)."""
+    from nerfhead.fileio import atomic_path
+    from preprocess.driver import source_fingerprint
+
+    record = {"video": str(video.resolve()), "video_fingerprint": source_fingerprint(video),
+              "preprocess_options": pre_options}
+    path = out / "run.json"
+    if path.is_file():
+        had = json.loads(path.read_text())
+        if had.get("video_fingerprint") != record["video_fingerprint"]:
+            raise SystemExit(f"nerfhead run: {out} holds the work of another video "
+                             f"({had.get('video')}); {video} would overwrite its dataset and "
+                             "runs. Use another --out folder, or --force-new to move the old "
+                             "one aside")
+        if had.get("preprocess_options") != pre_options:
+            raise SystemExit(f"nerfhead run: {out} was made with preprocessing options "
+                             f"{had.get('preprocess_options') or 'none'}, not {pre_options or 'none'}; "
+                             "rerunning with other options would rebuild the dataset under the "
+                             "runs trained on it. Rerun with the same options, use another "
+                             "--out folder, or --force-new to move the old one aside")
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+
+
+# ---------------------------------------------------------------------------- library API
+# ``run`` below and ``nerfhead batch`` (nerfhead/batch/) call these one stage at a time.
+
+def stage_names(preset: str) -> list[str]:
+    """``"head,lips"`` -> ``["head", "lips"]``: the training stages of a preset string."""
+    return [s.strip() for s in preset.split(",") if s.strip()]
+
+
+def run_dir_of(out: Path, k: int, stage: str) -> Path:
+    """Folder of the k-th training stage: OUT/run, then OUT/run_<stage>."""
+    return Path(out) / ("run" if k == 0 else f"run_{Path(stage).stem}")
+
+
+def preprocess_options(args) -> list[str]:
+    """The options that shape the dataset (recorded in OUT/run.json: a rerun must match)."""
+    options = []
+    if getattr(args, "max_seconds", None):
+        options += ["--max-seconds", str(args.max_seconds)]
+    if getattr(args, "crop_size", None):
+        options += ["--crop-size", str(args.crop_size)]
+    if getattr(args, "rotate", None):
+        options += ["--rotate", str(args.rotate)]
+    return options
+
+
+def preprocess(args, extra: list[str] | tuple = ()) -> Path:
+    """``nerfhead preprocess`` into OUT/data (finished steps are skipped), after checking that
+    OUT holds no other video's work; ``extra``: further preprocess arguments (``--set``...).
+    Returns the dataset folder."""
+    out, video = Path(args.out), Path(args.video)
+    data = out / "data"
+    options = preprocess_options(args)
+    check_same_job(out, video, options)
+    pre = ["preprocess", str(video), "--out", str(data), *options]
+    if getattr(args, "allow_silence", False):
+        pre.append("--allow-silence")
+    _subcommand(pre + list(extra))
+    return data
+
+
+def train(args, k: int, stage: str, init: Path | None) -> Path:
+    """``nerfhead train`` of the k-th stage (resumes from its newest checkpoint), started
+    from ``init`` (the previous stage's run) when given. Returns the run folder."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data, stages = out / "data", [s.strip() for s in args.preset.split(",") if s.strip()]
-    if not Path(args.video).is_file():
-        print(f"nerfhead run: video not found: {args.video}", file=sys.stderr)
-        return 2
-    pre = ["preprocess", str(args.video), "--out", str(data)]
-    if args.max_seconds:
-        pre += ["--max-seconds", str(args.max_seconds)]
-    if args.crop_size:
-        pre += ["--crop-size", str(args.crop_size)]
-    _subcommand(pre)
+    run_dir = run_dir_of(out, k, stage)
+    cmd = ["train", str(out / "data"), "--config", stage, "--out", str(run_dir), "--device",
+           args.device, "--no-progress"]
+    if args.iters:
+        cmd += ["--iters", str(args.iters)]
+    if init is not None:
+        cmd += ["--init", str(init)]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    _subcommand(cmd)
+    return run_dir
 
-    run_dir, prev = None, None
-    for k, stage in enumerate(stages):
-        run_dir = out / ("run" if k == 0 else f"run_{Path(stage).stem}")
-        cmd = ["train", str(data), "--config", stage, "--out", str(run_dir), "--device", args.device,
-               "--no-progress"]
-        if args.iters:
-            cmd += ["--iters", str(args.iters)]
-        if prev is not None:
-            cmd += ["--init", str(prev)]
-        for o in args.overrides:
-            cmd += ["--set", o]
-        _subcommand(cmd)
-        prev = run_dir
 
-    audio = write_val_audio(data, out / "val_audio.wav")
+def render(args, run_dir: Path) -> bool:
+    """OUT/render.mp4: the validation audio with the validation poses; False when skipped
+    (the video is newer than the run's newest checkpoint and ``args.force`` is not set)."""
+    out = Path(args.out)
+    audio = write_val_audio(out / "data", out / "val_audio.wav")
     video = out / "render.mp4"
-    if args.force or not video.is_file():
-        _subcommand(["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
-                     str(video), "--device", args.device])
+    if not args.force and _newer_than(video, run_dir):
+        return False
+    _subcommand(["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
+                 str(video), "--device", args.device])
+    return True
+
+
+def evaluate(args, run_dir: Path) -> bool:
+    """OUT/eval/metrics.json and report.md; False when skipped (metrics.json is newer than the
+    run's newest checkpoint and ``args.force`` is not set)."""
+    out = Path(args.out)
     metrics = out / "eval" / "metrics.json"
-    if args.force or not metrics.is_file():
-        cmd = ["evaluate", str(run_dir), "--out", str(out / "eval"), "--device", args.device]
-        if args.eval_frames:
-            cmd += ["--max-frames", str(args.eval_frames)]
-        _subcommand(cmd)
-    print(f"done: {video}, {out / 'eval' / 'report.md'}")
+    if not args.force and _newer_than(metrics, run_dir):
+        return False
+    cmd = ["evaluate", str(run_dir), "--out", str(out / "eval"), "--device", args.device]
+    if args.eval_frames:
+        cmd += ["--max-frames", str(args.eval_frames)]
+    _subcommand(cmd)
+    return True
+
+
+def run(args) -> int:
+    from nerfhead.fileio import OutputLocationError, check_output_dir, move_aside
+
+    out = Path(args.out)
+    video = Path(args.video)
+    if not video.is_file():
+        what = "is a folder, not a video file" if video.is_dir() else "not found"
+        print(f"nerfhead run: video {video} {what}", file=sys.stderr)
+        return 2
+    if args.force_new and out.is_dir() and any(out.iterdir()):
+        log.warning("--force-new: moved the previous work %s to %s (delete it when no longer "
+                    "needed)", out, move_aside(out))
+    try:
+        check_output_dir(out, "nerfhead run --out")
+    except OutputLocationError as e:
+        print(f"nerfhead run: {e}", file=sys.stderr)
+        return 2
+    preprocess(args)
+    run_dir, prev = None, None
+    for k, stage in enumerate(stage_names(args.preset)):
+        run_dir = prev = train(args, k, stage, prev)
+    render(args, run_dir)
+    evaluate(args, run_dir)
+    print(f"done: {out / 'render.mp4'}, {out / 'eval' / 'report.md'}")
     return 0

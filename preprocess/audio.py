@@ -1,8 +1,17 @@
-"""Step ``audio``: per-frame audio features from ``aud.wav`` (``nerfhead.audio.features``).
+"""Steps ``speech`` (is there speech in ``aud.wav``?) and ``audio`` (per-frame audio features
+from ``aud.wav``, ``nerfhead.audio.features``).
 
-Writes ``aud_mel.npy`` [N, 16, 80] always and ``aud_ow.npy`` [N, 16, 96] when the speech
-embedding model (onnxruntime + openwakeword's shipped ONNX files) is installed; which kinds
-were written is recorded in the manifest so training can pick one that exists.
+``speech`` runs right after decode, before the long steps: a silent track would give constant
+audio features, and a track that ends before the video is padded with silence; either way the
+model would learn a mouth that moves without sound. It finds the speech with
+``nerfhead.audio.vad`` and refuses (unless ``speech.allow_silence``, ``--allow-silence``) when
+speech covers less than ``min_speech_fraction`` of the clip or the track ends more than
+``max_padding_seconds`` early, naming the silent time ranges; shorter gaps of at least
+``warn_silence_seconds`` are warned about. Its findings go into the manifest (``speech``).
+
+``audio`` writes ``aud_mel.npy`` [N, 16, 80] always and ``aud_ow.npy`` [N, 16, 96] when the
+speech embedding model (onnxruntime + openwakeword's shipped ONNX files) is installed; which
+kinds were written is recorded in the manifest so training can pick one that exists.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import numpy as np
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 STEP = "audio"
+SPEECH_STEP = "speech"
 FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy"}
 CHANNELS = {"mel": 80, "ow": 96}
 
@@ -26,6 +36,76 @@ class AudioConfig:
     kinds: list[str] = field(default_factory=lambda: ["mel", "ow"])
     require_all: bool = False  #: fail instead of warning when a requested kind is not installed
     window: int = 16  #: feature frames per video frame
+
+
+@dataclass
+class SpeechConfig:
+    """When the source's sound is too silent to train a talking head on."""
+
+    allow_silence: bool = False  #: proceed (with a warning) instead of refusing (--allow-silence)
+    min_speech_fraction: float = 0.1  #: refuse when speech covers less of the clip than this
+    max_padding_seconds: float = 1.0  #: refuse when the track ends more than this before the video
+    warn_silence_seconds: float = 2.0  #: warn about silent stretches at least this long
+    detector: str = "auto"  #: "auto" (Silero VAD when installed, else energy), "silero-vad", "energy"
+
+
+def speech_run(ctx: StepContext) -> dict:
+    from nerfhead.audio.features import AudioError, load_audio
+    from nerfhead.audio.vad import find_speech, format_ranges
+
+    cfg: SpeechConfig = ctx.cfg.speech
+    wav = ctx.path("aud.wav")
+    try:
+        report = find_speech(load_audio(wav), detector=cfg.detector)
+    except (AudioError, ValueError) as e:
+        raise StepError(SPEECH_STEP, str(e), wav) from e
+    source = ctx.manifest.get("video", {}).get("source", ctx.video)
+    problems = []
+    if report.padded_from is not None and report.padded_from < 0.05:
+        problems.append(f"the audio track is digital silence (all {report.seconds:.1f} s are zero)")
+    elif report.fraction < cfg.min_speech_fraction:
+        problems.append(
+            f"no speech found in the {report.seconds:.1f} s of audio" if report.speech_seconds == 0
+            else f"speech in only {100 * report.fraction:.0f}% of the clip "
+                 f"({report.speech_seconds:.1f} s of {report.seconds:.1f} s; silent "
+                 f"{format_ranges(report.silent)})")
+    padding = report.seconds - report.padded_from if report.padded_from is not None else 0.0
+    if padding > cfg.max_padding_seconds and report.padded_from >= 0.05:
+        problems.append(f"the audio track ends at {report.padded_from:.1f} s, {padding:.1f} s "
+                        f"before the video ({report.padded_from:.1f}-{report.seconds:.1f} s is "
+                        "padded with silence)")
+    if problems:
+        text = (f"{'; '.join(problems)} (source {source}, detector {report.detector}): the model "
+                "would learn a mouth that moves without sound")
+        if not cfg.allow_silence:
+            raise StepError(SPEECH_STEP, f"{text}. Use a clip where the speaker talks throughout "
+                                         "(--start-seconds/--max-seconds), or pass --allow-silence "
+                                         "to preprocess it anyway", wav)
+        ctx.log.warning("%s: %s (allowed by --allow-silence)", wav, text)
+    long_gaps = report.silent_longer_than(cfg.warn_silence_seconds)
+    if long_gaps and not problems:
+        ctx.log.warning("%s: no speech in %s (%s; source %s)", wav, format_ranges(long_gaps),
+                        report.detector, source)
+    if 0 < padding <= cfg.max_padding_seconds:
+        ctx.log.warning("%s: the audio track ends %.2f s before the video (padded with silence)",
+                        source, padding)
+    record = {"detector": report.detector, "seconds": report.seconds,
+              "speech_seconds": report.speech_seconds, "fraction": round(report.fraction, 3),
+              "silent_ranges": report.silent, "padded_from": report.padded_from,
+              "allowed_silence": bool(problems)}
+    return {**record, "manifest": {"speech": record}}
+
+
+def speech_check(ctx: StepContext) -> None:
+    if not ctx.path("aud.wav").is_file():
+        raise StepError(SPEECH_STEP, "missing", ctx.path("aud.wav"))
+
+
+def speech_settings(cfg) -> dict:
+    from nerfhead.audio.vad import _silero_path
+    from nerfhead.config import to_dict
+
+    return {**to_dict(cfg.speech), "silero_available": _silero_path() is not None}
 
 
 def _available(kind: str) -> bool:
@@ -91,3 +171,7 @@ def settings(cfg) -> dict:
 
 AUDIO = Step(STEP, inputs=("aud.wav",), outputs=tuple(FILES.values()), run=run, check=check,
              settings=settings, doc="log-mel (and speech-embedding) windows per frame")
+
+SPEECH = Step(SPEECH_STEP, inputs=("aud.wav",), outputs=(), run=speech_run, check=speech_check,
+              settings=speech_settings,
+              doc="is there speech in aud.wav? refuses silent or early-ending tracks")

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.parsing import BG, HEAD, NECK, TORSO, read_regions, settings_stamp
-from preprocess.steps import Step, StepContext, StepError, atomic_path
+from nerfhead.fileio import write_image
+from preprocess.steps import Step, StepContext, StepError, atomic_path, like_frames
 
 STEP = "background"
 
@@ -178,9 +179,9 @@ def write_frames(data_dir: str, neck_fill_px: int, jpeg_quality: int, newest_com
         gt = img.copy()
         cv2.copyTo(plate, (region == BG).astype(np.uint8), gt)
         with atomic_path(outs[0]) as tmp:
-            cv2.imwrite(str(tmp), gt, jpeg)
+            write_image(tmp, gt, jpeg)
         with atomic_path(outs[1]) as tmp:
-            cv2.imwrite(str(tmp), torso_rgba(img, region, neck_fill_px))
+            write_image(tmp, torso_rgba(img, region, neck_fill_px))
     return reused
 
 
@@ -257,4 +258,5 @@ BACKGROUND_STEP = Step(
         __import__("preprocess.focal", fromlist=["section"]).section(cfg, STEP, BackgroundConfig)).items()
                           if k != "chunk_frames"},
     doc="background plate bc.jpg (farthest-from-person rule + Telea inpaint), gt_imgs, torso_imgs",
+    space=like_frames(2.0),  # a JPEG like the frame and an RGBA PNG of the torso per frame
 )

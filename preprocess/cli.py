@@ -12,11 +12,15 @@ import sys
 
 
 STEPS_HELP = """steps, in order (manifest keys): decode (25 fps head crop + 16 kHz audio),
-landmarks (MediaPipe 478 + blendshapes + 68-point .lms), parsing (head/neck/torso masks),
-scenes (shot cuts, foreign-session frames), background (bc.jpg, gt_imgs, torso_imgs),
-face_fit (focal length + coarse pose; --set face_fit.focal=PX fixes the focal), tracking
-(stable head keypoints), bundle_adjustment (poses -> transforms_*.json), audio (aud_mel.npy,
-aud_ow.npy), previews (previews/*.png)"""
+speech (refuses a silent or early-ending audio track), landmarks (MediaPipe 478 + blendshapes +
+68-point .lms), av_sync (audio vs mouth: offset, drift, previews/av_sync.png; refuses
+out-of-sync audio), parsing (head/neck/torso masks), scenes (shot cuts, foreign-session
+frames), background (bc.jpg, gt_imgs, torso_imgs), face_fit (focal length + coarse pose;
+--set face_fit.focal=PX fixes the focal), tracking (stable head keypoints), bundle_adjustment
+(poses -> transforms_*.json), audio (aud_mel.npy, aud_ow.npy), previews (previews/*.png)
+
+A dataset folder belongs to one video: another video into the same --out is refused
+(--force-new moves the old folder aside). Errors and what to do: docs/troubleshooting.md"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the first S seconds of the video")
     p.add_argument("--crop-size", type=int, default=None, metavar="PX",
                    help="side of the square frames (default from the config: 512)")
+    p.add_argument("--rotate", type=int, default=None, choices=[0, 90, 180, 270],
+                   help="turn the picture clockwise by this many degrees (for a video whose "
+                        "rotation metadata is missing or wrong)")
+    p.add_argument("--allow-silence", action="store_true",
+                   help="preprocess even when the audio has too little speech or ends early "
+                        "(warns instead of refusing)")
+    p.add_argument("--force-new", action="store_true",
+                   help="start a new dataset: move an existing --out folder aside "
+                        "(OUT.replaced-<time>) instead of resuming or refusing it")
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="folder with model files (face_landmarker.task, sfm/ ...)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -50,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from nerfhead.config import ConfigError, parse_override
     from preprocess.config import load_preprocess_config
     from preprocess.driver import run_steps, summary
+    from nerfhead.fileio import OutputLocationError, disk_full_cause
     from preprocess.steps import StepError
 
     overrides: dict = {}
@@ -66,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
             dec["crop_size"] = args.crop_size
         if args.workers is not None:
             overrides["workers"] = args.workers
+        if args.rotate is not None:
+            dec["rotate"] = args.rotate
+        if args.allow_silence:
+            overrides.setdefault("speech", {})["allow_silence"] = True
         if args.weights:
             overrides["weights_dir"] = args.weights
             # steps that resolve model files without a weights_dir still look here
@@ -79,9 +97,17 @@ def run(args: argparse.Namespace) -> int:
     only = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
     try:
         results = run_steps(args.video, args.out, cfg, only=only, force=args.force,
-                            progress=not args.no_progress)
+                            force_new=args.force_new, progress=not args.no_progress)
+    except OutputLocationError as e:
+        print(f"nerfhead preprocess: {e}", file=sys.stderr)
+        return 2
     except StepError as e:
-        print(f"nerfhead preprocess failed: {e}", file=sys.stderr)
+        full = disk_full_cause(e)
+        if full is not None:  # the headline is the full disk, whatever the step was doing
+            print(f"nerfhead preprocess failed in step '{e.step}': {full}; finished steps are "
+                  "kept and a rerun resumes", file=sys.stderr)
+        else:
+            print(f"nerfhead preprocess failed: {e}", file=sys.stderr)
         return 1
     print(summary(results))
     print(f"dataset: {os.path.abspath(args.out)}")

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from nerfhead.config import from_dict, load_yaml, resolve_preset
-from preprocess.audio import AudioConfig
+from preprocess.audio import AudioConfig, SpeechConfig
+from preprocess.av_sync import AvSyncConfig
 from preprocess.background import BackgroundConfig
 from preprocess.bundle import BundleConfig
 from preprocess.decode import DecodeConfig
@@ -29,7 +30,9 @@ class PreprocessConfig:
     """All preprocessing settings; each step reads only its own section."""
 
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
     landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
+    av_sync: AvSyncConfig = field(default_factory=AvSyncConfig)
     parsing: ParsingConfig = field(default_factory=ParsingConfig)
     scenes: ScenesConfig = field(default_factory=ScenesConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)

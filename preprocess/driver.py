@@ -9,6 +9,14 @@ again, while a step whose inputs did not change stays skipped. A step's record i
 the manifest before it runs and written back only after it finished and passed its check: an
 error or an interrupt leaves no record, so the next run redoes that step.
 
+A dataset folder belongs to one source video: the decode step records the video's content
+fingerprint (``video.source_fingerprint``), and a run with a different video into the same
+folder is refused before anything is written (``force_new`` moves the old folder aside to
+``DATA.replaced-<time>`` instead). Before each step the driver checks that the disk can hold
+what the step estimates it will write (``Step.space``), and a step that fails on a full disk
+is reported as such (``nerfhead.fileio.DiskFullError``), whatever error the writer raised.
+Temporaries left by a killed run are removed at the start.
+
 Manifest layout::
 
     {"format": 1, "created": ..., "updated": ..., "versions": {"nerfhead": ..., "numpy": ...},
@@ -20,6 +28,7 @@ Manifest layout::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fnmatch
 import glob
@@ -33,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from nerfhead.fileio import (check_output_dir, clean_stale_temps, disk_full_cause, move_aside,
+                             require_space)
 from preprocess.progress import OverallProgress
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
@@ -43,7 +54,8 @@ log = logging.getLogger("preprocess")
 
 def default_steps() -> list[Step]:
     """Every preprocessing step, in the order they run."""
-    from preprocess.audio import AUDIO
+    from preprocess.audio import AUDIO, SPEECH
+    from preprocess.av_sync import AV_SYNC
     from preprocess.background import BACKGROUND_STEP
     from preprocess.bundle import BUNDLE_STEP
     from preprocess.decode import DECODE
@@ -54,8 +66,8 @@ def default_steps() -> list[Step]:
     from preprocess.scenes import SCENES_STEP
     from preprocess.tracking import TRACKING_STEP
 
-    return [DECODE, LANDMARKS, PARSING_STEP, SCENES_STEP, BACKGROUND_STEP, FACE_FIT_STEP,
-            TRACKING_STEP, BUNDLE_STEP, AUDIO, PREVIEWS]
+    return [DECODE, SPEECH, LANDMARKS, AV_SYNC, PARSING_STEP, SCENES_STEP, BACKGROUND_STEP,
+            FACE_FIT_STEP, TRACKING_STEP, BUNDLE_STEP, AUDIO, PREVIEWS]
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -156,6 +168,38 @@ def write_manifest(data_dir: Path, manifest: dict) -> None:
         tmp.write_text(json.dumps(manifest, indent=1, default=str))
 
 
+# ----------------------------------------------------------------------------- ownership
+def source_fingerprint(video: Path, chunk: int = 1 << 20) -> str:
+    """Content fingerprint of a video file: its size and the hash of its first and last MiB
+    (a renamed or moved copy matches; a re-export or another video does not)."""
+    size = video.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(video, "rb") as f:
+        h.update(f.read(chunk))
+        if size > 2 * chunk:
+            f.seek(size - chunk)
+            h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def check_owner(data_dir: Path, video: Path, manifest: dict) -> None:
+    """Refuse to write the dataset of ``video`` into a folder made from another video."""
+    recorded = manifest.get("video") or {}
+    if not recorded.get("source") or not video.is_file():
+        return  # a new folder, or the video is missing (decode reports that if it must run)
+    had = recorded.get("source_fingerprint")
+    if had is not None:
+        same = had == source_fingerprint(video)
+    else:  # manifests written before fingerprints: the resolved path is all there is
+        same = Path(recorded["source"]) == video.resolve()
+    if not same:
+        raise StepError("driver", f"this folder holds the dataset of {recorded['source']} "
+                                  f"(created {manifest.get('created', '?')}), and {video} is a "
+                                  "different video (or a changed file). Refusing to overwrite "
+                                  "it: write to another --out folder, or pass --force-new to move "
+                                  "the old dataset aside and start over", data_dir)
+
+
 # ----------------------------------------------------------------------------- dependencies
 def _overlaps(a: str, b: str) -> bool:
     """Whether output entry ``a`` can produce something input entry ``b`` reads."""
@@ -189,21 +233,47 @@ def _is_done(step: Step, ctx: StepContext) -> bool:
         return False
 
 
+def _failure(step: Step, e: Exception, data_dir: Path, needed: int | None) -> StepError:
+    """The error to report for ``step`` failing with ``e``: a full disk is named as such."""
+    full = disk_full_cause(e)
+    if full is not None:
+        if needed and not full.needed:
+            full = full.with_need(needed, data_dir, f"the {step.name} step's outputs")
+        err = StepError(step.name, str(full), data_dir)
+        err.__cause__ = full
+        return err
+    if isinstance(e, StepError):
+        return e
+    err = StepError(step.name, f"{type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
+
+
 def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
               only: Sequence[str] | None = None, force: bool = False,
-              steps: Sequence[Step] | None = None, progress: bool = True) -> list[StepResult]:
+              steps: Sequence[Step] | None = None, force_new: bool = False,
+              progress: bool = True) -> list[StepResult]:
     """Run ``steps`` (default: all, in order) on ``video`` into ``data_dir``.
 
     ``only`` restricts to the named steps (their dependencies must already be done);
-    ``force`` reruns them even when their records match. Raises StepError on the first
-    failure after recording what ran; returns one StepResult per selected step. ``progress``
-    draws one line for the whole run (``preprocess.progress``).
+    ``force`` reruns them even when their records match; ``force_new`` moves an existing
+    dataset folder aside and starts a new one (without it, a folder made from another video
+    is refused). Raises StepError on the first failure after recording what ran, and
+    ``nerfhead.fileio.OutputLocationError`` before any work when ``data_dir`` cannot be
+    written; returns one StepResult per selected step. ``progress`` draws one line for the
+    whole run (``preprocess.progress``).
     """
     steps = list(default_steps() if steps is None else steps)
     names = [s.name for s in steps]
     data_dir, video = Path(data_dir), Path(video)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if force_new and (data_dir / MANIFEST).exists():
+        moved = move_aside(data_dir)
+        log.warning("--force-new: moved the previous dataset %s to %s (delete it when no longer "
+                    "needed)", data_dir, moved)
+    check_output_dir(data_dir, "preprocess --out")
+    clean_stale_temps(data_dir, depth=1)
     manifest = load_manifest(data_dir)
+    check_owner(data_dir, video, manifest)
     manifest.setdefault("format", 1)
     manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     manifest.setdefault("steps", {})
@@ -237,7 +307,15 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
             results.append(StepResult(step.name, "skipped", 0.0))
             continue
         manifest["steps"].pop(step.name, None)  # no record while the outputs are in flux
-        write_manifest(data_dir, manifest)
+        needed = None
+        try:
+            write_manifest(data_dir, manifest)
+            if step.space is not None:
+                needed = int(step.space(ctx))
+                require_space(data_dir, needed, f"the {step.name} step's outputs")
+        except Exception as e:
+            overall.close()
+            raise _failure(step, e, data_dir, needed) from e
         log.info("%s: running (%s)", step.name, step.doc or "")
         t0 = time.perf_counter()
         try:
@@ -247,13 +325,15 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
             step.check(ctx)
         except Exception as e:
             secs = time.perf_counter() - t0
-            results.append(StepResult(step.name, "failed", secs, str(e)))
-            write_manifest(data_dir, manifest)
+            err = _failure(step, e, data_dir, needed)
+            results.append(StepResult(step.name, "failed", secs, str(err)))
+            with contextlib.suppress(OSError):  # on a full disk even this may fail
+                write_manifest(data_dir, manifest)
             overall.close()
             log.error("%s", summary(results))
-            if isinstance(e, StepError):
+            if err is e:
                 raise
-            raise StepError(step.name, f"{type(e).__name__}: {e}") from e
+            raise err from e
         secs = time.perf_counter() - t0
         # the fingerprint is taken again: outputs of this step may live beside its inputs
         fp = fingerprint(step, ctx)

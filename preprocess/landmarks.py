@@ -12,6 +12,11 @@ spread over ``workers`` processes; the chunks do not depend on the number of wor
 outputs do not either. Frames without a face: runs of up to ``max_gap`` frames are filled by
 linear interpolation between the neighbouring detections (or copied from the nearest one at
 the clip's ends) and listed in the manifest; a longer run fails with its frame range.
+
+Every detected face is checked for a plausible layout (``implausible_frames``): the eyes above
+the mouth and the subject's right eye on the image's left, with the head tilted less than
+``max_roll_degrees``. A clip where the camera turned part-way (the decode step's probe frames
+only sample it) fails naming the frames; a few odd frames are warned about.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class LandmarksConfig:
     min_detection_confidence: float = 0.5  #: MediaPipe face detection threshold
     min_tracking_confidence: float = 0.5  #: MediaPipe landmark tracking threshold
     chunk_frames: int = 250  #: frames per work unit (a fresh landmarker starts each one)
+    max_roll_degrees: float = 50.0  #: a face tilted more than this (or upside down) is implausible
+    max_implausible_fraction: float = 0.05  #: fail when more detected faces than this are implausible
 
 
 STEP = "landmarks"
@@ -121,6 +128,31 @@ def fill_gaps(found: np.ndarray, arrays: list[np.ndarray], max_gap: int) -> list
     return runs
 
 
+def implausible_frames(ibug: np.ndarray, max_roll_degrees: float) -> np.ndarray:
+    """Bool [N]: frames whose 68 iBUG points [N, 68, 2] are not an upright face: the head
+    tilted more than ``max_roll_degrees`` (the eye line against the image's horizontal, the
+    eyes-to-mouth direction against its vertical), or the eyes not above the mouth, or the
+    subject's right eye not on the image's left (a mirrored or garbled fit)."""
+    right_eye, left_eye = ibug[:, 36:42].mean(1), ibug[:, 42:48].mean(1)
+    mouth = ibug[:, 48:68].mean(1)
+    eye_line = left_eye - right_eye  # points to the image's right for an upright face
+    roll = np.degrees(np.arctan2(eye_line[:, 1], eye_line[:, 0]))
+    down = mouth - (left_eye + right_eye) / 2  # points down the image for an upright face
+    tilt = np.degrees(np.arctan2(down[:, 0], down[:, 1]))
+    return (np.abs(roll) > max_roll_degrees) | (np.abs(tilt) > max_roll_degrees)
+
+
+def _ranges(frames: np.ndarray) -> str:
+    runs, start = [], None
+    for k, f in enumerate(frames):
+        if start is None:
+            start = f
+        if k + 1 == len(frames) or frames[k + 1] != f + 1:
+            runs.append(f"{start}-{f}" if f > start else f"{start}")
+            start = None
+    return ", ".join(runs[:8]) + (f" and {len(runs) - 8} more" if len(runs) > 8 else "")
+
+
 def smooth_blendshapes(bs: np.ndarray, window: int, order: int) -> np.ndarray:
     from scipy.signal import savgol_filter
 
@@ -178,6 +210,19 @@ def run(ctx: StepContext) -> dict:
     bs = np.concatenate([p[1] for p in parts])
     found = np.concatenate([p[2] for p in parts])
     bs_names = next((p[3] for p in parts if p[3]), [])
+    odd = np.flatnonzero(found & implausible_frames(lms[:, IBUG68_FROM_MEDIAPIPE, :2],
+                                                    cfg.max_roll_degrees))
+    if len(odd) > cfg.max_implausible_fraction * max(1, found.sum()):
+        raise StepError(STEP, f"the face is tilted more than {cfg.max_roll_degrees:g} degrees, "
+                              f"upside down or garbled in {len(odd)} of {int(found.sum())} frames "
+                              f"(frames {_ranges(odd)} of {ctx.manifest.get('video', {}).get('source', ctx.video)}"
+                              f", at {fps:g} fps): did the camera turn during the clip? Cut "
+                              "the clip to a part where the face is upright (--start-seconds/"
+                              "--max-seconds) or turn it (--rotate)", img_dir)
+    if len(odd):
+        ctx.log.warning("%s: implausible face layout in frames %s (treated as frames without "
+                        "a face)", img_dir, _ranges(odd))
+        found[odd] = False
     try:
         gaps = fill_gaps(found, [lms, bs], cfg.max_gap)
     except ValueError as e:
@@ -194,6 +239,7 @@ def run(ctx: StepContext) -> dict:
     jaw = bs_smooth[:, bs_names.index("jawOpen")] if "jawOpen" in bs_names else None
     return {"frames_with_face": int(found.sum()), "interpolated_ranges": [list(r) for r in gaps],
             "interpolated_frames": int((~found).sum()), "blendshape_names": bs_names,
+            "implausible_frames": odd.tolist(),
             "jaw_open_range": None if jaw is None else [float(jaw.min()), float(jaw.max())]}
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.steps import Step, StepContext, StepError, atomic_path
+from nerfhead.fileio import write_image
+from preprocess.steps import Step, StepContext, StepError, atomic_path, like_frames
 
 STEP = "parsing"
 BG, HEAD, NECK, TORSO = 0, 1, 2, 3  #: region ids of a region map
@@ -387,9 +388,9 @@ def parse_frames(data_dir: str, cfg: ParsingConfig, name: str, weights: Path | N
                 continue
             region, face = parser(rgb, np.asarray(lms_all[i]), i)
             with atomic_path(d / "parsing" / f"{i}.png") as tmp:
-                cv2.imwrite(str(tmp), REGION_RGB[region][:, :, ::-1])
+                write_image(tmp, REGION_RGB[region][:, :, ::-1])
             with atomic_path(d / "parsing" / f"{i}_face.png") as tmp:
-                cv2.imwrite(str(tmp), soft_face(face, cfg.face_feather_px))
+                write_image(tmp, soft_face(face, cfg.face_feather_px))
     finally:
         getattr(parser, "close", lambda: None)()  # the offline parser holds MediaPipe graphs
     return len(todo) - sum(todo)
@@ -431,7 +432,7 @@ def write_preview(ctx: StepContext, n: int) -> None:
                      cv2.imread(str(ctx.path(f"parsing/{i}_face.png")), cv2.IMREAD_GRAYSCALE))
              for i in sorted(set(np.linspace(0, n - 1, 4).round().astype(int).tolist()))]
     with atomic_path(ctx.path("previews/parsing.png")) as tmp:
-        cv2.imwrite(str(tmp), np.concatenate(tiles, axis=1))
+        write_image(tmp, np.concatenate(tiles, axis=1))
 
 
 def settings_stamp(folder: Path, settings: dict) -> int:
@@ -484,4 +485,5 @@ PARSING_STEP = Step(
         __import__("preprocess.focal", fromlist=["section"]).section(cfg, STEP, ParsingConfig)),
     doc="head/neck/torso/background labels + soft face mask (BiSeNet, or offline: selfie "
         "segmentation, face mesh, pose shoulders, colour)",
+    space=like_frames(0.5),  # two PNGs of flat colours / a smooth mask per frame
 )

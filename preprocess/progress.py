@@ -16,7 +16,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 #: typical seconds per frame of each step (2 cores, 512-px crops); unknown steps count 0.005
-STEP_COST = {"decode": 0.0025, "landmarks": 0.015, "parsing": 0.012, "scenes": 0.001,
+STEP_COST = {"decode": 0.0025, "speech": 0.0005, "landmarks": 0.015, "parsing": 0.012, "scenes": 0.001,
              "background": 0.006, "face_fit": 0.002, "tracking": 0.012, "bundle_adjustment": 0.004,
              "av_sync": 0.001, "audio": 0.0015, "previews": 0.0001}
 DEFAULT_COST = 0.005

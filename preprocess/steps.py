@@ -51,6 +51,17 @@ class StepContext:
                             self.data_dir / "manifest.json") from e
 
 
+def like_frames(factor: float) -> Callable[[StepContext], int]:
+    """A ``Step.space`` estimate: ``factor`` x the bytes of the decoded frames (ori_imgs/*.jpg,
+    averaged over a few), for steps that write images of the same size per frame."""
+    def estimate(ctx: StepContext) -> int:
+        n = ctx.num_frames()
+        sizes = [p.stat().st_size for p in (ctx.path(f"ori_imgs/{i}.jpg") for i in
+                                             sorted({0, n // 2, n - 1})) if p.is_file()]
+        return int(factor * n * (sum(sizes) / len(sizes))) if sizes else 0
+    return estimate
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -62,3 +73,6 @@ class Step:
     check: Callable[[StepContext], None]  #: raises StepError if the outputs are wrong/missing
     settings: Callable[[Any], dict]  #: the config values that affect this step (hashed)
     doc: str = ""
+    #: bytes the step is about to write, estimated cheaply from what is on disk (None: not
+    #: estimated); the driver refuses to start the step when the disk cannot hold them
+    space: Callable[[StepContext], int] | None = None

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Compile-check the CUDA extension's sources without a GPU (what CI can do).
+"""Compile-check the CUDA part of nerfhead._C without a GPU (what CI can do).
 
-Every ``csrc/*.cu`` is compiled to an object file with ``nvcc -c -std=c++17 -O1
--arch=<arch>`` against torch's include dirs, and ``csrc/ext.cpp`` (the pybind11 bindings)
-is syntax-checked with ``g++ -fsyntax-only`` plus the Python include dir. Files compile in
-parallel (``--jobs``, default 2: one .cu with torch headers needs ~1-2 min and ~3 GB).
-Prints each file's time; exits non-zero naming the files that failed.
+A CPU-only torch builds nerfhead._C without its CUDA part, so this checks the rest:
+
+* every ``csrc/*.cu`` (the CUDA launchers) is compiled to an object file with nvcc and the
+  flags setup.py gives it (``-O3 -std=c++17 --expt-relaxed-constexpr``, ``-arch=<arch>``).
+  They include no torch header (only csrc's own), so each takes seconds; a torch include
+  would fail here, which keeps them that way;
+* every torch-facing entry file (``csrc/*.cpp`` that includes ``entry.h``) is syntax-checked
+  with ``g++ -fsyntax-only -DNERFHEAD_WITH_CUDA=1``: its CUDA branch (stream, device guard)
+  against torch's c10/cuda headers and the CUDA toolkit's.
+
+Files compile in parallel (``--jobs``, default 2). Prints each file's time; exits non-zero
+naming the files that failed.
 
 Usage: python3 scripts/check_cuda_compile.py [--arch sm_80] [--jobs 2] [files...]
 """
@@ -45,36 +52,40 @@ def _torch_includes() -> list[str]:
     return include_paths()
 
 
-def _torch_nvcc_flags() -> list[str]:
-    from torch.utils import cpp_extension
-
-    return list(getattr(cpp_extension, "COMMON_NVCC_FLAGS", ["--expt-relaxed-constexpr"]))
-
-
 def _abi_flag() -> str:
     import torch
 
     return f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
 
 
+def _cuda_include(nvcc: str) -> Path:
+    """The CUDA toolkit's include dir ($CUDA_HOME, /usr/local/cuda or next to nvcc; nvcc may
+    be a wrapper script elsewhere on PATH)."""
+    homes = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda", str(Path(nvcc).resolve().parent.parent)]
+    for home in filter(None, homes):
+        if (Path(home) / "include" / "cuda_runtime_api.h").is_file():
+            return Path(home) / "include"
+    return Path(homes[1]) / "include"
+
+
+def cuda_entry_files() -> list[Path]:
+    """The .cpp files whose CUDA branch only a CUDA build compiles (they include entry.h)."""
+    return [f for f in sorted(CSRC.glob("*.cpp")) if '#include "entry.h"' in f.read_text()]
+
+
 def build_commands(files: list[Path], arch: str, shim: Path, out_dir: Path) -> dict[Path, list[str]]:
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     cxx = shutil.which("g++") or shutil.which("c++") or "g++"
-    incs = [f"-I{shim}"] + [f"-I{p}" for p in _torch_includes()] + [f"-I{CSRC}"]
-    cuda_home = os.environ.get("CUDA_HOME", str(Path(nvcc).resolve().parent.parent))
-    defines = ["-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H", _abi_flag()]
-    # What torch's CUDAExtension passes to nvcc, then setup.py's own nvcc flags (keep in
-    # sync with setup.py), except -O3: -O1 is enough to instantiate and check everything.
-    nvcc_flags = [*_torch_nvcc_flags(), "--use_fast_math", "-U__CUDA_NO_HALF_OPERATORS__",
-                  "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"]
+    cuda_include = _cuda_include(nvcc)
     cmds = {}
     for f in files:
-        if f.suffix == ".cu":
-            cmds[f] = [nvcc, "-c", str(f), "-o", str(out_dir / (f.stem + ".o")), "-std=c++17", "-O1",
-                       f"-arch={arch}", *nvcc_flags, "-Xcompiler", "-fPIC", *defines, *incs]
-        else:  # ext.cpp: the bindings need Python's headers, and CUDA's for c10/cuda
-            cmds[f] = [cxx, "-fsyntax-only", "-std=c++17", str(f), *defines, *incs,
-                       f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_home}/include"]
+        if f.suffix == ".cu":  # keep in sync with setup.py's nvcc flags
+            cmds[f] = [nvcc, "-c", str(f), "-o", str(out_dir / (f.stem + ".o")), "-O3", "-std=c++17",
+                       "--expt-relaxed-constexpr", f"-arch={arch}", "-Xcompiler", "-fPIC", f"-I{CSRC}"]
+        else:  # an entry file, with its CUDA branch: torch's headers, the shim, CUDA's headers
+            incs = [f"-I{shim}"] + [f"-I{p}" for p in _torch_includes()] + [f"-I{CSRC}"]
+            cmds[f] = [cxx, "-fsyntax-only", "-std=c++17", "-DNERFHEAD_WITH_CUDA=1", _abi_flag(), str(f),
+                       *incs, f"-I{cuda_include}"]
     return cmds
 
 
@@ -86,7 +97,7 @@ def _run(path: Path, cmd: list[str]) -> tuple[Path, int, float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("files", nargs="*", type=Path, help="default: csrc/*.cu and csrc/ext.cpp")
+    ap.add_argument("files", nargs="*", type=Path, help="default: csrc/*.cu and the entry .cpp files")
     ap.add_argument("--arch", default=os.environ.get("NERFHEAD_CUDA_ARCH", "sm_80"),
                     help="nvcc -arch (default sm_80, or $NERFHEAD_CUDA_ARCH)")
     ap.add_argument("--jobs", type=int, default=2, help="files compiled at once (default 2)")
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
         print("check_cuda_compile: nvcc not found on PATH", file=sys.stderr)
         return 2
-    files = [f.resolve() for f in args.files] or (sorted(CSRC.glob("*.cu")) + [CSRC / "ext.cpp"])
+    files = [f.resolve() for f in args.files] or (sorted(CSRC.glob("*.cu")) + cuda_entry_files())
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         print(f"check_cuda_compile: no such file(s): {', '.join(missing)}", file=sys.stderr)

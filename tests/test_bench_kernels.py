@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import torch
 
 from nerfhead.ops import bench_kernels
+from nerfhead.ops._loader import extension_available
 
 
 def test_half_occupied_grid_is_about_half():
@@ -20,7 +21,10 @@ def test_bench_runs_small_on_cpu(tmp_path):
     assert bench_kernels.run(args) == 0
     data = json.loads(out.read_text())
     workloads = {(r["workload"], r["backend"]) for r in data["rows"]}
-    assert workloads == {("encode 3D", "torch"), ("encode 2D", "torch"),
-                         ("march+composite", "torch")}
+    expected = {("encode 3D", "torch"), ("encode 2D", "torch"), ("march+composite", "torch")}
+    if extension_available():  # the C++ kernels beside the references, in the same run
+        expected |= {(w, "cpu") for w, _ in expected}
+    assert workloads == expected
     for r in data["rows"]:
-        assert r["per_second"] > 0 and r["speedup"] == 1.0
+        assert r["per_second"] > 0
+        assert r["speedup"] == 1.0 if r["backend"] == "torch" else r["speedup"] > 0

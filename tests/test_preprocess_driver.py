@@ -171,7 +171,8 @@ def test_preset_loads_and_rejects_unknown_fields():
     assert load_preprocess_config(None, {"workers": 2}).workers == 2
     assert cfg.audio.kinds == ["mel", "ow"]
     assert [s.name for s in driver.default_steps()] == [
-        "decode", "landmarks", "parsing", "scenes", "background", "face_fit", "tracking",
+        "decode", "speech", "landmarks", "av_sync", "parsing", "scenes", "background", "face_fit",
+        "tracking",
         "bundle_adjustment", "audio", "previews"]
     for step in driver.default_steps():
         step.settings(cfg)  # every step finds its section

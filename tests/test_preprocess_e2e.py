@@ -40,13 +40,17 @@ def check_dataset(d, n_expected: int = int(SECONDS * 25)):
     assert np.load(d / "landmarks.npy").shape == (n, 478, 3)
     bs = np.load(d / "bs.npy")
     assert bs.shape == (n, 52) and 0 <= bs.min() and bs.max() <= 1
+    assert m["audio"]["timing"] == "timestamps" and m["audio"]["num_samples"] == n * 640
+    # 3 s is shorter than the sync check's 10-s minimum: unmeasured, said so (not "in sync")
+    assert m["steps"]["av_sync"]["stats"]["status"] == "unmeasured"
     mel = np.load(d / "aud_mel.npy")
     assert mel.shape == (n, 16, 80) and np.isfinite(mel).all()
     if "ow" in m["steps"]["audio"]["stats"]["kinds"]:
         assert np.load(d / "aud_ow.npy").shape == (n, 16, 96)
     for f in ("track_params.pt", "keypoints.txt", "track_xys.npy", "bundle_adjustment.pt",
               "previews/landmarks_masks.png", "previews/face_fit.png", "previews/keypoints.png",
-              "previews/pose_curves.png", "scenes.json", "previews/scenes.png"):
+              "previews/pose_curves.png", "previews/av_sync.png", "scenes.json",
+              "previews/scenes.png"):
         assert (d / f).is_file() and (d / f).stat().st_size > 0, f
     train = json.loads((d / "transforms_train.json").read_text())
     val = json.loads((d / "transforms_val.json").read_text())

@@ -232,8 +232,14 @@ def test_evaluate_tiny_model_reports_missing_faces(tiny_run, tmp_path):
     assert result["faces_not_found"]["render"]["count"] == 2
     assert full["lmd"]["count"] == 0
     assert result["lpips"]["available"] or result["lpips"]["reason"]
-    for name in ("report.md", "per_frame.png", *result["previews"]):
+    for name in ("report.md", "per_frame.png", "mouth_opening.png", *result["previews"]):
         assert (tmp_path / name).stat().st_size > 0
+    # a head-only run: scored over the GT torso, and also as `render` delivers it (no body)
+    assert "GT torso" in result["composite"] and "no body" in result["delivered_composite"]
+    assert result["delivered"]["psnr"]["count"] == 2
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("## Lip sync") < report.index("## Image quality")
+    assert "delivers it" in report
 
 
 def test_evaluate_audio_from_another_clip(tiny_run, tmp_path):
@@ -288,3 +294,32 @@ def test_render_bad_inputs_fail_clearly(tiny_run, capsys):
     assert main(["render", str(run), "--audio", str(drive), "--pose-file",
                  str(root / "nope.npy"), "--device", "cpu"]) == 2
     assert "nope.npy" in capsys.readouterr().err
+
+
+def test_render_of_a_head_only_run_warns_and_takes_the_gt_torso(tiny_run, caplog):
+    """A run without a trained torso: `render` says the body is missing; --gt-torso puts the
+    dataset's torso images behind the head (the synthetic torso box fills the bottom rows)."""
+    import logging
+
+    from nerfhead.cli import main
+    from nerfhead.render.video import read_frames
+
+    root, data, run, drive = tiny_run
+    plain, with_torso = root / "headless.mp4", root / "gt_torso.mp4"
+    with caplog.at_level(logging.WARNING, logger="nerfhead.render"):
+        assert main(["render", str(run), "--audio", str(drive), "--out", str(plain),
+                     "--poses", "train", "--max-frames", "2", "--device", "cpu"]) == 0
+    assert "no trained torso" in caplog.text and "--gt-torso" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nerfhead.render"):
+        assert main(["render", str(run), "--audio", str(drive), "--out", str(with_torso),
+                     "--poses", "train", "--max-frames", "2", "--device", "cpu", "--gt-torso"]) == 0
+    assert "no trained torso" not in caplog.text
+    a, b = next(read_frames(plain)), next(read_frames(with_torso))
+    rows = slice(int(32 * 0.85), 32)  # inside the synthetic torso box, below the head
+    cols = slice(int(32 * 0.3), int(32 * 0.7))
+    torso = np.array([0.8, 0.5, 0.3]) * 255
+    assert np.abs(b[rows, cols] - torso).mean() < np.abs(a[rows, cols] - torso).mean() - 30
+    with pytest.raises(SystemExit, match="gt-torso"):
+        main(["render", str(run), "--audio", str(drive), "--out", str(root / "y.mp4"),
+              "--poses", "static", "--max-frames", "2", "--device", "cpu", "--gt-torso"])

@@ -66,6 +66,34 @@ class DataConfig:
     """Use only the first max_frames frames of the split (0: all); for quick experiments."""
 
 
+def check_dataset_dir(root) -> Path:
+    """DatasetError naming what ``root`` is when it is not a finished dataset folder: missing,
+    a file (a video given where the dataset goes?), or an unfinished preprocess."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset: folder {root} does not exist (make it with `nerfhead "
+                           f"preprocess VIDEO --out {root}`)")
+    if not root.is_dir():
+        kind = "a video" if root.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi", ".webm",
+                                                    ".m4v") else "a file"
+        raise DatasetError(f"dataset: {root} is {kind}, not a dataset folder; make the dataset "
+                           f"first with `nerfhead preprocess {root} --out DATA` and give DATA "
+                           f"(or run everything with `nerfhead run {root} --out WORK`)")
+    if not (root / "transforms_train.json").is_file():
+        manifest = root / "manifest.json"
+        if manifest.is_file():
+            try:
+                done = sorted(json.loads(manifest.read_text()).get("steps", {}))
+            except (json.JSONDecodeError, OSError):
+                done = []
+            raise DatasetError(f"dataset: {root} is an unfinished preprocess (steps done: "
+                               f"{', '.join(done) or 'none'}; no transforms_train.json): rerun "
+                               f"`nerfhead preprocess VIDEO --out {root}` to finish it")
+        raise DatasetError(f"dataset: {root} has no transforms_train.json; it is not a dataset "
+                           "folder (nerfhead preprocess output or SyncTalk layout)")
+    return root
+
+
 def _load_json(path: Path) -> dict:
     try:
         with open(path) as f:
@@ -174,8 +202,7 @@ class TalkingHeadDataset:
         self.root = Path(root)
         self.cfg = cfg or DataConfig()
         self.split = split
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset: folder {self.root} does not exist")
+        check_dataset_dir(self.root)
         c2w, cam, img_ids, aud_ids = read_transforms(self.root / f"transforms_{split}.json")
         if self.cfg.max_frames > 0:
             c2w, img_ids, aud_ids = (a[: self.cfg.max_frames] for a in (c2w, img_ids, aud_ids))
@@ -319,8 +346,37 @@ class TalkingHeadDataset:
         return RayBatch(u=u, v=v, rgb=target, bg=bg, patch=patch)
 
 
+FINGERPRINT_FILES = ("transforms_train.json", "transforms_val.json", *AUDIO_FILES.values(), "bs.npy")
+
+
+def content_hash(root) -> str:
+    """Hash of what training reads that identifies a dataset: the transforms files (poses and
+    camera, unique to a clip's preprocessing) in full, and the audio features and blendshapes
+    by size and their first and last 64 KiB. The same data moved elsewhere hashes the same."""
+    import hashlib
+
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        p = root / name
+        if not p.is_file():
+            continue
+        h.update(name.encode())
+        size = p.stat().st_size
+        h.update(str(size).encode())
+        with open(p, "rb") as f:
+            if name.endswith(".json") or size <= 128 << 10:
+                h.update(f.read())
+            else:
+                h.update(f.read(64 << 10))
+                f.seek(size - (64 << 10))
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def dataset_fingerprint(root) -> dict:
-    """Small record of a dataset folder (for the run's config): path and frame counts."""
+    """Record of a dataset folder (kept in the run's config and checkpoints): path, frame
+    counts, layout, the source video when known, and ``content_hash``."""
     root = Path(root)
     out = {"path": str(root.resolve())}
     for split in ("train", "val"):
@@ -328,6 +384,13 @@ def dataset_fingerprint(root) -> dict:
         if p.exists():
             out[f"{split}_frames"] = len(_load_json(p).get("frames", []))
     out["layout"] = "nerfhead" if (root / "manifest.json").exists() else "synctalk"
+    try:
+        source = json.loads((root / "manifest.json").read_text()).get("video", {}).get("source")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        source = None
+    if source:
+        out["source"] = source
+    out["content"] = content_hash(root)
     return out
 
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from nerfhead.data.dataset import IBUG_MOUTH, MEDIAPIPE_LIPS
+from nerfhead.fileio import write_image
 
 RADIUS = 0.09
 MOUTH_DIR = np.array([0.0, -0.45, 0.89])
@@ -52,8 +53,10 @@ def frame_params(n: int, seed: int = 0) -> dict:
     return {"c2w": np.stack([look_at_gl(e) for e in eyes]), "mouth": mouth, "blink": blink}
 
 
-def render_gl(c2w: np.ndarray, focal: float, size: int, mouth: float, blink: float):
-    """RGB [size, size, 3] float and head mask of the sphere scene seen from ``c2w`` (OpenGL)."""
+def render_gl(c2w: np.ndarray, focal: float, size: int, mouth: float, blink: float,
+              eye_angle: float = 0.12):
+    """RGB [size, size, 3] float and head mask of the sphere scene seen from ``c2w`` (OpenGL);
+    each eye is a dark cap of ``eye_angle`` radians, drawn while ``blink`` < 0.5."""
     c = (size - 1) / 2 + 0.5
     v, u = np.mgrid[0:size, 0:size].astype(np.float64)
     d_cam = np.stack([(u + 0.5 - c) / focal, -(v + 0.5 - c) / focal, -np.ones_like(u)], -1)
@@ -71,7 +74,7 @@ def render_gl(c2w: np.ndarray, focal: float, size: int, mouth: float, blink: flo
     col[(n @ (MOUTH_DIR / np.linalg.norm(MOUTH_DIR))) > mouth_cos] = (0.35, 0.05, 0.05)
     for e in EYE_DIRS:
         if blink < 0.5:
-            col[(n @ (e / np.linalg.norm(e))) > np.cos(0.12)] = (0.05, 0.05, 0.1)
+            col[(n @ (e / np.linalg.norm(e))) > np.cos(eye_angle)] = (0.05, 0.05, 0.1)
     return np.where(hit[..., None], col, 0.0), hit
 
 
@@ -83,12 +86,13 @@ def project_gl(points: np.ndarray, c2w: np.ndarray, focal: float, size: int) -> 
 
 
 def make_dataset(root, num_frames: int = 44, size: int = 64, layout: str = "nerfhead",
-                 seed: int = 0, distinct_frames: int | None = None) -> Path:
+                 seed: int = 0, distinct_frames: int | None = None, eye_angle: float = 0.12) -> Path:
     """Write the synthetic dataset into ``root`` and return it (``layout``: nerfhead|synctalk).
 
     ``distinct_frames``: render only this many frames and make the images of frame ``i``
     symbolic links to those of frame ``i % distinct_frames`` (poses, audio and blendshapes
     still differ per frame) -- a cheap stand-in for a long clip in memory measurements.
+    ``eye_angle``: size of the eyes (radians of the sphere; larger eyes make blinks easy to learn).
     """
     root = Path(root)
     for sub in ("gt_imgs", "ori_imgs", "torso_imgs", "parsing"):
@@ -107,12 +111,12 @@ def make_dataset(root, num_frames: int = 44, size: int = 64, layout: str = "nerf
                 (root / sub / f"{i}.{ext}").symlink_to(root / sub / f"{j}.{ext}")
             landmarks[i] = landmarks[j]
             continue
-        head, hit = render_gl(p["c2w"][i], focal, size, p["mouth"][i], p["blink"][i])
+        head, hit = render_gl(p["c2w"][i], focal, size, p["mouth"][i], p["blink"][i], eye_angle)
         torso_rgba = np.zeros((size, size, 4))
         torso_rgba[torso_mask] = (*TORSO, 1.0)
         torso_rgba[hit] = 0.0
         img = np.where(hit[..., None], head, np.where(torso_mask[..., None], TORSO, bg))
-        save = lambda path, x: cv2.imwrite(str(path), cv2.cvtColor(
+        save = lambda path, x: write_image(path, cv2.cvtColor(
             (np.clip(x, 0, 1) * 255).round().astype(np.uint8),
             cv2.COLOR_RGBA2BGRA if x.shape[-1] == 4 else cv2.COLOR_RGB2BGR))
         save(root / "gt_imgs" / f"{i}.jpg", img)
@@ -125,7 +129,7 @@ def make_dataset(root, num_frames: int = 44, size: int = 64, layout: str = "nerf
             lms = np.zeros((68, 2), np.float32)
             lms[list(IBUG_MOUTH)] = lips
             np.savetxt(root / "ori_imgs" / f"{i}.lms", lms, "%f")
-    cv2.imwrite(str(root / "bc.jpg"), cv2.cvtColor((bg * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+    write_image(root / "bc.jpg", cv2.cvtColor((bg * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
     rng = np.random.default_rng(seed + 1)
     channels = 29 if layout == "synctalk" else 80
     audio = rng.normal(0, 0.1, (num_frames, 16, channels)).astype(np.float32)

@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # MediaPipe face-mesh lip contour (outer then inner ring), 40 points.
 MOUTH_LANDMARKS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0,
@@ -33,17 +32,26 @@ def to_float_image(img) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64)
 
 
+def _float64(img) -> np.ndarray:
+    """float64 numpy array in [0, 1] (uint8 scaled by 1/255). Numpy, not torch: per-frame
+    metrics on small images are dominated by torch's per-op overhead on a busy CPU."""
+    if torch.is_tensor(img):
+        img = img.detach().cpu().numpy()
+    a = np.asarray(img)
+    return a.astype(np.float64) / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
+
+
 def mse(pred, gt, mask=None) -> float:
     """Mean squared error; with ``mask`` [H, W] in [0, 1], the mask-weighted mean."""
-    p, g = to_float_image(pred), to_float_image(gt)
+    p, g = _float64(pred), _float64(gt)
     if p.shape != g.shape:
-        raise ValueError(f"image shapes differ: render {tuple(p.shape)} vs GT {tuple(g.shape)}")
+        raise ValueError(f"image shapes differ: render {p.shape} vs GT {g.shape}")
     err = (p - g) ** 2
     if err.ndim == 3:
         err = err.mean(-1)
     if mask is None:
         return float(err.mean())
-    w = to_float_image(mask)
+    w = _float64(mask)
     if w.ndim == 3:
         w = w[..., 0]
     total = float(w.sum())
@@ -72,31 +80,35 @@ def gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
 
 def ssim_map(pred, gt, data_range: float = 1.0, sigma: float = 1.5,
              k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Per-pixel SSIM over the valid region, [C, H-2r, W-2r]."""
-    p, g = to_float_image(pred), to_float_image(gt)
+    """Per-pixel SSIM over the valid region, [C, H-2r, W-2r] (float64).
+
+    Separable Gaussian with ``scipy.ndimage.correlate1d`` in float64 (about 30x faster on the
+    CPU than a depthwise torch conv2d, same values); the border is cropped by the window
+    radius, i.e. skimage's "valid" region.
+    """
+    from scipy.ndimage import correlate1d
+
+    p, g = _float64(pred), _float64(gt)
     if p.shape != g.shape:
-        raise ValueError(f"image shapes differ: render {tuple(p.shape)} vs GT {tuple(g.shape)}")
+        raise ValueError(f"image shapes differ: render {p.shape} vs GT {g.shape}")
     if p.ndim == 2:
         p, g = p[..., None], g[..., None]
-    x = torch.stack([p.permute(2, 0, 1), g.permute(2, 0, 1)])  # [2, C, H, W]
-    c = x.shape[1]
-    w1 = gaussian_window(sigma)
+    w1 = gaussian_window(sigma).numpy()
     r = (len(w1) - 1) // 2
-    if min(x.shape[-2:]) < 2 * r + 1:
-        raise ValueError(f"image {tuple(x.shape[-2:])} smaller than the SSIM window {2 * r + 1}")
-    kh = w1.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-    kw = w1.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    if min(p.shape[:2]) < 2 * r + 1:
+        raise ValueError(f"image {p.shape[:2]} smaller than the SSIM window {2 * r + 1}")
 
-    def blur(t):  # separable Gaussian, "valid" convolution = skimage's cropped border
-        return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
+    def blur(t):
+        t = correlate1d(correlate1d(t, w1, axis=0, mode="constant"), w1, axis=1, mode="constant")
+        return t[r:-r, r:-r]
 
-    mu = blur(x)
-    mu_p, mu_g = mu[0], mu[1]
-    pp = blur(x[:1] * x[:1])[0] - mu_p ** 2
-    gg = blur(x[1:] * x[1:])[0] - mu_g ** 2
-    pg = blur(x[:1] * x[1:])[0] - mu_p * mu_g
+    mu_p, mu_g = blur(p), blur(g)
+    pp = blur(p * p) - mu_p ** 2
+    gg = blur(g * g) - mu_g ** 2
+    pg = blur(p * g) - mu_p * mu_g
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    return ((2 * mu_p * mu_g + c1) * (2 * pg + c2)) / ((mu_p ** 2 + mu_g ** 2 + c1) * (pp + gg + c2))
+    out = ((2 * mu_p * mu_g + c1) * (2 * pg + c2)) / ((mu_p ** 2 + mu_g ** 2 + c1) * (pp + gg + c2))
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
 def ssim(pred, gt, data_range: float = 1.0) -> float:

@@ -81,7 +81,8 @@ class ModelConfig:
     T_thresh: float = 1e-4
     """Rays stop when transmittance falls below this."""
     backend: str = "auto"
-    """Op backend: auto (CUDA kernels for CUDA tensors, torch references on CPU), torch, cuda."""
+    """Op backend: auto (our kernels: cuda for CUDA tensors, cpu (C++) for CPU tensors; torch
+    references where nerfhead._C is missing), cpu, cuda, torch."""
 
     def expression_indices(self) -> list[int]:
         unknown = [n for n in self.expression if n not in BLENDSHAPE_INDEX]

@@ -7,7 +7,7 @@ the raw uncertainty are composited together as a 4-channel colour.
 Inference: ``render_rays_inference`` (march + composite with early ray termination, no
 autograd) in chunks of rays, with a field callback.
 
-All ops use the model's backend ("auto": CUDA kernels for CUDA tensors, torch on CPU).
+All ops use the model's backend ("auto": our kernels on CUDA and CPU tensors alike).
 """
 
 from __future__ import annotations

@@ -8,10 +8,13 @@ Two workloads, each timed for every backend that can run on the chosen device:
   cells occupied, a cheap analytic field, then ``composite_rays_train`` forward + backward;
   reported as rays/s (and samples per ray).
 
-Training sizes (the defaults on a GPU) are 2**18 points x 16 levels and 65,536 rays; a CPU
-run uses smaller sizes unless ``--full`` (the torch reference on 2 cores is slow). Ratios
-are against the ``torch`` row measured in the same run on the same device; absolute times
-are only meaningful on a GPU.
+Backends: ``torch`` (the references) and every other backend that runs on the device:
+``cpu`` (our C++ kernels) on a CPU; ``cuda`` (our kernels) and, where they import, ``tcnn`` /
+``nerfacc`` on a GPU. They take turns call by call, so a load change on a shared machine
+hits all of them alike. Training sizes (the defaults on a GPU) are 2**18 points x 16 levels
+and 65,536 rays; a CPU run uses smaller sizes unless ``--full`` (the torch reference on 2
+cores is slow). Ratios are against the ``torch`` row measured in the same run on the same
+device.
 """
 
 from __future__ import annotations
@@ -45,25 +48,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall milliseconds of ``fn()`` over ``repeats`` calls after ``warmup``."""
-    for _ in range(warmup):
-        fn()
+def _time(fns: dict, device: torch.device, repeats: int, warmup: int = 2) -> dict:
+    """Median wall milliseconds of each ``fns[name]()`` over ``repeats`` calls after ``warmup``.
+
+    The backends take turns call by call (A, B, A, B, ...), so on a machine shared with other
+    work both see the same load and their ratio stays meaningful when the load changes."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     _sync(device)
-    times = []
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def _usable(family: str, device: torch.device) -> list[str]:
+    """torch first, then every other backend that runs on ``device`` here."""
     status = available_backends(family)
-    names = ["torch"] + [b for b, why in status.items() if b != "torch" and not why]
-    return names if device.type == "cuda" else ["torch"]
+    on_device = ("cpu",) if device.type == "cpu" else tuple(b for b in status if b not in ("torch", "cpu"))
+    return ["torch"] + [b for b in on_device if not status[b]]
 
 
 def bench_encode(dim: int, n_points: int, levels: int, device: torch.device, repeats: int,
@@ -76,15 +84,15 @@ def bench_encode(dim: int, n_points: int, levels: int, device: torch.device, rep
     table = (torch.rand(cfg.num_rows(), 2, generator=gen) * 2e-4 - 1e-4).to(device)
     table.requires_grad_(True)
     grad = torch.ones(n_points, cfg.out_dim, device=device)
-    rows = []
-    for backend in _usable("hashgrid", device):
-        def step(backend=backend):
-            table.grad = None
-            hashgrid_encode(x, table, cfg, backend=backend).backward(grad)
-        ms = _time(step, device, repeats)
-        rows.append(BenchRow(f"encode {dim}D", backend, n_points, ms, n_points / ms * 1e3, 1.0,
-                             f"{levels} levels x 2 features, 2^{log2_hashmap_size} rows"))
-    return rows
+
+    def step(backend):
+        table.grad = None
+        hashgrid_encode(x, table, cfg, backend=backend).backward(grad)
+
+    backends = _usable("hashgrid", device)
+    ms = _time({b: (lambda b=b: step(b)) for b in backends}, device, repeats)
+    return [BenchRow(f"encode {dim}D", b, n_points, ms[b], n_points / ms[b] * 1e3, 1.0,
+                     f"{levels} levels x 2 features, 2^{log2_hashmap_size} rows") for b in backends]
 
 
 def _half_occupied_grid(device: torch.device, resolution: int) -> OccupancyGrid:
@@ -108,24 +116,25 @@ def bench_march_composite(n_rays: int, device: torch.device, repeats: int,
     dirs = torch.nn.functional.normalize(target - origins, dim=-1)
     rays_o, rays_d = origins.to(device), dirs.to(device)
     noise = torch.rand(n_rays, generator=gen).to(device)
-    rows, samples_per_ray = [], {}
-    for backend in _usable("raymarch", device):
-        def step(backend=backend):
-            nears, fars = near_far_from_aabb(rays_o, rays_d, [-1, -1, -1, 1, 1, 1],
-                                             backend="torch" if backend == "nerfacc" else backend)
-            s = march_rays_train(rays_o, rays_d, nears, fars, grid, noise=noise, backend=backend)
-            # cheap analytic field so the kernels, not an MLP, dominate
-            sigma = (20 * (1 - s.positions.norm(dim=-1))).relu().requires_grad_(True)
-            rgb = (s.positions * 0.5 + 0.5).clamp(0, 1).requires_grad_(True)
-            _, wsum, depth, image = composite_rays_train(sigma, rgb, s.deltas, s.packed_info,
-                                                         backend=backend, ts=s.t_mids)
-            (image.sum() + depth.sum() * 1e-3 + wsum.sum()).backward()
-            samples_per_ray[backend] = s.num_samples / n_rays
-        ms = _time(step, device, repeats)
-        rows.append(BenchRow("march+composite", backend, n_rays, ms, n_rays / ms * 1e3, 1.0,
-                             f"{samples_per_ray[backend]:.1f} samples/ray, grid {resolution}^3 "
-                             f"half occupied"))
-    return rows
+    samples_per_ray = {}
+
+    def step(backend):
+        nears, fars = near_far_from_aabb(rays_o, rays_d, [-1, -1, -1, 1, 1, 1],
+                                         backend="torch" if backend == "nerfacc" else backend)
+        s = march_rays_train(rays_o, rays_d, nears, fars, grid, noise=noise, backend=backend)
+        # cheap analytic field so the kernels, not an MLP, dominate
+        sigma = (20 * (1 - s.positions.norm(dim=-1))).relu().requires_grad_(True)
+        rgb = (s.positions * 0.5 + 0.5).clamp(0, 1).requires_grad_(True)
+        _, wsum, depth, image = composite_rays_train(sigma, rgb, s.deltas, s.packed_info,
+                                                     backend=backend, ts=s.t_mids)
+        (image.sum() + depth.sum() * 1e-3 + wsum.sum()).backward()
+        samples_per_ray[backend] = s.num_samples / n_rays
+
+    backends = _usable("raymarch", device)
+    ms = _time({b: (lambda b=b: step(b)) for b in backends}, device, repeats)
+    return [BenchRow("march+composite", b, n_rays, ms[b], n_rays / ms[b] * 1e3, 1.0,
+                     f"{samples_per_ray[b]:.1f} samples/ray, grid {resolution}^3 half occupied")
+            for b in backends]
 
 
 def _with_speedups(rows: list[BenchRow]) -> list[BenchRow]:

@@ -25,13 +25,17 @@ Layout and math (tiny-cuda-nn ``encodings/grid.h``, GridType::Hash, Linear inter
 * Output ``[N, L * F]``, level-major (``out[:, l*F + f]``), in the table's dtype. Half
   tables are interpolated in float32 and rounded once at the end (tcnn accumulates in half).
 
-The CUDA kernel (``csrc/hashgrid.cu``) computes ``pos`` with unfused multiply then add
-(tcnn uses ``fmaf``, which can move a point sitting within one float32 ulp of a cell face
-to the other cell) and the weights and sums in the same order as the reference below, so
-for float32/float16 tables its forward output is bit-identical to
-``hashgrid_encode_reference``. Its table gradient uses float32 atomics (a float32 buffer
-cast to half for half tables); its input gradient is analytic,
-``scale_l * sum_c dweight_c/dfrac * value_c``, and zero where the input was clamped.
+The kernels (``csrc/hashgrid_kernels.h``: one ``__host__ __device__`` body per item, run by
+the CUDA launcher on CUDA tensors, backend ``cuda``, and by the C++ launcher on CPU tensors,
+backend ``cpu``) compute ``pos`` with unfused multiply then add (tcnn uses ``fmaf``, which can
+move a point sitting within one float32 ulp of a cell face to the other cell) and the weights
+and sums in the same order as the reference below, so for float32/float16 tables their
+forward output is bit-identical to ``hashgrid_encode_reference`` on both devices. The table
+gradient sums in float32 (a float32 buffer cast to half for half tables): with atomics on the
+GPU (the order, hence the last bits, vary), in a fixed order on the CPU (levels in parallel,
+the points of a level in order: deterministic for any thread count). The input gradient is
+analytic, ``scale_l * sum_c dweight_c/dfrac * value_c``, and zero on each axis where that
+coordinate was clamped (outside [0, 1], NaN), as autograd gives for the reference.
 The ``tcnn`` backend runs tinycudann's own HashGrid on our table (its parameter vector has
 exactly this layout); expect the small differences above, not bit equality.
 """
@@ -46,11 +50,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nerfhead.ops.backend import resolve_backend
+from nerfhead.ops.backend import KERNEL_BACKENDS, resolve_backend
 
 HASH_PRIMES = (1, 2654435761, 805459861)  # tcnn's coherent_prime_hash factors for D <= 3
-MAX_LEVELS = 32  # the CUDA kernel passes per-level constants by value in fixed arrays
-KERNEL_FEATURES = (1, 2, 4, 8)  # features per level the CUDA kernel is instantiated for
+MAX_LEVELS = 32  # the kernels pass per-level constants by value in fixed arrays
+KERNEL_FEATURES = (1, 2, 4, 8)  # features per level the kernels are instantiated for
 _UINT32 = 0xFFFFFFFF
 
 
@@ -234,8 +238,9 @@ def hashgrid_encode_reference(x: Tensor, table: Tensor, cfg: HashGridConfig) -> 
     return out.reshape(x.shape[0], L * cfg.features_per_level).to(table.dtype)
 
 
-class _HashGridCUDA(torch.autograd.Function):
-    """nerfhead._C kernels; grads to the table always, to x when it requires grad."""
+class _HashGridKernel(torch.autograd.Function):
+    """nerfhead._C kernels (CPU or CUDA, by device); grads to the table always, to x when it
+    requires grad."""
 
     @staticmethod
     def forward(ctx, x: Tensor, table: Tensor, cfg: HashGridConfig) -> Tensor:
@@ -297,19 +302,24 @@ def hashgrid_encode(x: Tensor, table: Tensor, cfg: HashGridConfig, backend: str 
 
     x: [N, D] points in [0, 1] (clamped). table: [cfg.num_rows(), F] float32/float16
     (float64 on the torch backend). Returns [N, L * F] in ``table.dtype``, level-major.
-    backend: ``auto`` (CUDA kernel for CUDA tensors when ``nerfhead._C`` loads, else torch),
-    ``cuda``, ``torch`` or ``tcnn``. The CUDA kernel computes in float32 (x is cast) and
-    takes float32/float16 tables; with ``auto`` other table dtypes use the torch reference.
+    backend: ``auto`` (our kernels when ``nerfhead._C`` loads: ``cuda`` for CUDA tensors,
+    ``cpu`` for CPU tensors; else torch), ``cpu``, ``cuda``, ``torch`` or ``tcnn``. The
+    kernels compute in float32 (x is cast) and take float32/float16 tables; with ``auto``
+    float64 inputs or tables use the torch reference (which then computes in float64).
     Gradients flow to ``table`` and, when it requires grad, to ``x`` on every backend.
     """
     _check_inputs(x, table, cfg)
     choice = resolve_backend("hashgrid", backend, x.device)
-    if choice == "cuda" and table.dtype not in (torch.float32, torch.float16):
-        if backend == "cuda":
-            raise TypeError(f"hashgrid backend 'cuda' takes float32/float16 tables, got {table.dtype}")
-        choice = "torch"
-    if choice == "cuda":
-        return _HashGridCUDA.apply(x, table, cfg)
+    if choice in KERNEL_BACKENDS and (table.dtype not in (torch.float32, torch.float16)
+                                      or x.dtype == torch.float64):
+        if backend != "auto":
+            if table.dtype not in (torch.float32, torch.float16):
+                raise TypeError(f"hashgrid backend {backend!r} takes float32/float16 tables, "
+                                f"got {table.dtype}")
+        else:
+            choice = "torch"
+    if choice in KERNEL_BACKENDS:
+        return _HashGridKernel.apply(x, table, cfg)
     if choice == "tcnn":
         return _encode_tcnn(x, table, cfg)
     return hashgrid_encode_reference(x, table, cfg)

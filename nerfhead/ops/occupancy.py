@@ -1,6 +1,6 @@
 """Multi-cascade occupancy grid (torch-ngp layout): Morton codes, bitfield, EMA update.
 
-Layout, shared with ``csrc/raymarch.cu``:
+Layout, shared with the kernels (``csrc/raymarch_kernels.h``):
 
 * ``C`` cascades of ``G**3`` cells each (``G`` a power of two, at most 1024). Cascade ``c``
   covers the cube ``[-bound * 2**c, bound * 2**c]**3``; cascade 0 is the finest.
@@ -23,11 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nerfhead.ops.backend import resolve_backend
+from nerfhead.ops.backend import KERNEL_BACKENDS, resolve_backend
 
 __all__ = ["morton3d", "morton3d_invert", "packbits", "OccupancyGrid", "march_params",
            "march_segment_reference", "morton3d_reference", "morton3d_invert_reference",
            "packbits_reference"]
+
+
+MAX_CASCADES = 16  # kMaxCascades in csrc/raymarch_kernels.h
 
 
 def _ext():
@@ -83,7 +86,7 @@ def morton3d(coords: Tensor, backend: str = "auto") -> Tensor:
     coords: [M, 3] integer tensor, each coordinate in [0, 1024) -> [M] int32 codes.
     """
     _check_coords(coords)
-    if resolve_backend("raymarch", backend, coords.device) == "cuda":
+    if resolve_backend("raymarch", backend, coords.device) in KERNEL_BACKENDS:
         return _ext().morton3d(coords.int().contiguous())
     return morton3d_reference(coords)
 
@@ -93,7 +96,7 @@ def morton3d_invert(indices: Tensor, backend: str = "auto") -> Tensor:
     if indices.dim() != 1 or indices.is_floating_point():
         raise ValueError(f"morton3d_invert: indices must be a 1-D integer tensor, "
                          f"got {indices.dtype} {tuple(indices.shape)}")
-    if resolve_backend("raymarch", backend, indices.device) == "cuda":
+    if resolve_backend("raymarch", backend, indices.device) in KERNEL_BACKENDS:
         return _ext().morton3d_invert(indices.int().contiguous())
     return morton3d_invert_reference(indices)
 
@@ -114,7 +117,7 @@ def packbits(density_grid: Tensor, threshold: float, backend: str = "auto") -> T
     """
     if density_grid.numel() % 8:
         raise ValueError(f"packbits: number of cells {density_grid.numel()} is not a multiple of 8")
-    if resolve_backend("raymarch", backend, density_grid.device) == "cuda":
+    if resolve_backend("raymarch", backend, density_grid.device) in KERNEL_BACKENDS:
         return _ext().packbits(density_grid.float().contiguous().reshape(-1), float(threshold))
     return packbits_reference(density_grid, threshold)
 
@@ -139,8 +142,8 @@ class OccupancyGrid(nn.Module):
         if resolution < 2 or resolution > 1024 or resolution & (resolution - 1):
             raise ValueError(f"OccupancyGrid: resolution must be a power of two in [2, 1024], "
                              f"got {resolution}")
-        if cascades < 1 or bound <= 0:
-            raise ValueError(f"OccupancyGrid: need cascades >= 1 and bound > 0, "
+        if not 1 <= cascades <= MAX_CASCADES or bound <= 0:
+            raise ValueError(f"OccupancyGrid: need 1 <= cascades <= {MAX_CASCADES} and bound > 0, "
                              f"got {cascades}, {bound}")
         self.bound = float(bound)
         self.resolution = int(resolution)
@@ -264,6 +267,9 @@ class OccupancyGrid(nn.Module):
 
 
 # ---------------------------------------------------------------- grid traversal
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
 def _f32(v: float) -> float:
     """Round to the nearest float32, so the kernel (which receives floats) and the torch
     reference use bit-identical constants."""
@@ -299,12 +305,19 @@ def _step_size(t: Tensor, p: dict) -> Tensor:
     return torch.clamp(t * p["dt_gamma"], p["dt_min"], p["dt_max"])
 
 
+def _clampf(v: Tensor, lo: float, hi: float) -> Tensor:
+    """C ``fminf(fmaxf(v, lo), hi)``: like clamp, but NaN becomes ``lo`` (as in the kernels)."""
+    return torch.clamp(v, lo, hi).nan_to_num(nan=lo)
+
+
 def march_segment_reference(o: Tensor, d: Tensor, t: Tensor, fars: Tensor, counts: Tensor,
                             bitfield: Tensor, p: dict, max_samples: int,
                             max_steps: int) -> MarchSegment:
     """March every ray from its ``t`` until ``far``, ``max_samples`` new samples, or
     ``counts`` reaching ``max_steps``. Float32 ops in the order of ``march_segment`` in
-    ``csrc/raymarch.cu`` (one loop iteration = one cell visit, vectorised over rays).
+    ``csrc/raymarch_kernels.h`` (one loop iteration = one cell visit, vectorised over rays).
+    A ray that cannot leave an empty cell (zero or NaN direction), whose far end lies in
+    it, or whose ``t`` stops growing in float32 ends there (``t = far``), as in the kernels.
     """
     R, dev = o.shape[0], o.device
     G, C = p["G"], p["C"]
@@ -324,7 +337,7 @@ def march_segment_reference(o: Tensor, d: Tensor, t: Tensor, fars: Tensor, count
     act = alive(torch.arange(R, device=dev))
     while act.numel():
         ta = t[act]
-        x = torch.clamp(o[act] + ta[:, None] * d[act], -p["outer"], p["outer"])
+        x = _clampf(o[act] + ta[:, None] * d[act], -p["outer"], p["outer"])
         dt = _step_size(ta, p)
         level_pos = torch.frexp(x.abs().amax(-1) * p["inv_bound"]).exponent
         level_dt = torch.frexp(dt * p["dt_to_cells"]).exponent
@@ -350,13 +363,18 @@ def march_segment_reference(o: Tensor, d: Tensor, t: Tensor, fars: Tensor, count
             tx = (face - x[miss]) * rd[idx]
             gap = torch.fmin(tx[:, 0], torch.fmin(tx[:, 1], tx[:, 2]))
             target = ta[miss] + torch.fmax(gap, torch.zeros_like(gap))
+            # gap inf or NaN: never leaves this empty cell; target >= far: the ray ends in it
+            ends = ~(gap <= _FLT_MAX) | ~(target < fars[idx])
             tm = ta[miss]
-            tm = tm + _step_size(tm, p)  # do { t += dt } while (t < target)
-            more = tm < target
+            more = ~ends  # do { t += dt } while (t < target), stopping where t + dt == t
             while bool(more.any()):
-                tm = torch.where(more, tm + _step_size(tm, p), tm)
-                more = tm < target
-            t[idx] = tm
+                nxt = tm + _step_size(tm, p)
+                stuck = more & ~(nxt > tm)
+                ends |= stuck
+                more &= ~stuck
+                tm = torch.where(more, nxt, tm)
+                more &= tm < target
+            t[idx] = torch.where(ends, fars[idx], tm)
         act = alive(act)
 
     if found:

@@ -1,10 +1,11 @@
 """Ray marching through an occupancy grid and volume compositing (torch-ngp semantics).
 
 Every op has a public function (shapes in its docstring), a ``*_reference`` in PyTorch that
-runs on any device, and a CUDA path in ``nerfhead._C`` (``csrc/raymarch.cu``) chosen by
-``resolve_backend("raymarch", backend, device)``. The march reference performs the same
-float32 operations in the same order as the kernel (the kernel disables FMA contraction with
-``__fmul_rn``/``__fadd_rn``), so both emit the same samples for the same noise.
+runs on any device, and a kernel path in ``nerfhead._C`` (bodies in
+``csrc/raymarch_kernels.h``, run by the CUDA launcher on CUDA tensors and by the C++ launcher
+on CPU tensors) chosen by ``resolve_backend("raymarch", backend, device)``. The march
+reference performs the same float32 operations in the same order as the kernels (which never
+fuse multiply-adds), so all three emit the same samples for the same noise.
 
 Conventions
 -----------
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nerfhead.ops.backend import resolve_backend
+from nerfhead.ops.backend import KERNEL_BACKENDS, resolve_backend
 from nerfhead.ops.occupancy import (OccupancyGrid, march_params, march_segment_reference,
                                     morton3d, morton3d_invert, packbits)
 from nerfhead.ops.raymarch_inference import render_rays_inference
@@ -80,7 +81,7 @@ def near_far_from_aabb_reference(rays_o: Tensor, rays_d: Tensor, aabb, min_near:
     near = torch.fmax(torch.fmax(lo[:, 0], lo[:, 1]), lo[:, 2])
     far = torch.fmin(torch.fmin(hi[:, 0], hi[:, 1]), hi[:, 2])
     miss = (near > far) | (far < min_near)
-    near = torch.clamp(near, min=min_near)
+    near = torch.fmax(near, torch.full_like(near, min_near))  # fmaxf: a NaN near becomes min_near
     near = torch.where(miss, torch.full_like(near, NEAR_FAR_MISS), near)
     far = torch.where(miss, torch.full_like(far, NEAR_FAR_MISS), far)
     return near, far
@@ -95,7 +96,7 @@ def near_far_from_aabb(rays_o: Tensor, rays_d: Tensor, aabb, min_near: float = 0
     miss (or whose exit is before ``min_near``) get ``near = far = NEAR_FAR_MISS``.
     """
     _check_rays(rays_o, rays_d, "near_far_from_aabb")
-    if resolve_backend("raymarch", backend, rays_o.device) == "cuda":
+    if resolve_backend("raymarch", backend, rays_o.device) in KERNEL_BACKENDS:
         return tuple(_ext().near_far_from_aabb(rays_o.float().contiguous(),
                                                rays_d.float().contiguous(),
                                                _aabb_tensor(aabb, rays_o.device), float(min_near)))
@@ -164,9 +165,9 @@ def march_rays_train_reference(rays_o: Tensor, rays_d: Tensor, nears: Tensor, fa
                                   max_samples=max_steps, max_steps=max_steps)
     ray_idx, t_s, dt, pos = seg.ray_indices, seg.t_starts, seg.deltas, seg.positions
     counts = torch.bincount(ray_idx, minlength=R).int()
-    offsets = torch.cumsum(counts, 0, dtype=torch.int32) - counts
+    offsets, _ = packed_offsets(counts)
     return RaySamples(positions=pos, dirs=d[ray_idx], deltas=dt, t_starts=t_s, t_ends=t_s + dt,
-                      ray_indices=ray_idx, packed_info=torch.stack([offsets, counts], -1))
+                      ray_indices=ray_idx, packed_info=torch.stack([offsets.int(), counts], -1))
 
 
 def march_rays_train(rays_o: Tensor, rays_d: Tensor, nears: Tensor, fars: Tensor,
@@ -181,25 +182,55 @@ def march_rays_train(rays_o: Tensor, rays_d: Tensor, nears: Tensor, fars: Tensor
     """
     _check_march_inputs(rays_o, rays_d, nears, fars, noise, "march_rays_train")
     which = resolve_backend("raymarch", backend, rays_o.device)
-    if which == "cuda":
-        return RaySamples(*march_rays_train_cuda(rays_o, rays_d, nears, fars, grid, dt_gamma,
-                                                 max_steps, noise))
+    if which in KERNEL_BACKENDS:
+        return _march_rays_train_kernel(rays_o, rays_d, nears, fars, grid, dt_gamma, max_steps,
+                                        noise)
     if which == "nerfacc":
         return _march_rays_train_nerfacc(rays_o, rays_d, nears, fars, grid, dt_gamma, max_steps,
                                          noise)
     return march_rays_train_reference(rays_o, rays_d, nears, fars, grid, dt_gamma, max_steps, noise)
 
 
-def march_rays_train_cuda(rays_o, rays_d, nears, fars, grid, dt_gamma, max_steps, noise):
-    """Two-pass kernel (count, prefix sum, fill): packed output with no padding."""
+PACKED_MAX_SAMPLES = 2 ** 31 - 1
+"""Most samples one march may produce: packed_info holds int32 offsets."""
+
+
+def packed_offsets(counts: Tensor) -> tuple[Tensor, int]:
+    """Offsets (int64 [R], exclusive prefix sum) and total S of per-ray sample ``counts``.
+
+    Raises ValueError when S exceeds what int32 ``packed_info`` offsets can address (instead
+    of letting them wrap to negative values).
+    """
+    ends = torch.cumsum(counts, 0, dtype=torch.int64)
+    total = int(ends[-1]) if counts.numel() else 0
+    if total > PACKED_MAX_SAMPLES:
+        raise ValueError(f"march_rays_train: {total} samples exceed the 2^31 - 1 that int32 "
+                         f"packed_info offsets can address; march fewer rays per call "
+                         f"({counts.numel()} now) or lower max_steps")
+    return ends - counts, total
+
+
+def _march_rays_train_kernel(rays_o, rays_d, nears, fars, grid, dt_gamma, max_steps, noise):
+    """Two kernel passes: count the samples of each ray, prefix sum, fill (no padding)."""
     p = march_params(grid, dt_gamma, max_steps)
     R = rays_o.shape[0]
     noise = (torch.zeros(R, device=rays_o.device) if noise is None else noise.float()).contiguous()
-    out = _ext().march_rays_train(
-        rays_o.float().contiguous(), rays_d.float().contiguous(), nears.float().contiguous(),
-        fars.float().contiguous(), noise, grid.bitfield.contiguous(), p["bound"], p["inv_bound"],
-        p["dt_gamma"], p["dt_min"], p["dt_max"], p["dt_to_cells"], p["C"], p["G"], int(max_steps))
-    return tuple(out)
+    args = (rays_o.float().contiguous(), rays_d.float().contiguous(), nears.float().contiguous(),
+            fars.float().contiguous(), noise, grid.bitfield.contiguous(), p["bound"],
+            p["inv_bound"], p["dt_gamma"], p["dt_min"], p["dt_max"], p["dt_to_cells"], p["C"],
+            p["G"], int(max_steps))
+    C = _ext()
+    counts = C.march_rays_train_count(*args)
+    offsets, S = packed_offsets(counts)
+    f = dict(device=rays_o.device, dtype=torch.float32)
+    out = RaySamples(positions=torch.empty(S, 3, **f), dirs=torch.empty(S, 3, **f),
+                     deltas=torch.empty(S, **f), t_starts=torch.empty(S, **f),
+                     t_ends=torch.empty(S, **f),
+                     ray_indices=torch.empty(S, dtype=torch.int64, device=rays_o.device),
+                     packed_info=torch.stack([offsets.int(), counts], -1))
+    C.march_rays_train_fill(*args, offsets, counts, out.positions, out.dirs, out.deltas,
+                            out.t_starts, out.t_ends, out.ray_indices)
+    return out
 
 
 # ---------------------------------------------------------------- training composite
@@ -261,7 +292,9 @@ def composite_rays_train_reference(sigmas: Tensor, rgbs: Tensor, deltas: Tensor,
     return weights, weights_sum, depth, image
 
 
-class _CompositeTrain(torch.autograd.Function):
+class _CompositeTrainKernel(torch.autograd.Function):
+    """nerfhead._C composite (CPU or CUDA, by device) and its analytic backward."""
+
     @staticmethod
     def forward(ctx, sigmas, rgbs, deltas, ts, packed_info, T_thresh):
         weights, weights_sum, depth, image = _ext().composite_rays_train_forward(
@@ -283,8 +316,8 @@ class _CompositeTrain(torch.autograd.Function):
         return g_sigmas, g_rgbs, None, None, None, None
 
 
-def composite_rays_train_cuda(sigmas, rgbs, deltas, ts, packed_info, T_thresh):
-    return _CompositeTrain.apply(sigmas.float().contiguous(), rgbs.float().contiguous(),
+def _composite_rays_train_kernel(sigmas, rgbs, deltas, ts, packed_info, T_thresh):
+    return _CompositeTrainKernel.apply(sigmas.float().contiguous(), rgbs.float().contiguous(),
                                  deltas.float().contiguous(), ts.float().contiguous(),
                                  packed_info.int().contiguous(), float(T_thresh))
 
@@ -305,10 +338,10 @@ def composite_rays_train(sigmas: Tensor, rgbs: Tensor, deltas: Tensor, packed_in
     if packed_info.dim() != 2 or packed_info.shape[1] != 2:
         raise ValueError(f"composite_rays_train: packed_info must be [R, 2], got {tuple(packed_info.shape)}")
     which = resolve_backend("raymarch", backend, sigmas.device)
-    if which == "cuda":
+    if which in KERNEL_BACKENDS:
         if ts is None:
             ts = cumulative_t_mids(deltas, packed_info)
-        return composite_rays_train_cuda(sigmas, rgbs, deltas, ts, packed_info, T_thresh)
+        return _composite_rays_train_kernel(sigmas, rgbs, deltas, ts, packed_info, T_thresh)
     if which == "nerfacc":
         return _composite_rays_train_nerfacc(sigmas, rgbs, deltas, packed_info, ts)
     return composite_rays_train_reference(sigmas, rgbs, deltas, packed_info, T_thresh, ts)

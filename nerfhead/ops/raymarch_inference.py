@@ -3,8 +3,21 @@
 Same samples and the same compositing arithmetic as the training path with no noise
 (``march_rays_train`` + ``composite_rays_train`` with ``ts=samples.t_mids``), but only rays
 that are still alive are marched and shaded, so opaque rays stop costing work early.
-The per-step ops ``march_rays_inference`` / ``composite_rays_inference`` have CUDA kernels
-(``march_rays`` / ``composite_rays`` in ``csrc/raymarch.cu``) and PyTorch references here.
+
+The two per-step ops are public, for renderers that drive their own loop:
+
+* :func:`march_rays_inference`: up to ``k`` samples for each alive ray, from its march
+  state ``(t, counts)``, which it advances in place;
+* :func:`composite_rays_inference`: composites those ``k`` slots into per-ray running
+  outputs (transmittance ``T``, ``weights_sum``, ``depth``, ``image``, updated in place) and
+  says which rays died.
+
+Both run the kernels of ``nerfhead._C`` (``march_rays`` / ``composite_rays``, bodies in
+``csrc/raymarch_kernels.h``; backend ``cuda`` on CUDA tensors, ``cpu`` on CPU tensors) or
+their PyTorch references here (``torch``). Output shapes depend only on ``(n, k)``, never on
+the data, and on the kernel backends neither op synchronises with the host, so a
+fixed-shape loop (no compaction) can call them back to back.
+:func:`render_rays_inference` is the reference driver (it compacts alive rays each step).
 """
 
 from __future__ import annotations
@@ -14,8 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from nerfhead.ops._loader import extension_available
-from nerfhead.ops.backend import resolve_backend
+from nerfhead.ops.backend import KERNEL_BACKENDS, resolve_backend
 from nerfhead.ops.occupancy import OccupancyGrid, march_params, march_segment_reference
 
 FieldFn = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]
@@ -79,6 +91,51 @@ def composite_rays_inference_reference(alive: Tensor, T: Tensor, sigmas: Tensor,
     return dead
 
 
+def march_rays_inference(alive: Tensor, t: Tensor, counts: Tensor, rays_o: Tensor,
+                         rays_d: Tensor, fars: Tensor, grid: OccupancyGrid, k: int,
+                         dt_gamma: float = 1 / 256, max_steps: int = 1024,
+                         backend: str = "auto"):
+    """One inference march step: up to ``k`` new samples for each alive ray.
+
+    alive [n] int64: ids (rows of rays_o / rays_d / fars) of the rays to march.
+    t [n] float32, counts [n] int32: march state of those rays (distance reached, samples
+    taken so far; start from ``nears[alive]`` and zeros), advanced in place; on the kernel
+    backends both must be contiguous (they are written through).
+    rays_o, rays_d [R, 3], fars [R] float32: all rays. A ray stops at ``far`` or after
+    ``max_steps`` samples in all (the same samples as :func:`march_rays_train` without noise).
+    Returns positions [n, k, 3], deltas [n, k] (0 in unused slots: the ray's march ended
+    before that slot) and ts [n, k] (sample midpoints), all float32.
+    """
+    p = march_params(grid, dt_gamma, max_steps)
+    if resolve_backend("raymarch", backend, rays_o.device) in KERNEL_BACKENDS:
+        return tuple(_ext().march_rays(
+            alive, t, counts, rays_o, rays_d, fars, grid.bitfield, p["bound"], p["inv_bound"],
+            p["dt_gamma"], p["dt_min"], p["dt_max"], p["dt_to_cells"], p["C"], p["G"], int(k),
+            int(max_steps)))
+    return march_rays_inference_reference(alive, t, counts, rays_o, rays_d, fars, grid, p, k,
+                                          max_steps)
+
+
+def composite_rays_inference(alive: Tensor, T: Tensor, sigmas: Tensor, rgbs: Tensor,
+                             deltas: Tensor, ts: Tensor, T_thresh: float, weights_sum: Tensor,
+                             depth: Tensor, image: Tensor, backend: str = "auto") -> Tensor:
+    """One inference composite step: the ``k`` slots of each alive ray, front to back.
+
+    alive [n] int64 ray ids; T [n] float32 running transmittance of those rays (start at 1),
+    updated in place. sigmas [n, k], rgbs [n, k, C], deltas [n, k], ts [n, k] float32: the
+    field at the samples of :func:`march_rays_inference` (slots with delta 0 are ignored).
+    weights_sum [R], depth [R], image [R, C] float32: outputs of all rays, indexed by ray
+    id, accumulated in place. A ray dies at an empty slot (its march ended) or after the
+    sample that takes T below ``T_thresh``. Returns dead [n] bool. On the kernel backends
+    the in-place tensors must be contiguous.
+    """
+    if resolve_backend("raymarch", backend, sigmas.device) in KERNEL_BACKENDS:
+        return _ext().composite_rays(alive, T, sigmas, rgbs, deltas, ts, float(T_thresh),
+                                     weights_sum, depth, image)
+    return composite_rays_inference_reference(alive, T, sigmas, rgbs, deltas, ts, T_thresh,
+                                              weights_sum, depth, image)
+
+
 @torch.no_grad()
 def render_rays_inference(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, grid: OccupancyGrid,
                           dt_gamma: float = 1 / 256, max_steps: int = 1024,
@@ -100,14 +157,13 @@ def render_rays_inference(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, gri
 
     which = resolve_backend("raymarch", backend, rays_o.device)
     if which == "nerfacc":  # nerfacc has no alive-ray inference step: use ours
-        which = "cuda" if extension_available() else "torch"
+        which = resolve_backend("raymarch", "auto", rays_o.device)
     o, d = rays_o.float().contiguous(), rays_d.float().contiguous()
     R, dev = o.shape[0], o.device
     if nears is None or fars is None:
         nears, fars = near_far_from_aabb(o, d, aabb if aabb is not None else grid.aabb, min_near,
                                          backend=which)
     nears, fars = nears.float().contiguous(), fars.float().contiguous()
-    p = march_params(grid, dt_gamma, max_steps)
     alive = torch.nonzero(nears < fars).squeeze(-1)
     t = nears[alive].clone()
     counts = torch.zeros(alive.numel(), dtype=torch.int32, device=dev)
@@ -117,14 +173,8 @@ def render_rays_inference(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, gri
     image: Tensor | None = None
     while alive.numel():
         k = n_step * max(1, min(8, R // alive.numel()))
-        if which == "cuda":
-            pos, deltas, ts = _ext().march_rays(
-                alive, t, counts, o, d, fars, grid.bitfield, p["bound"], p["inv_bound"],
-                p["dt_gamma"], p["dt_min"], p["dt_max"], p["dt_to_cells"], p["C"], p["G"],
-                k, max_steps)
-        else:
-            pos, deltas, ts = march_rays_inference_reference(alive, t, counts, o, d, fars,
-                                                             grid, p, k, max_steps)
+        pos, deltas, ts = march_rays_inference(alive, t, counts, o, d, fars, grid, k, dt_gamma,
+                                               max_steps, backend=which)
         valid = deltas > 0
         sig = rgb = None
         if bool(valid.any()):  # field_fn never sees an empty batch
@@ -139,12 +189,8 @@ def render_rays_inference(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, gri
         if sig is not None:
             sigmas[valid] = sig.reshape(-1).float()
             rgbs[valid] = rgb.float()
-        if which == "cuda":
-            dead = _ext().composite_rays(alive, T, sigmas, rgbs.contiguous(), deltas, ts,
-                                         float(T_thresh), weights_sum, depth, image)
-        else:
-            dead = composite_rays_inference_reference(alive, T, sigmas, rgbs, deltas, ts,
-                                                      T_thresh, weights_sum, depth, image)
+        dead = composite_rays_inference(alive, T, sigmas, rgbs, deltas, ts, T_thresh,
+                                        weights_sum, depth, image, backend=which)
         keep = ~dead
         alive, t, counts, T = alive[keep], t[keep], counts[keep], T[keep]
     if image is None:

@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("nerfhead.render")
+#: what ``nerfhead`` prints after Ctrl-C (a partial video is not kept: nothing to resume from)
+ON_INTERRUPT = ("interrupted; the partial video was not kept (its temporary file is removed), "
+                "so rerunning the command renders from the first frame again")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-features", default=None,
                    help="precomputed features [N,T,C] .npy (needed for runs trained on 'precomputed')")
     p.add_argument("--out", default=None, help="output mp4 (default RUN/renders/<audio>.mp4)")
-    p.add_argument("--poses", default="train", choices=["train", "val", "smooth", "static"],
-                   help="pose source of this speaker (default train)")
+    p.add_argument("--poses", default=None, choices=["train", "val", "smooth", "static", "audio"],
+                   help="pose source of this speaker (default train); audio: head motion generated "
+                        "from the driving audio by the speaker's head-motion model (docs/motion.md)")
     p.add_argument("--pose-file", default=None, help="poses from a transforms JSON or .npy [N,4,4]")
     p.add_argument("--pose-from", default=None, metavar="DATA2",
                    help="poses of another preprocessed clip, moved into this speaker's space")
@@ -51,10 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--paste-back seam blend (default feather)")
     p.add_argument("--feather", type=int, default=16, help="--paste-back feather width in source pixels")
     p.add_argument("--no-torso", action="store_true", help="head over the background plate only")
+    p.add_argument("--gt-torso", action="store_true",
+                   help="for a run without a trained torso: put the dataset's torso image "
+                        "(torso_imgs) of each pose's frame behind the head (needs poses from the "
+                        "dataset: train, val or smooth)")
     p.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
+    from nerfhead.motion.cli import add_render_arguments
+
+    add_render_arguments(p)
 
 
 def pick_device(name: str) -> str:
@@ -158,10 +169,14 @@ class StageTimes:
 
 
 def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False, with_torso=True,
-                    camera=None, times: StageTimes | None = None, progress=True):
+                    camera=None, times: StageTimes | None = None, progress=True, gt_torso=False,
+                    expressions=None, mean_latent=False):
     """Yield (frame index, rendered uint8 [H, W, 3], composited uint8 crop) for ``seq``.
 
     Without --portrait the composited crop is the render resized to the original crop size.
+    ``gt_torso``: the head goes over the frame's torso image on the plate instead of the plate.
+    ``expressions`` [N, 52] replaces the frames' blendshapes; ``mean_latent`` the frames'
+    latents (``nerfhead.motion.controls``).
     """
     import torch
     from tqdm import tqdm
@@ -175,8 +190,11 @@ def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False
     for i in tqdm(range(n), desc="render", unit="frame", disable=not progress):
         fid = int(seq.frame_ids[i])
         t0 = time.perf_counter()
-        out = model.render_frame(seq.c2w[i], audio_feats, i, frames.expression(fid),
-                                 latent_index=lut.get(fid), with_torso=with_torso, camera=camera)
+        bg = torso_background(model, frames, fid, camera) if gt_torso else None
+        expr = frames.expression(fid) if expressions is None else expressions[i]
+        out = model.render_frame(seq.c2w[i], audio_feats, i, expr,
+                                 latent_index=None if mean_latent else lut.get(fid), bg=bg,
+                                 with_torso=with_torso, camera=camera)
         rgb = to_uint8(out["rgb"])
         if model.device.type == "cuda":
             torch.cuda.synchronize()
@@ -192,11 +210,38 @@ def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False
         yield i, rgb, crop
 
 
+def torso_background(model, frames: DatasetFrames, fid: int, camera=None) -> np.ndarray:
+    """The frame's torso image (torso_imgs) over the run's plate, float [H, W, 3] in [0, 1]."""
+    cam = camera or model.camera
+    plate = model.background.detach().cpu().numpy()
+    plate = resize_to(plate, cam.height, cam.width)
+    torso = frames.torso(fid)
+    if torso is None:
+        raise FileNotFoundError(f"--gt-torso: {frames.root / 'torso_imgs' / f'{fid}.png'} is "
+                                "missing (the dataset has no torso images)")
+    t = resize_to(torso, cam.height, cam.width).astype(np.float32) / 255.0
+    return t[..., :3] * t[..., 3:] + plate * (1 - t[..., 3:])
+
+
+def warn_missing_torso(run, no_torso: bool, gt_torso: bool) -> str | None:
+    """The warning for a run whose torso was never trained (None when there is nothing to say)."""
+    model = run.model
+    if no_torso or gt_torso or (model.torso is not None and bool(model.has_torso)):
+        return None
+    msg = (f"{run.run_dir} has no trained torso (stage {run.stage}): the video shows the head "
+           "floating over the background plate with no neck or body. Train the torso stage "
+           "(`nerfhead train DATA --config torso --init RUN`), or pass --gt-torso to put the "
+           "dataset's torso images behind the head, or --no-torso to silence this warning.")
+    log.warning(msg)
+    return msg
+
+
 def driving_features(run, audio_path, features_path=None, max_frames=None):
     """(features [N, T, C] of the run's kind, samples float32 at 16 kHz)."""
     from nerfhead.audio.features import extract, load_audio
 
     samples = load_audio(audio_path)
+    warn_if_silent(samples, audio_path)
     kind = run.model.audio_kind
     if features_path is not None:
         feats = np.load(features_path).astype(np.float32)
@@ -214,24 +259,51 @@ def driving_features(run, audio_path, features_path=None, max_frames=None):
     return feats, samples
 
 
+def warn_if_silent(samples, audio_path) -> None:
+    """Warn when the driving audio has no speech, or long silent stretches (the face will not talk there)."""
+    from nerfhead.audio.vad import find_speech, format_ranges
+
+    report = find_speech(samples)
+    if report.speech_seconds == 0:
+        log.warning("%s: no speech found in its %.1f s (%s): the rendered mouth will not move",
+                    audio_path, report.seconds, report.detector)
+    elif gaps := report.silent_longer_than(2.0):
+        log.warning("%s: no speech in %s (%s)", audio_path, format_ranges(gaps), report.detector)
+
+
 def render_video(args) -> Path:
     from nerfhead.render.compositing import paste_back
-    from nerfhead.render.poses import build_sequence
+    from nerfhead.fileio import check_output_file, clean_stale_temps, require_space
     from nerfhead.render.video import SourceFrames, VideoWriter
-    from nerfhead.train.checkpoint import load_run
+    from nerfhead.train.checkpoint import load_run, run_dataset
 
+    if args.out:  # before any work: a folder or an unwritable place fails now, not at the end
+        check_output_file(args.out, "nerfhead render --out")
     device = pick_device(args.device)
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
-    data_dir = Path(args.data) if args.data else Path(run.dataset_dir)
+    data_dir = run_dataset(run, args.data)
     frames = DatasetFrames(data_dir)
+    gt_torso = getattr(args, "gt_torso", False)
+    warn_missing_torso(run, args.no_torso, gt_torso)
     feats, samples = driving_features(run, args.audio, args.audio_features, args.max_frames)
-    seq = build_sequence(data_dir, len(feats), args.poses, pose_file=args.pose_file,
-                         pose_from=args.pose_from, mode=args.pose_mode, smooth_sigma=args.smooth_sigma)
+    from nerfhead.motion.cli import render_inputs_from_args
+
+    inputs = render_inputs_from_args(args, run, data_dir, len(feats), samples)
+    seq = inputs.seq
     if args.portrait and not seq.tied_to_frames:
         raise SystemExit(f"--portrait blends into the frames the poses came from; poses "
                          f"'{seq.source}' are not tied to frames of {data_dir} (use --poses "
                          f"train, val or smooth)")
+    if gt_torso and not seq.tied_to_frames:
+        raise SystemExit(f"--gt-torso uses the torso image of each pose's frame; poses "
+                         f"'{seq.source}' are not tied to frames of {data_dir} (use --poses "
+                         f"train, val or smooth)")
     out = Path(args.out) if args.out else Path(run.run_dir) / "renders" / f"{Path(args.audio).stem}.mp4"
+    check_output_file(out, "nerfhead render --out")
+    clean_stale_temps(out.parent, depth=0)
+    # H.264 at crf 18 stays well under 1/10 of the raw frames; the encoder's temporaries double it
+    require_space(out.parent, 2 * len(feats) * (run.camera.height * run.camera.width * 3 // 10 + 4096),
+                  out.name)
     source = None
     if args.paste_back:
         box = frames.crop_box()
@@ -247,7 +319,9 @@ def render_video(args) -> Path:
     times = StageTimes()
     with VideoWriter(out, fps=25, audio=samples, sr=16000) as writer:
         for i, _, crop in render_sequence(run, feats, seq, frames, args.portrait, not args.no_torso,
-                                          times=times):
+                                          times=times, gt_torso=gt_torso,
+                                          expressions=inputs.expressions,
+                                          mean_latent=inputs.mean_latent):
             t0 = time.perf_counter()
             if source is not None:
                 frame = source[int(seq.frame_ids[i])]
@@ -266,9 +340,11 @@ def known_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (named in their message), reported without a traceback."""
     from nerfhead.audio.features import AudioError
     from nerfhead.data.dataset import DatasetError
+    from nerfhead.fileio import DiskFullError, OutputLocationError
     from nerfhead.train.checkpoint import CheckpointError
 
-    return AudioError, DatasetError, CheckpointError, FileNotFoundError, ValueError
+    return (AudioError, DatasetError, CheckpointError, FileNotFoundError, ValueError,
+            OutputLocationError, DiskFullError)
 
 
 def run(args) -> int:

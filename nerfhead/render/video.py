@@ -3,6 +3,8 @@
 ``VideoWriter`` writes H.264 (yuv420p, 25 fps) frames to a temporary file in the target folder
 and, on ``close``, muxes the audio (AAC, trimmed to the video's length) and renames the result
 into place, so an interrupted render never leaves a half-written mp4 under the final name.
+Temporaries carry ``nerfhead.fileio``'s marker (a killed render's are removed by the next
+one); a write that fails on a full disk raises ``DiskFullError``.
 ``probe`` reads duration, size, fps and streams from ffmpeg's own report (no ffprobe here).
 """
 
@@ -16,6 +18,8 @@ import wave
 from pathlib import Path
 
 import numpy as np
+
+from nerfhead.fileio import raise_if_disk_full, temp_prefix
 
 
 def ffmpeg_exe() -> str:
@@ -46,7 +50,7 @@ class VideoWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.audio, self.sr, self.crf = fps, audio, sr, crf
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=temp_prefix(self.path.stem),
                                    suffix=".video.mp4")
         os.close(fd)
         self._video_tmp = Path(tmp)
@@ -84,7 +88,11 @@ class VideoWriter:
         elif (w, h) != self._size:
             raise ValueError(f"{self.path}: frame {self.frames} is {w}x{h}, earlier frames "
                              f"{self._size[0]}x{self._size[1]}")
-        self._gen.send(frame)
+        try:
+            self._gen.send(frame)
+        except Exception as e:  # the encoder died: most often the disk is full
+            raise_if_disk_full(self.path.parent, e, what=self.path.name)
+            raise
         self.frames += 1
 
     def abort(self) -> None:
@@ -100,16 +108,21 @@ class VideoWriter:
         if self._gen is None:
             self.abort()
             raise ValueError(f"{self.path}: no frames were written")
-        self._gen.close()
+        try:
+            self._gen.close()
+        except Exception as e:
+            self.abort()
+            raise_if_disk_full(self.path.parent, e, what=self.path.name)
+            raise
         self._gen = None
-        final_tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.mux.mp4")
+        final_tmp = self.path.with_name(f"{temp_prefix(self.path.stem)}mux.mp4")
         try:
             if self.audio is not None and len(self.audio):
                 n = int(round(self.frames / self.fps * self.sr))
                 samples = np.asarray(self.audio).reshape(-1)[:n]
                 if samples.size < n:  # pad short audio with silence to the video's length
                     samples = np.concatenate([samples, np.zeros(n - samples.size)])
-                wav_tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.wav")
+                wav_tmp = self.path.with_name(f"{temp_prefix(self.path.stem)}audio.wav")
                 try:
                     write_wav(wav_tmp, samples, self.sr)
                     cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(self._video_tmp),
@@ -119,6 +132,9 @@ class VideoWriter:
                     res = subprocess.run(cmd, capture_output=True, text=True)
                     if res.returncode != 0:
                         raise RuntimeError(f"{self.path}: muxing audio failed: {res.stderr[-800:]}")
+                except Exception as e:  # checked before the temporaries free the space again
+                    raise_if_disk_full(self.path.parent, e, what=self.path.name)
+                    raise
                 finally:
                     wav_tmp.unlink(missing_ok=True)
                 os.replace(final_tmp, self.path)

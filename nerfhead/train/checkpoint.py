@@ -10,12 +10,19 @@ A run folder::
     RUN/metrics.jsonl               one line per validation
 
 Checkpoints are written to a temporary name in the same folder and ``os.replace``d, so a
-crash never leaves a truncated ``step_*.pt``.
+crash never leaves a truncated ``step_*.pt``; the disk space a checkpoint needs is checked
+before it is written. A checkpoint that is unreadable all the same (copied in part, damaged
+on disk) is skipped with a warning naming the intact one used instead.
+
+Each checkpoint records the dataset it was trained on (``nerfhead.data.dataset.
+dataset_fingerprint``: path, frame counts, content hash), so a run is never resumed on, or
+rendered from, other data without saying so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +31,33 @@ import numpy as np
 import torch
 
 from nerfhead.config import from_dict, to_dict
-from nerfhead.data.dataset import DataConfig
-from nerfhead.fileio import atomic_path
+from nerfhead.data.dataset import DataConfig, DatasetError, dataset_fingerprint
+from nerfhead.fileio import atomic_path, require_space
 from nerfhead.models.config import ModelConfig
 from nerfhead.models.rays import Camera
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
 
 FORMAT_VERSION = 1
+log = logging.getLogger("nerfhead.train")
 
 
 class CheckpointError(RuntimeError):
     """A run folder or checkpoint file is missing or unreadable (named in the message)."""
+
+
+class RunMismatchError(CheckpointError):
+    """A run folder holds a run of other data or settings than the ones asked for."""
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested dict/list (the size of a checkpoint, about)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def checkpoint_dir(run_dir) -> Path:
@@ -58,13 +81,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage: str,
-                    dataset_dir, optimizer=None, scheduler=None, keep: int = 3) -> Path:
-    """Write ``checkpoints/step_<step>.pt`` atomically; delete all but the newest ``keep``."""
+                    dataset_dir, optimizer=None, scheduler=None, keep: int = 3,
+                    dataset: dict | None = None) -> Path:
+    """Write ``checkpoints/step_<step>.pt`` atomically; delete all but the newest ``keep``.
+    ``dataset``: the dataset's fingerprint (computed when not given)."""
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT_VERSION, "step": int(step), "stage": stage,
         "dataset_dir": str(Path(dataset_dir).resolve()),
+        "dataset": dataset if dataset is not None else dataset_fingerprint(dataset_dir),
         "configs": {k: to_dict(v) for k, v in configs.items()},
         "meta": dataclasses.asdict(model.meta),
         "model": model.state_dict(),
@@ -73,6 +99,8 @@ def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage
         "rng": rng_state(),
     }
     final = d / f"step_{step:07d}.pt"
+    # the new file is written before the oldest is deleted: room for one more checkpoint
+    require_space(d, tensor_bytes(payload) + (1 << 20), final.name)
     with atomic_path(final) as tmp:
         torch.save(payload, tmp)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
@@ -80,31 +108,80 @@ def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage
     return final
 
 
-def read_checkpoint(path_or_run, checkpoint=None) -> dict:
+def _load(p: Path) -> dict:
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {p} ({type(e).__name__}: {e}); it is "
+                              "truncated or damaged") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{p} is not a nerfhead checkpoint (format {FORMAT_VERSION})")
+    ckpt["path"] = str(p)
+    return ckpt
+
+
+def read_checkpoint(path_or_run, checkpoint=None, set_aside_unreadable: bool = False) -> dict:
     """Load a checkpoint dict: a .pt path, or a run folder (its newest, or ``checkpoint`` =
-    a step number or file name inside it)."""
+    a step number or file name inside it).
+
+    For a run folder's newest checkpoint, an unreadable file is skipped with a warning and the
+    newest intact one is used (``ckpt["skipped"]`` lists what was skipped); with
+    ``set_aside_unreadable`` the bad files are renamed ``*.pt.unreadable`` so later runs do
+    not trip on them (training does this; render and evaluate only read). A checkpoint named
+    explicitly is never replaced: its error lists the intact ones to choose from.
+    """
     p = Path(path_or_run)
     if p.is_dir():
         if checkpoint is None:
             found = list_checkpoints(p)
             if not found:
-                raise CheckpointError(f"run folder {p} has no checkpoints/step_*.pt")
-            p = found[-1]
+                raise CheckpointError(f"run folder {p} has no checkpoints/step_*.pt (not trained "
+                                      "yet, or not a run folder)")
+            skipped = []
+            for candidate in reversed(found):
+                try:
+                    ckpt = _load(candidate)
+                except CheckpointError as e:
+                    skipped.append((candidate, e))
+                    continue
+                for bad, err in skipped:
+                    where = bad
+                    if set_aside_unreadable:
+                        where = bad.with_name(bad.name + ".unreadable")
+                        bad.replace(where)
+                    log.warning("%s; using the previous checkpoint %s, which is intact%s", err,
+                                candidate.name, f" (the bad file is kept as {where.name})"
+                                if set_aside_unreadable else
+                                f" (delete {bad.name} or pass --checkpoint to choose)")
+                ckpt["skipped"] = [str(b) for b, _ in skipped]
+                return ckpt
+            raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(p)}: "
+                                  + "; ".join(str(e) for _, e in skipped))
         elif isinstance(checkpoint, int) or str(checkpoint).isdigit():
             p = checkpoint_dir(p) / f"step_{int(checkpoint):07d}.pt"
         else:
             q = Path(checkpoint)
             p = q if q.is_absolute() or q.exists() else checkpoint_dir(p) / q
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} not found")
+        others = [c.name for c in list_checkpoints(p.parent.parent)] if p.parent.name == "checkpoints" else []
+        raise CheckpointError(f"checkpoint {p} not found"
+                              + (f" (the run has {', '.join(others)})" if others else ""))
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {p}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{p} is not a nerfhead checkpoint (format {FORMAT_VERSION})")
-    ckpt["path"] = str(p)
-    return ckpt
+        return _load(p)
+    except CheckpointError as e:
+        intact = []
+        if p.parent.name == "checkpoints":
+            for c in reversed(list_checkpoints(p.parent.parent)):
+                if c != p:
+                    try:
+                        _load(c)
+                        intact.append(c.name)
+                    except CheckpointError:
+                        pass
+        if intact:
+            raise CheckpointError(f"{e}. Intact checkpoints of this run: {', '.join(intact)} "
+                                  f"(choose one with --checkpoint)") from e
+        raise
 
 
 def configs_from_checkpoint(ckpt: dict) -> dict:
@@ -138,6 +215,26 @@ class LoadedRun:
     step: int
     dataset_dir: Path
     camera: Camera
+    dataset: dict = dataclasses.field(default_factory=dict)  #: fingerprint at training time
+
+
+def run_dataset(run: LoadedRun, data=None) -> Path:
+    """The dataset folder to read for ``run``: ``data`` when given (a warning when its content
+    differs from what the run was trained on), else the folder the run was trained on, which
+    must still be there (a moved dataset is named, with the way to point at its new place)."""
+    from nerfhead.data.dataset import check_dataset_dir, content_hash
+
+    if data is None and not run.dataset_dir.exists():
+        raise DatasetError(f"{run.run_dir} was trained on the dataset {run.dataset_dir}, which "
+                           "is no longer there (moved or deleted?); pass --data with its new "
+                           "location")
+    data = check_dataset_dir(run.dataset_dir if data is None else data)
+    had = run.dataset.get("content")
+    if had and content_hash(data) != had:
+        log.warning("%s is not the data %s was trained on (%s; changed or re-preprocessed "
+                    "since?): frames, poses or audio features differ from the ones it learned",
+                    data, run.run_dir, run.dataset.get("path", run.dataset_dir))
+    return data
 
 
 def load_run(run_dir, device="cpu", checkpoint=None) -> LoadedRun:
@@ -150,4 +247,4 @@ def load_run(run_dir, device="cpu", checkpoint=None) -> LoadedRun:
     model = model_from_checkpoint(ckpt, device).eval()
     return LoadedRun(run_dir=path.parent.parent, model=model, configs=configs_from_checkpoint(ckpt),
                      stage=ckpt["stage"], step=int(ckpt["step"]), dataset_dir=Path(ckpt["dataset_dir"]),
-                     camera=model.camera)
+                     camera=model.camera, dataset=dict(ckpt.get("dataset") or {}))

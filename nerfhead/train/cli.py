@@ -7,8 +7,11 @@ Examples::
     nerfhead train data/obama --config torso --init runs/obama_lips --out runs/obama_torso
     nerfhead train data/obama --config tiny --out runs/tiny --device cpu --set data.image_size=96
 
-A run folder that already holds a checkpoint resumes from it (``--no-resume`` refuses).
-With ``--init`` the model section and (unless set) ``data.image_size`` come from that run.
+A run folder that already holds a checkpoint resumes from it (``--no-resume`` refuses), but
+only a run of the same dataset and settings: anything else is refused, and ``--force-new``
+moves the old run aside (RUN.replaced-<time>) to start over. With ``--init`` the model
+section and (unless set) ``data.image_size`` come from that run.
+Errors and what to do: docs/troubleshooting.md
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="require an existing checkpoint in --out and continue from it")
     resume.add_argument("--no-resume", action="store_true",
                         help="fail instead of resuming when --out already has checkpoints")
+    resume.add_argument("--force-new", action="store_true",
+                        help="start a new run: move an existing --out run aside "
+                             "(OUT.replaced-<time>) instead of resuming or refusing it")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: train.cpu_threads; 1 is fastest on a "
                         "machine shared with other jobs)")
@@ -50,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from nerfhead.config import ConfigError
-    from nerfhead.data.dataset import DatasetError
+    from nerfhead.data.dataset import DatasetError, check_dataset_dir
+    from nerfhead.fileio import DiskFullError, OutputLocationError, check_output_dir
     from nerfhead.train.checkpoint import CheckpointError, list_checkpoints
     from nerfhead.train.config import load_configs
     from nerfhead.train.trainer import Trainer, TrainingDiverged
@@ -64,12 +71,19 @@ def run(args: argparse.Namespace) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:  # inputs and the output location, before any work
+        check_dataset_dir(args.data)
+        check_output_dir(args.out, "nerfhead train --out")
+    except (DatasetError, OutputLocationError) as e:
+        print(f"nerfhead train: {e}", file=sys.stderr)
+        return 2
     has_ckpt = bool(list_checkpoints(args.out))
     if args.resume and not has_ckpt:
         print(f"nerfhead train: --resume given but {args.out} has no checkpoint", file=sys.stderr)
         return 2
     if args.no_resume and has_ckpt:
-        print(f"nerfhead train: {args.out} already has checkpoints (--no-resume)", file=sys.stderr)
+        print(f"nerfhead train: {args.out} already has checkpoints (--no-resume); use another "
+              "--out folder, or --force-new to move the old run aside", file=sys.stderr)
         return 2
     try:
         if args.init and not any(o.startswith("data.image_size=") for o in overrides):
@@ -82,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         threads = args.threads or configs["train"].cpu_threads
         if threads and device.startswith("cpu"):
             torch.set_num_threads(threads)
-        trainer = Trainer(args.data, configs, args.out, device=device, init=args.init)
+        trainer = Trainer(args.data, configs, args.out, device=device, init=args.init,
+                          force_new=args.force_new)
         log.info("stage %s on %s: %d train frames at %dx%d, audio %s %s, device %s",
                  trainer.stage, args.data, len(trainer.train_set), trainer.train_set.camera.width,
                  trainer.train_set.camera.height, trainer.train_set.audio_kind,
@@ -92,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"nerfhead train: {e}", file=sys.stderr)
         return 2
+    except DiskFullError as e:
+        kept = list_checkpoints(args.out)
+        print(f"nerfhead train: {e}; "
+              + (f"the last checkpoint {kept[-1].name} is intact and a rerun resumes from it"
+                 if kept else "no checkpoint was written yet"), file=sys.stderr)
+        return 1
     except TrainingDiverged as e:
         print(f"nerfhead train: {e}", file=sys.stderr)
         return 1

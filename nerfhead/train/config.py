@@ -19,8 +19,8 @@ class TrainConfig:
     """Optimisation, losses, logging and checkpointing of one training stage."""
 
     stage: Literal["head", "lips", "torso"] = "head"
-    """head: full-frame rays; lips: mouth patches (+LPIPS) fine-tuning a head run; torso: head
-    frozen, the 2D torso field trained."""
+    """head: full-frame rays; lips: mouth patches (+LPIPS) and full-frame rays fine-tuning a
+    head run; torso: head frozen, the 2D torso field trained."""
     iters: int = 60000
     """Training steps of this stage (one frame per step)."""
     seed: int = 0
@@ -46,6 +46,20 @@ class TrainConfig:
     """Lips stage: weight of LPIPS on the mouth patch (SyncTalk: 0.01)."""
     lambda_patch_ssim: float = 0.01
     """Lips stage when LPIPS weights are unavailable: weight of 1 - SSIM on the patch instead."""
+    mouth_ray_fraction: float = 0.0
+    """Head stage: fraction of each step's rays drawn uniformly inside the mouth box (the lip
+    landmarks' box grown by data.mouth_margin) instead of the whole frame. The mouth is ~1-2%
+    of the frame, so with uniform rays it gets a few rays per step and regresses to an
+    average, half-open mouth."""
+    latent_dropout: float = 0.0
+    """Head and lips stages: probability per step that the frame's latent is replaced by the
+    mean latent, the one every unseen frame gets at render time; keeps the per-frame latents
+    from explaining what the audio should (the mouth)."""
+    lips_frame_rays: int = -1
+    """Lips stage: random rays of the whole frame drawn with each mouth patch, so the rest of
+    the head stays supervised and grows no floaters (-1: data.num_rays; 0: the patch only)."""
+    lips_frame_weight: float = 1.0
+    """Lips stage: weight of the frame rays' MSE beside the patch's MSE (each is a mean)."""
     checkpoint_every: int = 2000
     """Steps between checkpoints (one is always written at the end)."""
     keep_checkpoints: int = 3

@@ -4,8 +4,10 @@ head : MSE on RGB; after ``uncertainty_start`` the uncertainty-weighted NLL
        ``|c - c_gt|^2 / (2 beta^2) + log beta`` with ``beta = 0.1 + softplus(u)`` (ER-NeRF);
        + lambda_entropy * binary entropy of each ray's alpha
        + lambda_audio_att * |audio region attention|_1.
-lips : MSE on the mouth patch + lambda_lpips * LPIPS(patch) when the LPIPS weights exist,
-       else + lambda_patch_ssim * (1 - SSIM(patch)) (logged as a warning), + the regularisers.
+lips : MSE on the mouth patch + lips_frame_weight * MSE on ``lips_frame_rays`` random rays of
+       the whole frame (so nothing away from the mouth drifts into floaters) +
+       lambda_lpips * LPIPS(patch) when the LPIPS weights exist, else + lambda_patch_ssim *
+       (1 - SSIM(patch)) (logged as a warning), + the regularisers.
 torso: MSE of the composite + lambda_entropy * entropy of the torso alpha.
 """
 

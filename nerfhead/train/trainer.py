@@ -20,12 +20,14 @@ import torch
 import yaml
 
 from nerfhead.config import ConfigError, to_dict
-from nerfhead.data.dataset import TalkingHeadDataset, dataset_fingerprint
-from nerfhead.fileio import atomic_write
+from nerfhead.data.dataset import (RayBatch, TalkingHeadDataset, check_dataset_dir,
+                                   dataset_fingerprint)
+from nerfhead.fileio import atomic_path, clean_stale_temps, move_aside, write_image
 from nerfhead.models.rays import pixel_rays
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
 from nerfhead.train import losses
 from nerfhead.train.checkpoint import (
+    RunMismatchError,
     configs_from_checkpoint,
     list_checkpoints,
     read_checkpoint,
@@ -34,6 +36,24 @@ from nerfhead.train.checkpoint import (
 )
 
 log = logging.getLogger("nerfhead.train")
+
+
+#: (section, field) that may change when a run resumes: how long it runs and what it logs,
+#: not what it learns. Any other difference refuses the resume (``RunMismatchError``).
+RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
+                     ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
+                     ("train", "cpu_threads"), ("data", "cache_size")}
+
+
+def config_differences(saved: dict, wanted: dict) -> list[str]:
+    """``section.field: saved -> wanted`` for every field that differs outside RESUMABLE_CHANGES."""
+    out = []
+    for section in ("model", "data", "train"):
+        a, b = to_dict(saved[section]), to_dict(wanted[section])
+        for key in sorted(set(a) | set(b)):
+            if (section, key) not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
+                out.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,28 +73,45 @@ class Trainer:
     """Trains ``configs["train"].stage`` on ``data_dir`` into ``run_dir``.
 
     configs: ``{"model", "data", "train"}`` dataclasses. When ``run_dir`` already holds a
-    checkpoint the run resumes from it (its saved configs win, except ``train.iters``).
+    checkpoint the run resumes from it, but only when it was trained on the same dataset
+    content and the same settings (``RESUMABLE_CHANGES`` aside); otherwise RunMismatchError,
+    unless ``force_new``, which moves the old run folder aside and starts a new run.
     ``init``: a run folder or checkpoint whose weights start this stage (lips / torso start
     from a head run); its model config replaces ``configs["model"]``.
     """
 
     def __init__(self, data_dir, configs: dict, run_dir, device: str = "cpu", init=None,
-                 resume: bool = True):
+                 resume: bool = True, force_new: bool = False):
         self.run_dir = Path(run_dir)
-        self.data_dir = Path(data_dir)
+        self.data_dir = check_dataset_dir(data_dir)
         self.device = torch.device(device)
-        resume_ckpt = read_checkpoint(self.run_dir) if resume and list_checkpoints(self.run_dir) else None
-        init_ckpt = None
-        if resume_ckpt is not None:
-            iters = configs["train"].iters
-            configs = configs_from_checkpoint(resume_ckpt)
-            configs["train"].iters = iters
-            log.info("resuming %s from step %d", resume_ckpt["path"], resume_ckpt["step"])
-        elif init is not None:
-            init_ckpt = read_checkpoint(init)
+        self.dataset = dataset_fingerprint(self.data_dir)
+        if force_new and self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+            moved = move_aside(self.run_dir)
+            log.warning("--force-new: moved the previous run %s to %s (delete it when no longer "
+                        "needed)", self.run_dir, moved)
+        clean_stale_temps(self.run_dir, depth=1)
+        resume_ckpt = (read_checkpoint(self.run_dir, set_aside_unreadable=True)
+                       if resume and list_checkpoints(self.run_dir) else None)
+        init_ckpt = read_checkpoint(init) if init is not None else None
+        if init_ckpt is not None:
             configs = dict(configs, model=configs_from_checkpoint(init_ckpt)["model"])
+        if resume_ckpt is not None:
+            self._check_resumable(resume_ckpt, configs)
+            wanted = configs
+            configs = configs_from_checkpoint(resume_ckpt)
+            for section, name in RESUMABLE_CHANGES:
+                setattr(configs[section], name, getattr(wanted[section], name))
+            init_ckpt = None  # the run's own weights continue
+            log.info("resuming %s from step %d", resume_ckpt["path"], resume_ckpt["step"])
+        elif init_ckpt is not None:
             log.info("initialising from %s (stage %s, step %d)", init_ckpt["path"],
                      init_ckpt["stage"], init_ckpt["step"])
+            had = (init_ckpt.get("dataset") or {}).get("content")
+            if had and had != self.dataset["content"]:
+                log.warning("--init %s was trained on another dataset (%s), not %s: this stage "
+                            "starts from a model of other frames", init_ckpt["path"],
+                            init_ckpt["dataset"].get("path"), self.data_dir)
         self.configs = configs
         self.mcfg, self.dcfg, self.tcfg = configs["model"], configs["data"], configs["train"]
         self.stage = self.tcfg.stage
@@ -116,6 +153,32 @@ class Trainer:
         self.validations: list[dict] = []
 
     # ------------------------------------------------------------------ setup
+    def _check_resumable(self, ckpt: dict, wanted: dict) -> None:
+        """RunMismatchError unless ``ckpt`` was trained on this dataset with these settings."""
+        how = (f"Train into a new --out folder, or pass --force-new to move {self.run_dir} aside "
+               "and start over")
+        had = ckpt.get("dataset") or {}
+        if had.get("content"):
+            if had["content"] != self.dataset["content"]:
+                raise RunMismatchError(
+                    f"{self.run_dir} holds a run trained on another dataset: {had.get('path')} "
+                    f"({had.get('train_frames', '?')} train frames"
+                    + (f", from {had['source']}" if had.get("source") else "")
+                    + f"), while {self.data_dir} ({self.dataset.get('train_frames', '?')} train "
+                    "frames" + (f", from {self.dataset['source']}" if self.dataset.get("source") else "")
+                    + f") has different content. Refusing to resume it. {how}")
+            if had.get("path") != self.dataset["path"]:
+                log.info("dataset moved: %s -> %s (same content)", had.get("path"), self.dataset["path"])
+        elif Path(ckpt["dataset_dir"]) != self.data_dir.resolve():  # written before fingerprints
+            raise RunMismatchError(f"{self.run_dir} holds a run trained on {ckpt['dataset_dir']}, not "
+                                   f"{self.data_dir}. Refusing to resume it. {how}")
+        diffs = config_differences(configs_from_checkpoint(ckpt), wanted)
+        if diffs:
+            raise RunMismatchError(f"{self.run_dir} holds a run trained with other settings "
+                                   f"({'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}). "
+                                   f"Refusing to resume it with the new ones. Rerun with the "
+                                   f"settings it was started with, or: {how}")
+
     def _fresh_start(self, init_ckpt: dict | None) -> None:
         ds, model = self.train_set, self.model
         if init_ckpt is not None:
@@ -179,20 +242,65 @@ class Trainer:
     def save_config(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         doc = {k: to_dict(v) for k, v in self.configs.items()}
-        doc["dataset"] = dataset_fingerprint(self.data_dir)
+        doc["dataset"] = self.dataset
         path = self.run_dir / "config.yaml"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False)))
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.model, self.configs, self.stage,
                                self.data_dir, self.optimizer, self.scheduler,
-                               keep=self.tcfg.keep_checkpoints)
+                               keep=self.tcfg.keep_checkpoints, dataset=self.dataset)
 
     # ------------------------------------------------------------------ one step
     def _random_conditions(self, g: torch.Generator):
         ds = self.train_set
         j = int(torch.randint(0, len(ds), (1,), generator=g))
         return self.model.conditions(ds.audio, int(ds.aud_ids[j]), ds.expression(j), j)
+
+    def _with_frame_rays(self, patch, i: int, g: torch.Generator):
+        """Lips stage: the mouth patch followed by ``train.lips_frame_rays`` random rays of
+        the whole frame, so density and colour away from the mouth stay supervised (a stage
+        trained on mouth patches alone grows floaters beside the jaw and above the hair:
+        nothing there is constrained while the shared hash tables and MLPs move)."""
+        n = self.tcfg.lips_frame_rays
+        n = self.dcfg.num_rays if n < 0 else n
+        if n == 0:
+            return patch
+        full = self.train_set.sample(i, "random", g, num_rays=n, bg_kind="head")
+        return RayBatch(u=torch.cat([patch.u, full.u]), v=torch.cat([patch.v, full.v]),
+                        rgb=torch.cat([patch.rgb, full.rgb]), bg=torch.cat([patch.bg, full.bg]),
+                        patch=patch.patch)
+
+    def _with_mouth_rays(self, batch, i: int, g: torch.Generator):
+        """Head stage: replace the last ``mouth_ray_fraction`` of the random rays by rays drawn
+        uniformly inside the mouth box of frame ``i``."""
+        ds = self.train_set
+        n = int(round(self.tcfg.mouth_ray_fraction * batch.u.shape[0]))
+        if n <= 0:
+            return batch
+        x0, y0, x1, y1 = ds.mouth_box(i)
+        H, W = ds.size
+        u = torch.randint(x0, max(x1, x0 + 1), (n,), generator=g).clamp(0, W - 1)
+        v = torch.randint(y0, max(y1, y0 + 1), (n,), generator=g).clamp(0, H - 1)
+        rgb = torch.from_numpy(ds.image(i))[v, u].float() / 255.0
+        bg = torch.from_numpy(ds.head_background(i))[v, u].float() / 255.0
+        k = batch.u.shape[0] - n
+        return RayBatch(u=torch.cat([batch.u[:k], u]), v=torch.cat([batch.v[:k], v]),
+                        rgb=torch.cat([batch.rgb[:k], rgb]), bg=torch.cat([batch.bg[:k], bg]))
+
+    def _lips_loss(self, pred, target, head, n_patch: int, patch) -> torch.Tensor:
+        """MSE of the mouth patch + MSE of the frame rays (each a mean, so the mouth weighs as
+        much as the whole frame) + the patch's perceptual term + the regularisers."""
+        t = self.tcfg
+        loss = ((pred[:n_patch] - target[:n_patch]) ** 2).mean()
+        if pred.shape[0] > n_patch:
+            loss = loss + t.lips_frame_weight * ((pred[n_patch:] - target[n_patch:]) ** 2).mean()
+        loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+        if head["audio_att"].numel():
+            loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+        to_img = lambda x: x.T.reshape(1, 3, patch[0], patch[1])  # noqa: E731
+        return loss + self.perceptual(to_img(pred[:n_patch]), to_img(target[:n_patch]))
 
     def train_step(self, step: int) -> dict:
         """One optimisation step at ``step``; returns {"loss", "psnr", "samples_per_ray"}."""
@@ -206,11 +314,18 @@ class Trainer:
         i = int(torch.randint(0, len(ds), (1,), generator=g))
         batch = ds.sample(i, "mouth" if self.stage == "lips" else "random", g,
                           bg_kind="plate" if self.stage == "torso" else "head")
+        n_patch = batch.u.shape[0]
+        if self.stage == "lips":
+            batch = self._with_frame_rays(batch, i, g)
+        elif self.stage == "head" and t.mouth_ray_fraction > 0:
+            batch = self._with_mouth_rays(batch, i, g)
         pose = ds.poses[i].to(dev)
         rays_o, rays_d = pixel_rays(pose, ds.camera, batch.u, batch.v)
         noise = torch.rand(batch.u.shape[0], generator=g).to(dev)
         target, bg = batch.rgb.to(dev), batch.bg.to(dev)
-        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), i)
+        drop = (self.stage != "torso" and t.latent_dropout > 0
+                and float(torch.rand(1, generator=g)) < t.latent_dropout)
+        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), None if drop else i)
         if self.stage == "torso":
             with torch.no_grad():
                 head = m.render_head_rays(rays_o, rays_d, cond, noise)
@@ -221,17 +336,15 @@ class Trainer:
         else:
             head = m.render_head_rays(rays_o, rays_d, cond, noise)
             pred = head["rgb"] + (1 - head["alpha"][:, None]) * bg
-            use_unc = (self.stage == "head" and self.mcfg.uncertainty
-                       and step >= t.uncertainty_start * t.iters)
-            loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
-                    else ((pred - target) ** 2).mean())
-            loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
-            if head["audio_att"].numel():
-                loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
             if self.stage == "lips":
-                P = batch.patch
-                to_img = lambda x: x.T.reshape(1, 3, P[0], P[1])
-                loss = loss + self.perceptual(to_img(pred), to_img(target))
+                loss = self._lips_loss(pred, target, head, n_patch, batch.patch)
+            else:
+                use_unc = self.mcfg.uncertainty and step >= t.uncertainty_start * t.iters
+                loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
+                        else ((pred - target) ** 2).mean())
+                loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+                if head["audio_att"].numel():
+                    loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
         value = float(loss.detach())
         if not math.isfinite(value):
             last = list_checkpoints(self.run_dir)
@@ -267,7 +380,8 @@ class Trainer:
         out_dir = self.run_dir / "val"
         out_dir.mkdir(parents=True, exist_ok=True)
         png = out_dir / f"step_{self.step:07d}.png"
-        atomic_write(png, lambda tmp: cv2.imwrite(tmp, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)))
+        with atomic_path(png) as tmp:
+            write_image(tmp, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
         result = {"step": self.step, "psnr": float(np.mean(psnrs)), "image": str(png),
                   # wall seconds of this fit() call so far and peak GPU memory: the figures a
                   # GPU benchmark reads back from metrics.jsonl
@@ -297,6 +411,7 @@ class Trainer:
         bar = tqdm(total=t.iters, initial=self.step, disable=not progress, unit="it",
                    desc=f"train {self.stage}", dynamic_ncols=True)
         window_t, window_n, saved_at, validated_at = time.perf_counter(), 0, -1, -1
+        start_step = self.step
         try:
             while self.step < stop:
                 if max_seconds is not None and time.perf_counter() - self._fit_t0 >= max_seconds:
@@ -326,9 +441,12 @@ class Trainer:
                     res = self.validate()
                     validated_at = self.step
                     bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
-            if saved_at != self.step:
+            # a run already at its last step trains nothing: leave its checkpoint (and so its
+            # time stamp, which tells `nerfhead run` whether renders are stale) as it is
+            trained = self.step != start_step
+            if (trained or not list_checkpoints(self.run_dir)) and saved_at != self.step:
                 self.save()
-            if validated_at != self.step:
+            if trained and validated_at != self.step:
                 res = self.validate()
                 bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
         finally:

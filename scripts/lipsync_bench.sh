@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Lip-sync benchmark (issue 9): does the mouth follow held-out speech?
+#
+# 1. preprocess the 300-s GRID s1 clip as two clips: the first TRAIN_SENTENCES sentences
+#    (default 80, i.e. the first 240 s) to train, the rest (the last 60 s) held out;
+# 2. per audio feature kind (--kind mel|ow|both): train the `tiny` preset (+ a `lips` stage
+#    with --lips-iters > 0);
+# 3. `nerfhead evaluate --audio-from HELD_OUT`: render every held-out frame from its own audio
+#    and pose and compare the mouth with the real one (report.md leads with lip sync: render/GT
+#    mouth-opening correlation, amplitude ratio, energy proxy of render and GT, LMD on speech
+#    and silence; mouth_strip.png and mouth_opening.png beside it);
+# 4. `nerfhead evaluate --drive OTHER_SPEECH`: the same model driven by another speaker
+#    (no GT video: energy proxy and opening spread);
+# 5. OUT/summary.md: one row per kind and stage.
+#
+# Targets at this scale (issue 9): opening correlation >= 0.8, energy proxy at offset 0 >= 90%
+# of the GT's, amplitude ratio 0.8-1.2.
+#
+# Everything is resumable: preprocessing skips finished steps, training resumes from its last
+# checkpoint, evaluation reruns only when its metrics.json is missing.
+# CPU (2 cores, shared): preprocessing ~15-60 min, tiny 16k iterations ~20-100 min per kind,
+# evaluation of 1500 frames ~15-60 min. Use a GPU with --device cuda.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+shared="${NERFHEAD_SHARED:-$here/../shared}"
+video="$shared/data/video/grid_s1_300s.mp4"
+clips="$shared/data/video/grid_s1_300s.clips.txt"
+drive_audio="$shared/data/audio/eng_60s.wav"
+out="runs/lipsync_bench"
+kind="both"
+iters=16000
+lips_iters=0
+train_sentences=80
+threads=1
+device="cpu"
+max_eval_frames=""
+resync=0
+nerfhead="${NERFHEAD:-python3 -m nerfhead}"
+
+usage() {
+  sed -n '2,/^set /p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
+  cat <<EOF
+usage: $0 [--kind mel|ow|both] [--iters N] [--lips-iters N] [--out DIR] [--video MP4]
+          [--clips TXT] [--train-sentences K] [--drive WAV] [--device cpu|cuda]
+          [--threads N] [--max-eval-frames N] [--resync-audio]
+  --resync-audio  re-decode aud.wav on the video's clock (ffmpeg aresample=async) and
+                  recompute the features: only for checkouts whose preprocessing still
+                  concatenates audio packets (before the timestamp-aware decode)
+defaults: --kind $kind --iters $iters --lips-iters $lips_iters --out $out
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kind) kind="$2"; shift 2 ;;
+    --iters) iters="$2"; shift 2 ;;
+    --lips-iters) lips_iters="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --video) video="$2"; shift 2 ;;
+    --clips) clips="$2"; shift 2 ;;
+    --train-sentences) train_sentences="$2"; shift 2 ;;
+    --drive) drive_audio="$2"; shift 2 ;;
+    --device) device="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --max-eval-frames) max_eval_frames="$2"; shift 2 ;;
+    --resync-audio) resync=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "lipsync_bench: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$kind" in
+  mel) kinds=(mel) ;; ow) kinds=(ow) ;; both) kinds=(mel ow) ;;
+  *) echo "lipsync_bench: --kind must be mel, ow or both (got $kind)" >&2; exit 2 ;;
+esac
+for f in "$video" "$clips" "$drive_audio"; do
+  [ -f "$f" ] || { echo "lipsync_bench: $f not found (set NERFHEAD_SHARED or pass the path)" >&2; exit 2; }
+done
+export NERFHEAD_WEIGHTS="${NERFHEAD_WEIGHTS:-$shared/weights}"
+mkdir -p "$out"
+
+# Sentence boundaries: the clip joins the sentences of $clips back to back, equally long.
+read -r total duration split <<<"$(python3 - "$video" "$clips" "$train_sentences" <<'EOF'
+import subprocess, sys, imageio_ffmpeg, re
+video, clips, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n = sum(1 for line in open(clips) if line.strip())
+err = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", video],
+                     capture_output=True, text=True).stderr
+h, m, s = re.search(r"Duration: (\d+):(\d+):([\d.]+)", err).groups()
+dur = int(h) * 3600 + int(m) * 60 + float(s)
+if not 0 < k < n:
+    sys.exit(f"--train-sentences {k}: the clip has {n} sentences")
+print(n, dur, round(dur * k / n, 3))
+EOF
+)"
+echo "== $video: $total sentences in ${duration}s; train on the first ${split}s, hold out the rest"
+
+prep() {  # prep DIR START LENGTH
+  local args=(preprocess "$video" --out "$1" --start-seconds "$2" --max-seconds "$3"
+              --set landmarks.max_gap=16)  # frames 3375-3386 of the GRID clip are corrupt
+  $nerfhead "${args[@]}"
+  if [ "$resync" = 1 ]; then
+    python3 - "$video" "$1" "$2" <<'EOF'
+import json, subprocess, sys, numpy as np, imageio_ffmpeg
+from pathlib import Path
+from nerfhead.render.video import write_wav
+video, data, start = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+n = json.loads((data / "manifest.json").read_text())["video"]["num_frames"]
+pcm = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", video,
+                      "-vn", "-af", "aresample=async=1:first_pts=0", "-ac", "1", "-ar", "16000",
+                      "-f", "s16le", "-acodec", "pcm_s16le", "-"], capture_output=True, check=True).stdout
+x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+x = x[int(round(start * 16000)):][: n * 640]
+x = np.pad(x, (0, n * 640 - len(x)))  # the GRID clip's audio ends ~0.1 s before its video
+write_wav(data / "aud.wav", x, 16000)
+print(f"resync: {data}/aud.wav re-decoded on the video's clock ({len(x) / 16000:.1f} s)")
+EOF
+    $nerfhead "${args[@]}"  # decode is kept (its checks pass); the audio features are redone
+  fi
+}
+prep "$out/data_train" 0 "$split"
+prep "$out/data_heldout" "$split" "$(python3 -c "print($duration - $split)")"
+
+maxf=()
+[ -n "$max_eval_frames" ] && maxf=(--max-frames "$max_eval_frames")
+runs=()
+for k in "${kinds[@]}"; do
+  if [ ! -f "$out/data_train/aud_$k.npy" ]; then
+    echo "== skipping $k: $out/data_train/aud_$k.npy missing (feature not installed?)" >&2
+    continue
+  fi
+  head="$out/runs/${k}_head"
+  $nerfhead train "$out/data_train" --config tiny --out "$head" --iters "$iters" \
+    --device "$device" --threads "$threads" --set data.audio="$k" --no-progress
+  runs+=("$head")
+  if [ "$lips_iters" -gt 0 ]; then
+    lips="$out/runs/${k}_lips"
+    $nerfhead train "$out/data_train" --config lips --init "$head" --out "$lips" \
+      --iters "$lips_iters" --device "$device" --threads "$threads" --set data.audio="$k" \
+      --set data.image_size=128 --set data.patch_size=16 --set data.num_rays=512 \
+      --set data.cache_size=64 --no-progress
+    runs+=("$lips")
+  fi
+done
+
+for r in "${runs[@]}"; do
+  name="$(basename "$r")"
+  ev="$out/eval/$name"
+  [ -f "$ev/metrics.json" ] || $nerfhead evaluate "$r" --audio-from "$out/data_heldout" \
+    --out "$ev" --device "$device" --threads "$threads" "${maxf[@]}"
+  dr="$out/eval/${name}_drive_$(basename "${drive_audio%.*}")"
+  [ -f "$dr/metrics.json" ] || $nerfhead evaluate "$r" --drive "$drive_audio" \
+    --out "$dr" --device "$device" --threads "$threads" "${maxf[@]}"
+done
+
+python3 - "$out" "${runs[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+out, runs = Path(sys.argv[1]), sys.argv[2:]
+f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"
+rows = ["| run | opening r (≥0.8) | amplitude ratio (0.8-1.2) | proxy @0 render / GT | "
+        "LMD speech / silence | PSNR / mouth PSNR | PSNR as delivered | driven: proxy @0, amplitude |",
+        "|---|---|---|---|---|---|---|---|"]
+for r in runs:
+    name = Path(r).name
+    m = json.loads((out / "eval" / name / "metrics.json").read_text())
+    d = next((json.loads(p.read_text()) for p in (out / "eval").glob(f"{name}_drive_*/metrics.json")), {})
+    mo, px, full = m.get("mouth_opening", {}), m.get("lipsync_proxy", {}), m["modes"]["full"]
+    pr, pg = px.get("render", {}), px.get("gt", {})
+    zr, zg = pr.get("zero_offset_correlation"), pg.get("zero_offset_correlation")
+    share = f" ({100 * zr / zg:.0f}%)" if zr and zg and zg > 0 else ""
+    dz = d.get("lipsync_proxy", {}).get("zero_offset_correlation")
+    rows.append(
+        f"| {name} (step {m['step']}) | {f(mo.get('correlation'))} | {f(mo.get('amplitude_ratio'), 2)} | "
+        f"{f(zr)} / {f(zg)}{share} | {f(full.get('lmd_speech', {}).get('mean'), 2)} / "
+        f"{f(full.get('lmd_silence', {}).get('mean'), 2)} | {f(full['psnr'].get('mean'), 2)} / "
+        f"{f(full['mouth_psnr'].get('mean'), 2)} | {f(m.get('delivered', {}).get('psnr', {}).get('mean'), 2)} | "
+        f"{f(dz)}, {f(d.get('amplitude_vs_speaker'), 2)} |")
+text = "# Lip-sync benchmark\n\n" + "\n".join(rows) + "\n\nPer run: eval/<run>/report.md (held-out " \
+       "sentences), eval/<run>_drive_*/report.md (another speaker).\n"
+(out / "summary.md").write_text(text)
+print(text)
+EOF

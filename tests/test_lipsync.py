@@ -1,0 +1,215 @@
+"""Lip-sync measures of ``nerfhead evaluate``: hand-computed cases, synthetic sequences with a
+known answer, and the shared real clips (the GT proxy must peak near offset 0 when the audio
+is on the video's clock, and move when it is not)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from nerfhead.eval import lipsync
+
+FPS, SR = 25, 16000
+
+
+# ------------------------------------------------------------------ synthetic, hand-computed
+def test_offset_search_flags_a_best_offset_at_its_edge():
+    rng = np.random.default_rng(0)
+    energy = np.convolve(rng.random(300), np.ones(3) / 3, mode="same")
+    inside = np.concatenate([np.full(4, np.nan), energy[:-4]])  # mouth lags 4 frames
+    res = lipsync.offset_correlation(inside, energy, max_offset=8)
+    assert res["best_offset"] == 4 and res["best_at_edge"] is False
+    beyond = np.concatenate([np.full(12, np.nan), energy[:-12]])  # lags 12 > the search
+    res = lipsync.offset_correlation(beyond, energy, max_offset=8)
+    assert res["best_offset"] == 8 and res["best_at_edge"] is True
+
+
+def test_opening_agreement_hand_values():
+    t = np.arange(100)
+    gt = 0.05 + 0.02 * np.sin(t / 3.0)
+    half = 0.06 + 0.5 * (gt - 0.05)  # opens half as far, exactly in time
+    res = lipsync.opening_agreement(half, gt)
+    assert res["correlation"] == pytest.approx(1.0, abs=1e-12)
+    assert res["amplitude_ratio"] == pytest.approx(0.5, abs=1e-12)
+    assert res["range_ratio"] == pytest.approx(0.5, abs=1e-12)
+    assert res["frames_used"] == 100
+    # missing faces are left out pairwise; a frozen mouth has no correlation and ratio 0
+    frozen = np.full(100, 0.04)
+    frozen[::10] = np.nan
+    res = lipsync.opening_agreement(frozen, gt)
+    assert res["frames_used"] == 90 and res["correlation"] is None
+    assert res["amplitude_ratio"] == pytest.approx(0.0, abs=1e-9)
+    # anti-phase: r = -1 whatever the amplitude
+    assert lipsync.opening_agreement(0.1 - gt, gt)["correlation"] == pytest.approx(-1.0)
+    assert lipsync.opening_agreement(gt[:5], gt[:5])["correlation"] is None  # too few frames
+
+
+def test_speech_frames_on_bursts_ignores_clicks_and_short_gaps():
+    rng = np.random.default_rng(1)
+    loud = np.zeros(120, bool)
+    loud[20:50] = loud[70:100] = True
+    loud[35] = False  # a one-frame stop consonant inside a word
+    loud[60] = True  # a one-frame click in silence
+    samples = np.concatenate([rng.normal(0, 0.2 if v else 0.002, SR // FPS) for v in loud])
+    speech = lipsync.speech_frames(lipsync.audio_energy_per_frame(samples, len(loud)))
+    want = np.zeros(120, bool)
+    want[20:50] = want[70:100] = True
+    # the 80 ms energy window blurs each edge by at most one frame
+    assert (speech != want).sum() <= 4 and speech[35] and not speech[60]
+    # constant loud audio is all speech, digital silence is none
+    assert lipsync.speech_frames(np.full(50, np.log(0.1))).all()
+    assert not lipsync.speech_frames(np.full(50, np.log(1e-4))).any()
+
+
+def test_speech_window_prefers_varying_speech():
+    energy = np.full(200, -9.0)
+    speech = np.zeros(200, bool)
+    energy[100:150] = -2 + np.sin(np.arange(50))  # syllables
+    speech[100:150] = True
+    start = lipsync.speech_window(energy, speech, 25)
+    assert 100 <= start <= 125
+    assert lipsync.speech_window(energy[:10], speech[:10], 25) is None
+
+
+# ------------------------------------------------------------------------ real clips
+def _decode_on_timestamps(video, seconds: float) -> np.ndarray:
+    """Audio of ``video``'s first ``seconds`` placed by presentation time (ffmpeg's
+    aresample async), as preprocessing must decode it."""
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(video),
+           "-vn", "-af", "aresample=async=1:first_pts=0", "-ac", "1", "-ar", str(SR),
+           "-t", str(seconds), "-f", "s16le", "-acodec", "pcm_s16le", "-"]
+    out = subprocess.run(cmd, capture_output=True, check=True).stdout
+    return np.frombuffer(out, "<i2").astype(np.float32) / 32768.0
+
+
+def _gt_openings(video, num_frames: int) -> np.ndarray:
+    from nerfhead.render.video import read_frames
+
+    det = lipsync.FaceLandmarks()
+    try:
+        return np.array([lipsync.mouth_opening(det(f)) for f in read_frames(video, max_frames=num_frames)])
+    finally:
+        det.close()
+
+
+def test_gt_proxy_peaks_near_zero_and_follows_a_shift(grid_video):
+    """GRID's first two sentences (150 frames) with their audio on the video's clock: the proxy
+    of the real mouth peaks within two frames of offset 0 and is judged meaningful; the same
+    audio 6 frames late moves the peak by 6 (+-1) and the reference check notices."""
+    opening = _gt_openings(grid_video, 150)
+    assert np.isfinite(opening).all()
+    samples = _decode_on_timestamps(grid_video, 6.0)
+    res = lipsync.offset_correlation(opening, lipsync.audio_energy_per_frame(samples, 150), 10)
+    assert abs(res["best_offset"]) <= 2 and not res["best_at_edge"]
+    assert res["zero_offset_correlation"] > 0.45
+    assert lipsync.proxy_reference(res)["meaningful"]
+    late = np.concatenate([np.zeros(6 * SR // FPS, np.float32), samples])
+    moved = lipsync.offset_correlation(opening, lipsync.audio_energy_per_frame(late, 150), 10)
+    assert abs(moved["best_offset"] - (res["best_offset"] - 6)) <= 1
+    assert not lipsync.proxy_reference(moved)["meaningful"]
+
+
+def test_gt_proxy_on_fluent_speech_is_reported_as_unable_to_judge(hdtf_video):
+    """The 8-s HDTF clip (fluent speech, the mouth also opens in pauses): the energy proxy of
+    the real footage is flat within +-10 frames, so the report must say the proxy cannot
+    judge this clip rather than quote a lag."""
+    opening = _gt_openings(hdtf_video, 200)
+    samples = _decode_on_timestamps(hdtf_video, 8.0)
+    res = lipsync.offset_correlation(opening, lipsync.audio_energy_per_frame(samples, 200), 10)
+    assert max(abs(c) for c in res["correlations"] if c is not None) < 0.4
+    ref = lipsync.proxy_reference(res)
+    assert not ref["meaningful"] and "GT" in ref["reason"]
+
+
+def test_speech_frames_agree_with_grid_word_alignments(grid_video, shared_dir):
+    """Speech / silence from audio energy against the corpus' word timings (first 4
+    sentences, 12 s): at least 90% of the frames agree."""
+    align = shared_dir / "data" / "video" / "grid_s1_align"
+    names = [line.split()[1].removesuffix(".mpg") for line in
+             (shared_dir / "data" / "video" / "grid_s1_300s.clips.txt").read_text().splitlines()
+             if line.strip()]
+    truth = np.zeros(4 * 75, bool)
+    for k, name in enumerate(names[:4]):
+        for line in (align / f"{name}.align").read_text().splitlines():
+            a, b, word = line.split()
+            if word not in ("sil", "sp"):  # units of 1/25000 s; frame centres at (i + 0.5) / 25
+                t = (np.arange(75) + 0.5) / FPS
+                truth[75 * k:75 * (k + 1)] |= (t >= int(a) / 25000) & (t < int(b) / 25000)
+    samples = _decode_on_timestamps(grid_video, 12.0)
+    speech = lipsync.speech_frames(lipsync.audio_energy_per_frame(samples, len(truth)))
+    assert (speech == truth).mean() >= 0.9
+    assert 0.3 < speech.mean() < 0.6
+
+
+# ------------------------------------------------------------------ the evaluation report
+@pytest.fixture(scope="module")
+def hdtf_frames(hdtf_video):
+    import cv2
+
+    from nerfhead.render.video import read_frames
+
+    frames = [cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA)
+              for f in read_frames(hdtf_video, max_frames=50)]
+    return frames, _decode_on_timestamps(hdtf_video, 2.0)
+
+
+def _evaluate(frames, renders, samples, out_dir, delivered=None):
+    from nerfhead.eval.report import SequenceEvaluator, write_report
+
+    det = lipsync.FaceLandmarks()
+    mask = np.zeros((256, 256), np.uint8)
+    mask[60:230, 50:210] = 255
+    energy = lipsync.audio_energy_per_frame(samples, len(frames))
+    start = lipsync.speech_window(energy, lipsync.speech_frames(energy))
+    ev = SequenceEvaluator(det, None, "no LPIPS in this test", preview_frames=(0,),
+                           strip_frames=tuple(range(start, start + 25)))
+    for i, (gt, render) in enumerate(zip(frames, renders)):
+        ev.add(i, render, gt, gt, mask, delivered=None if delivered is None else delivered[i])
+    result = write_report(ev.finish(samples, {"run": "test", "split": "val", "composite": "c",
+                                              "delivered_composite": "d"}),
+                          ev.previews, out_dir, ev.strip)
+    det.close()
+    return result
+
+
+def test_report_puts_lip_sync_first_and_sees_a_frozen_mouth(hdtf_frames, tmp_path):
+    """Real frames: a render equal to the GT scores correlation 1 and amplitude ratio 1; a
+    render frozen on one frame (the mouth never moves) scores no correlation and amplitude 0,
+    while its PSNR alone would not say so. The report leads with lip sync, writes the mouth
+    strip (GT above render) and the opening curves, and scores the delivered frames."""
+    import cv2
+
+    frames, samples = hdtf_frames
+    same = _evaluate(frames, frames, samples, tmp_path / "same")
+    mo = same["mouth_opening"]
+    assert mo["correlation"] == pytest.approx(1.0) and mo["amplitude_ratio"] == pytest.approx(1.0)
+    assert mo["frames_used"] == 50
+    sp = same["speech_frames"]["count"]
+    assert 0 < sp < 50  # the clip has a pause around frames 20-30
+    full = same["modes"]["full"]
+    assert full["lmd_speech"]["count"] == sp and full["lmd_silence"]["count"] == 50 - sp
+
+    frozen = [frames[0]] * 50
+    plate = [np.zeros_like(f) for f in frames]
+    res = _evaluate(frames, frozen, samples, tmp_path / "frozen", delivered=plate)
+    assert res["mouth_opening"]["correlation"] is None
+    assert res["mouth_opening"]["amplitude_ratio"] == pytest.approx(0.0, abs=1e-9)
+    assert res["modes"]["full"]["lmd_speech"]["mean"] > 0.5
+    assert res["delivered"]["psnr"]["mean"] < res["modes"]["full"]["psnr"]["mean"]
+
+    report = (tmp_path / "frozen" / "report.md").read_text()
+    assert report.index("## Lip sync") < report.index("## Image quality") < report.index("| PSNR")
+    assert "composite measured below: c" in report and "delivers it: d" in report
+    strip = cv2.imread(str(tmp_path / "frozen" / "mouth_strip.png"))
+    assert strip.shape[0] == 2 * 64 + 2 and strip.shape[1] == 25 * 64 + 24 * 2
+    same_strip = cv2.imread(str(tmp_path / "same" / "mouth_strip.png")).astype(int)
+    # GT above render: identical rows when the render is the GT, not when it is frozen
+    assert np.array_equal(same_strip[:64], same_strip[66:])
+    assert np.array_equal(strip[:64], same_strip[:64])
+    assert np.abs(strip[66:].astype(int) - strip[:64]).mean() > 5
+    assert (tmp_path / "frozen" / "mouth_opening.png").stat().st_size > 10_000
+    assert res["mouth_strip"]["frame_ids"] == sorted(res["mouth_strip"]["frame_ids"])
