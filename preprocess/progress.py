@@ -95,10 +95,15 @@ class OverallProgress:
             return
         ran = bool(self.results) and self.results[-1].name == step and self.results[-1].status == "ran"
         if ran:  # a skipped step says nothing about this machine's speed
-            self.worked_cost += STEP_COST.get(step, DEFAULT_COST) * (self.num_frames() or 0)
+            self.worked_cost += STEP_COST.get(step, DEFAULT_COST) * (self._frames() or 0)
             self.worked_time += time.perf_counter() - self.t_step
         self.done_steps.add(step)
         self.current = None
+
+    def _frames(self) -> int | None:
+        """The clip's frame count: from the run once known, else the frames the running step
+        (decode, before it records the count) said it will write."""
+        return self.num_frames() or (self.step_total if self.step_unit == "frames" else None) or None
 
     # ---------------------------------------------------------------------------- step side
     def advance(self, frames: int) -> None:
@@ -111,7 +116,7 @@ class OverallProgress:
         return self.worked_time / self.worked_cost if self.worked_cost > 0.5 else 1.0
 
     def eta(self) -> float | None:
-        n = self.num_frames()
+        n = self._frames()
         if not n:
             return None
         left = sum(STEP_COST.get(s, DEFAULT_COST) * n for s in self.steps
@@ -138,7 +143,7 @@ class OverallProgress:
         parts.append(f"elapsed {_clock(time.perf_counter() - self.t_run)}")
         if eta is not None and not final:
             parts.append(f"ETA {_clock(eta)}")
-        n = self.num_frames()
+        n = self._frames()
         if n:
             total = sum(STEP_COST.get(s, DEFAULT_COST) for s in self.steps) * n
             left = (eta / self._speed()) if eta is not None else total

@@ -4,9 +4,9 @@ tests/data/parsing (see labels.json there).
     python3 scripts/parsing_iou.py [--weights DIR] [--set parsing.FIELD=VALUE ...]
 
 Runs MediaPipe's Face Landmarker (image mode) on each labelled frame, then the parser, and
-prints head / neck / torso / background IoU per frame and their mean. Run it with another code
-tree first on PYTHONPATH to measure that tree's parser (the "before" figures in
-docs/benchmarks.md came from commit 97e570b that way).
+prints head / neck / torso / background IoU per frame and their mean. It measures the parser of
+the code tree it sits in; put another tree first on PYTHONPATH to measure that tree's parser
+(the "before" figures in docs/benchmarks.md came from commit 97e570b that way).
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "parsing"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "parsing"
+# this tree's preprocess, not the machine-wide editable install's (PYTHONPATH still comes first)
+sys.path.append(str(ROOT))
 CLASSES = ("head", "neck", "torso", "background")
 
 

@@ -37,6 +37,24 @@ def test_line_shows_step_rate_and_eta_and_adapts_to_speed(monkeypatch):
     assert "[2/2]" in out.getvalue() and "done" in out.getvalue()
 
 
+def test_eta_during_decode_from_the_frames_it_will_write(monkeypatch):
+    """Before decode records the clip's length the line already has an ETA: decode's total."""
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    out = io.StringIO()
+    line = OverallProgress(["decode", "landmarks"], lambda: None, [], file=out).open()
+    try:
+        line.start("decode")
+        assert line.eta() is None  # nothing known yet
+        with step_progress("decode", 200) as advance:
+            advance(100)
+            expected = STEP_COST["decode"] * 200 / 2 + STEP_COST["landmarks"] * 200
+            assert abs(line.eta() - expected) < 1e-9
+        assert "ETA" in out.getvalue()
+    finally:
+        line.close()
+
+
 def test_step_progress_without_a_line_is_a_plain_bar_or_silent():
     calls = []
     with step_progress("x", 3, quiet=True) as advance:
