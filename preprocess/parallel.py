@@ -34,19 +34,16 @@ def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
 def _single_thread() -> None:
     """Worker initializer: one thread per library (the pool provides the parallelism), and
     MediaPipe's C++ info/warning lines kept off the progress line."""
+    # torch reads these when it is first imported (only the tracking step's workers need it:
+    # importing it here cost every worker of every step seconds on a loaded machine)
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import cv2
 
         cv2.setNumThreads(1)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
     except ImportError:
         pass
 
