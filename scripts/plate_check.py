@@ -19,6 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# this tree's preprocess, not the machine-wide editable install's (PYTHONPATH still comes first)
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
 
 def reference(d: Path, step: int = 50):
     from preprocess.parsing import BG, read_regions
