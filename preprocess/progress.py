@@ -5,7 +5,7 @@ The driver opens an ``OverallProgress`` around the run. Steps report frames as t
 them through ``step_progress(name, total)``, which returns a callable ``advance(n)``; with no
 overall line open (a step called from a library or a test) it draws a per-step tqdm bar, or
 nothing when ``quiet``. The ETA weighs each step by its typical cost per frame
-(``STEP_COST``, seconds per frame on a 2-core laptop, measured on the 300-s GRID clip), scaled
+(``STEP_COST``, seconds per frame on 2 cores, measured on the GRID clip), scaled
 by how fast this run has been so far against those costs, so it adapts to the machine.
 """
 
@@ -15,10 +15,12 @@ import contextlib
 import time
 from typing import Callable, Iterator, Sequence
 
-#: typical seconds per frame of each step (2 cores, 512-px crops); unknown steps count 0.005
-STEP_COST = {"decode": 0.0025, "speech": 0.0005, "landmarks": 0.015, "parsing": 0.012, "scenes": 0.001,
-             "background": 0.006, "face_fit": 0.002, "tracking": 0.012, "bundle_adjustment": 0.004,
-             "av_sync": 0.001, "audio": 0.0015, "previews": 0.0001}
+#: typical seconds per frame of each step on 2 idle cores with 2 workers, 512-px crops: the CPU
+#: seconds measured on the first 60 s of the GRID clip (docs/benchmarks.md, issue 13), halved
+#: for the steps spread over workers; unknown steps count DEFAULT_COST
+STEP_COST = {"decode": 0.0032, "speech": 0.0002, "landmarks": 0.0073, "av_sync": 0.0005,
+             "parsing": 0.019, "scenes": 0.0014, "background": 0.0075, "face_fit": 0.0044,
+             "tracking": 0.0094, "bundle_adjustment": 0.0055, "audio": 0.0007, "previews": 0.0003}
 DEFAULT_COST = 0.005
 
 _CURRENT: "OverallProgress | None" = None
