@@ -298,52 +298,54 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
     results: list[StepResult] = []
     overall = OverallProgress([s.name for s in selected], lambda: manifest.get("video", {}).get(
         "num_frames"), results, enabled=progress).open()
-    for step in selected:
-        overall.start(step.name)
-        fp = fingerprint(step, ctx)
-        record = manifest["steps"].get(step.name)
-        if not force and record and record.get("fingerprint") == fp["fingerprint"] and _is_done(step, ctx):
-            log.info("%s: up to date, skipped", step.name)
-            results.append(StepResult(step.name, "skipped", 0.0))
-            continue
-        manifest["steps"].pop(step.name, None)  # no record while the outputs are in flux
-        needed = None
-        try:
-            write_manifest(data_dir, manifest)
-            if step.space is not None:
-                needed = int(step.space(ctx))
-                require_space(data_dir, needed, f"the {step.name} step's outputs")
-        except Exception as e:
-            overall.close()
-            raise _failure(step, e, data_dir, needed) from e
-        log.info("%s: running (%s)", step.name, step.doc or "")
-        t0 = time.perf_counter()
-        try:
-            stats = dict(step.run(ctx) or {})
-            for key, value in (stats.pop("manifest", None) or {}).items():
-                manifest[key] = value  # top-level sections a step owns (e.g. decode's "video")
-            step.check(ctx)
-        except Exception as e:
-            secs = time.perf_counter() - t0
-            err = _failure(step, e, data_dir, needed)
-            results.append(StepResult(step.name, "failed", secs, str(err)))
-            with contextlib.suppress(OSError):  # on a full disk even this may fail
+    try:  # the line is closed (and logging restored) however the run ends, Ctrl-C included
+        for step in selected:
+            overall.start(step.name)
+            fp = fingerprint(step, ctx)
+            record = manifest["steps"].get(step.name)
+            if not force and record and record.get("fingerprint") == fp["fingerprint"] and _is_done(step, ctx):
+                log.info("%s: up to date, skipped", step.name)
+                results.append(StepResult(step.name, "skipped", 0.0))
+                continue
+            manifest["steps"].pop(step.name, None)  # no record while the outputs are in flux
+            needed = None
+            try:
                 write_manifest(data_dir, manifest)
-            overall.close()
-            log.error("%s", summary(results))
-            if err is e:
-                raise
-            raise err from e
-        secs = time.perf_counter() - t0
-        # the fingerprint is taken again: outputs of this step may live beside its inputs
-        fp = fingerprint(step, ctx)
-        manifest["steps"][step.name] = {
-            **fp, "seconds": round(secs, 3), "stats": stats,
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        write_manifest(data_dir, manifest)
-        results.append(StepResult(step.name, "ran", secs))
-        log.info("%s: done in %.1f s", step.name, secs)
-    overall.close()
+                if step.space is not None:
+                    needed = int(step.space(ctx))
+                    require_space(data_dir, needed, f"the {step.name} step's outputs")
+            except Exception as e:
+                overall.close()
+                raise _failure(step, e, data_dir, needed) from e
+            log.info("%s: running (%s)", step.name, step.doc or "")
+            t0 = time.perf_counter()
+            try:
+                stats = dict(step.run(ctx) or {})
+                for key, value in (stats.pop("manifest", None) or {}).items():
+                    manifest[key] = value  # top-level sections a step owns (e.g. decode's "video")
+                step.check(ctx)
+            except Exception as e:
+                secs = time.perf_counter() - t0
+                err = _failure(step, e, data_dir, needed)
+                results.append(StepResult(step.name, "failed", secs, str(err)))
+                with contextlib.suppress(OSError):  # on a full disk even this may fail
+                    write_manifest(data_dir, manifest)
+                overall.close()
+                log.error("%s", summary(results))
+                if err is e:
+                    raise
+                raise err from e
+            secs = time.perf_counter() - t0
+            # the fingerprint is taken again: outputs of this step may live beside its inputs
+            fp = fingerprint(step, ctx)
+            manifest["steps"][step.name] = {
+                **fp, "seconds": round(secs, 3), "stats": stats,
+                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            write_manifest(data_dir, manifest)
+            results.append(StepResult(step.name, "ran", secs))
+            log.info("%s: done in %.1f s", step.name, secs)
+    finally:
+        overall.close()
     return results
 
 

@@ -118,6 +118,30 @@ def test_failure_leaves_no_record_and_rerun_redoes_it(setup):
     assert (setup.data / "b.txt").read_text() == "v1v1"
 
 
+def test_interrupt_closes_the_progress_line_and_keeps_no_record(setup):
+    """Ctrl-C in a step (a KeyboardInterrupt, not an Exception): the progress line is closed,
+    so a library caller (nerfhead batch) gets its logging back and no stale line is fed."""
+    import logging
+
+    from preprocess import progress
+
+    setup.go()
+    handlers = list(logging.getLogger().handlers)
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    import dataclasses
+
+    steps = [STEPS[0], dataclasses.replace(STEPS[1], run=interrupted), STEPS[2]]
+    setup.cfg.b = 3
+    with pytest.raises(KeyboardInterrupt):
+        driver.run_steps(setup.video, setup.data, setup.cfg, steps=steps, progress=True)
+    assert progress._CURRENT is None
+    assert logging.getLogger().handlers == handlers
+    assert "b" not in manifest(setup.data)["steps"]
+
+
 def test_steps_subset_needs_its_dependencies_done(setup):
     with pytest.raises(StepError, match=r"step 'b' needs \['a'\]"):
         setup.go(only=["b"])
