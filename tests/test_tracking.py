@@ -124,3 +124,16 @@ def test_rigid_region_excludes_mouth_and_eyes():
 def test_reference_is_most_frontal_frame():
     euler = np.array([[0.2, 0.1, 0], [0.01, -0.02, 0.3], [0.0, 0.1, 0]])
     assert reference_frame(euler) == 1  # roll does not count against frontality
+
+
+def test_frames_kept_by_share_or_by_count_under_the_relaxed_cap():
+    from preprocess.tracking import TrackingConfig, frames_kept
+
+    cfg = TrackingConfig()  # max_bad_fraction 0.5, min_frame_keypoints 8
+    valid = np.ones((4, 20), bool)
+    valid[1, :11] = False  # 9 of 20 pass: over half fail
+    valid[2, :13] = False  # 7 pass
+    valid[3, :5] = False  # 15 pass
+    assert frames_kept(valid, cfg.max_candidate_failures, cfg).tolist() == [True, False, False, True]
+    # relaxed cap (points chosen knowing they fail on turned frames): kept while >= 8 pass
+    assert frames_kept(valid, 0.5, cfg).tolist() == [True, True, False, True]
