@@ -33,11 +33,21 @@ PLANES = ((0, 1), (1, 2), (0, 2))  # xy, yz, xz
 
 @dataclass
 class Conditions:
-    """Per-frame conditioning shared by every sample of a batch of rays."""
+    """Per-frame conditioning shared by every sample of a batch of rays, or, with a leading
+    dimension, one row per ray (training on several frames per step) or per sample."""
 
-    audio: Tensor  #: [audio_dim] smoothed audio code
-    expression: Tensor  #: [E] upper-face blendshapes
-    latent: Tensor  #: [latent_dim] per-frame latent (may be empty)
+    audio: Tensor  #: [audio_dim] smoothed audio code (or [N, audio_dim])
+    expression: Tensor  #: [E] upper-face blendshapes (or [N, E])
+    latent: Tensor  #: [latent_dim] per-frame latent, may be empty (or [N, latent_dim])
+
+    @property
+    def per_row(self) -> bool:
+        return self.audio.dim() == 2
+
+    def rows(self, index: Tensor) -> "Conditions":
+        """Per-row conditions gathered at ``index`` (e.g. each sample's ray)."""
+        return Conditions(audio=self.audio[index], expression=self.expression[index],
+                          latent=self.latent[index])
 
 
 class FaceField(nn.Module):

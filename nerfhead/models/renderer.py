@@ -28,7 +28,7 @@ from nerfhead.ops.raymarch import (
 
 def render_head_train(field: FaceField, grid: OccupancyGrid, cfg: ModelConfig, rays_o: Tensor,
                       rays_d: Tensor, cond: Conditions, noise: Tensor | None) -> dict[str, Tensor]:
-    """Differentiable head render of R rays.
+    """Differentiable head render of R rays (``cond`` per frame, or one row per ray).
 
     Returns ``rgb`` [R, 3] (premultiplied: over black), ``alpha`` [R], ``depth`` [R],
     ``uncertainty`` [R] (composited raw value), ``audio_att`` [S, A] (for its L1 penalty),
@@ -42,6 +42,8 @@ def render_head_train(field: FaceField, grid: OccupancyGrid, cfg: ModelConfig, r
         z = rays_o.new_zeros(R)
         return {"rgb": rays_o.new_zeros(R, 3), "alpha": z, "depth": z, "uncertainty": z,
                 "audio_att": rays_o.new_zeros(0, cfg.audio_dim), "weights": rays_o.new_zeros(0)}
+    if cond.per_row:  # one condition row per ray (several frames in one step): per sample
+        cond = cond.rows(samples.ray_indices.long())
     out = field(samples.positions, samples.dirs, cond)
     colours = torch.cat([out["rgb"], out["uncertainty"][:, None]], -1)
     weights, alpha, depth, image = composite_rays_train(

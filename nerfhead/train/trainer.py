@@ -24,6 +24,7 @@ from nerfhead.data.dataset import (RayBatch, TalkingHeadDataset, check_dataset_d
                                    dataset_fingerprint)
 from nerfhead.fileio import atomic_path, clean_stale_temps, move_aside, write_image
 from nerfhead.models.rays import pixel_rays
+from nerfhead.models.field import Conditions
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
 from nerfhead.train import losses
 from nerfhead.train.checkpoint import (
@@ -311,6 +312,8 @@ class Trainer:
             g_cells = step_generator(t.seed, step, 2, dev)
             m.update_grid(lambda: self._random_conditions(g_pick), generator=g_cells)
         g = step_generator(t.seed, step)
+        if self.stage == "head" and t.frames_per_step > 1:
+            return self._multi_frame_step(step, g)
         i = int(torch.randint(0, len(ds), (1,), generator=g))
         batch = ds.sample(i, "mouth" if self.stage == "lips" else "random", g,
                           bg_kind="plate" if self.stage == "torso" else "head")
@@ -345,6 +348,44 @@ class Trainer:
                 loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
                 if head["audio_att"].numel():
                     loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+        return self._optimise(step, loss, pred, target, head)
+
+    def _multi_frame_step(self, step: int, g: torch.Generator) -> dict:
+        """Head-stage step over ``frames_per_step`` frames: each frame's rays (random, plus
+        its mouth rays) are rendered under that frame's conditions, in one march."""
+        t, ds, m, dev = self.tcfg, self.train_set, self.model, self.device
+        k = min(t.frames_per_step, self.dcfg.num_rays)
+        frames = torch.randint(0, len(ds), (k,), generator=g).tolist()
+        per_frame = [self.dcfg.num_rays // k + (j < self.dcfg.num_rays % k) for j in range(k)]
+        origins, dirs, targets, bgs, conds, owner = [], [], [], [], [], []
+        for j, (i, n) in enumerate(zip(frames, per_frame)):
+            batch = ds.sample(i, "random", g, num_rays=n, bg_kind="head")
+            if t.mouth_ray_fraction > 0:
+                batch = self._with_mouth_rays(batch, i, g)
+            o, d = pixel_rays(ds.poses[i].to(dev), ds.camera, batch.u, batch.v)
+            drop = t.latent_dropout > 0 and float(torch.rand(1, generator=g)) < t.latent_dropout
+            conds.append(m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i),
+                                      None if drop else i))
+            origins.append(o), dirs.append(d), targets.append(batch.rgb), bgs.append(batch.bg)
+            owner.append(torch.full((batch.u.shape[0],), j, dtype=torch.long))
+        owner = torch.cat(owner).to(dev)
+        cond = Conditions(audio=torch.stack([c.audio for c in conds]),
+                          expression=torch.stack([c.expression for c in conds]),
+                          latent=torch.stack([c.latent for c in conds])).rows(owner)
+        rays_o, rays_d = torch.cat(origins), torch.cat(dirs)
+        target, bg = torch.cat(targets).to(dev), torch.cat(bgs).to(dev)
+        noise = torch.rand(rays_o.shape[0], generator=g).to(dev)
+        head = m.render_head_rays(rays_o, rays_d, cond, noise)
+        pred = head["rgb"] + (1 - head["alpha"][:, None]) * bg
+        use_unc = self.mcfg.uncertainty and step >= t.uncertainty_start * t.iters
+        loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
+                else ((pred - target) ** 2).mean())
+        loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+        if head["audio_att"].numel():
+            loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+        return self._optimise(step, loss, pred, target, head)
+
+    def _optimise(self, step: int, loss, pred, target, head) -> dict:
         value = float(loss.detach())
         if not math.isfinite(value):
             last = list_checkpoints(self.run_dir)
