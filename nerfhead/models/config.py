@@ -1,4 +1,5 @@
-"""ModelConfig: the ``model:`` section of a training preset."""
+"""ModelConfig: the ``model:`` section of a training preset; InferenceConfig: how a trained
+model renders (not saved with it)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,36 @@ class ModelConfig:
             raise ValueError(f"model.expression: unknown blendshape(s) {unknown}; "
                              f"known: {sorted(BLENDSHAPE_INDEX)}")
         return [BLENDSHAPE_INDEX[n] for n in self.expression]
+
+
+@dataclass
+class InferenceConfig:
+    """How ``TalkingHead.render_frame`` renders (speed only: the image stays the same within
+    the tolerances named in tests/test_fast_render.py). Not part of a checkpoint: set it on
+    ``model.inference``."""
+
+    loop: Literal["fixed", "compact"] = "fixed"
+    """fixed: the whole frame in one fixed-shape loop (``render_rays_fixed``: static buffers,
+    one host sync per step); compact: the earlier loop (``render_rays_inference`` in chunks of
+    65,536 rays, compacting the alive rays with boolean masks: several syncs per step)."""
+    schedule: tuple[int, ...] = (8, 16, 32, 64)
+    """fixed loop: samples per alive ray at steps 0, 1, 2, ... (the last repeats)."""
+    capacity: int = 1 << 21
+    """fixed loop: slots of the compacted sample list (field batch of one step)."""
+    read_back: bool = True
+    """fixed loop: read back the filled slots once per step (the field shades only those);
+    False: no read-back per step, the field shades the whole capacity (for CUDA graphs)."""
+    fused_heads: bool = True
+    """One GEMM for the first layers of the heads that read the position encoding (audio
+    attention, expression attention, density), the frame's audio / expression codes folded
+    into the density layer's weights, the latent into the colour layer's bias, and no
+    uncertainty head (nothing uses it at inference). False: the training forward."""
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """MLP precision through torch.autocast: auto = float16 on CUDA, float32 on CPU (a CPU has
+    no fast half GEMM; bfloat16 there is the CPU stand-in used by the tests)."""
+    fused_mlp: bool = True
+    """Run the MLPs through tiny-cuda-nn's FullyFusedMLP when ``tinycudann`` imports and the
+    tensors are on CUDA (logged once either way)."""
+    cuda_graph: bool = True
+    """Capture the head render of a frame in a CUDA graph and replay it (CUDA only; a frame
+    that cannot be captured falls back to eager rendering, said once in the log)."""

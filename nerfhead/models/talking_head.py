@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from nerfhead.models.audio import AudioEncoder, AudioSmoother, window_indices
-from nerfhead.models.config import ModelConfig
+from nerfhead.models.config import InferenceConfig, ModelConfig
 from nerfhead.models.field import Conditions, FaceField
 from nerfhead.models.rays import Camera, full_frame_pixels, nerf_matrix_to_ngp, pixel_rays
 from nerfhead.models.renderer import render_head_inference, render_head_train
@@ -66,6 +66,8 @@ class TalkingHead(nn.Module):
         self.torso_latents = nn.Parameter(torch.zeros(meta.num_latents, cfg.torso_latent_dim))
         self.register_buffer("background", torch.ones(self.camera.height, self.camera.width, 3))
         self.register_buffer("has_torso", torch.zeros((), dtype=torch.bool))
+        self.inference = InferenceConfig()  # how render_frame renders (not saved)
+        self._render_buffers: dict = {}  # the fixed loop's device buffers, frame to frame
 
     # ------------------------------------------------------------------ parameters
     def head_parameters(self) -> list[nn.Parameter]:
@@ -151,7 +153,8 @@ class TalkingHead(nn.Module):
         u, v = full_frame_pixels(cam, self.device)
         rays_o, rays_d = pixel_rays(pose, cam, u, v)
         cond = self.conditions(audio_feats, index, expression, latent_index)
-        head = render_head_inference(self.field, self.grid, self.cfg, rays_o, rays_d, cond)
+        head = render_head_inference(self.field, self.grid, self.cfg, rays_o, rays_d, cond,
+                                     inference=self.inference, buffers=self._render_buffers)
         if bg is None:
             back = self.background
             if back.shape[:2] != (H, W):

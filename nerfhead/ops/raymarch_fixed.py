@@ -285,7 +285,8 @@ def render_rays_fixed(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, grid: O
     ``fixed_steps`` steps (default: enough for every ray that was never deferred), then one
     read-back per frame says whether rays are left (they finish with per-step read-backs).
     ``buffers``: reuse these (see :class:`FixedRenderBuffers`) instead of allocating.
-    ``stats``: filled with ``steps`` and ``samples`` (when read back).
+    ``stats``: filled with ``steps``, ``samples`` (when read back) and ``buffers`` (to pass
+    back next frame).
     """
     from nerfhead.ops.raymarch import near_far_from_aabb
 
@@ -326,7 +327,7 @@ def render_rays_fixed(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, grid: O
             if used == 0:
                 break
     if stats is not None:
-        stats.update(steps=step, samples=samples if read_back else None)
+        stats.update(steps=step, samples=samples if read_back else None, buffers=buffers)
     image, depth, wsum = buffers.image.clone(), buffers.depth.clone(), buffers.weights_sum.clone()
     if bg is not None:
         image = image + (1 - wsum)[:, None] * bg.to(image)
