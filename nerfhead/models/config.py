@@ -122,5 +122,9 @@ class InferenceConfig:
     """Run the MLPs through tiny-cuda-nn's FullyFusedMLP when ``tinycudann`` imports and the
     tensors are on CUDA (logged once either way)."""
     cuda_graph: bool = True
-    """Capture the head render of a frame in a CUDA graph and replay it (CUDA only; a frame
-    that cannot be captured falls back to eager rendering, said once in the log)."""
+    """Capture a frame's device work (rays, ``graph_steps`` steps of the fixed loop without
+    read-back, torso) in a CUDA graph and replay it (CUDA only; where capture fails the frame
+    renders eagerly, said once in the log)."""
+    graph_steps: int = 4
+    """Steps of the fixed loop inside the CUDA graph; rays still alive after them finish
+    eagerly with one read-back per step."""

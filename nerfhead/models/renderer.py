@@ -126,8 +126,9 @@ def render_head_inference(field: FaceField, grid: OccupancyGrid, cfg: ModelConfi
     """
     inference = inference or InferenceConfig()
     field_fn = head_shader(field, cond, inference, rays_o.device)
+    # field.aabb: the box as a device buffer (no host tensor per call)
     kw = dict(dt_gamma=cfg.dt_gamma, max_steps=cfg.max_steps, T_thresh=cfg.T_thresh,
-              backend=cfg.backend, aabb=cfg.aabb, min_near=cfg.min_near)
+              backend=cfg.backend, aabb=field.aabb, min_near=cfg.min_near)
     if inference.loop == "fixed":
         key = (rays_o.shape[0], str(rays_o.device))
         buf = buffers.get(key) if buffers is not None else None

@@ -40,7 +40,8 @@ def _first(mlp) -> Tensor:
 def _after_first(mlp, x: Tensor) -> Tensor:
     """The layers of ``mlp`` after its first linear layer, applied to that layer's output."""
     for layer in list(mlp)[1:]:
-        x = layer(x)
+        # out of place: x may be a view of the merged GEMM's output
+        x = torch.relu(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
     return x
 
 

@@ -247,7 +247,8 @@ def fixed_step(field_fn: FieldFn, buf: FixedRenderBuffers, rays_o: Tensor, rays_
                         dt_gamma, max_steps, backend=backend)
     torch.cumsum(buf.n, 0, dtype=torch.int64, out=buf.ends)
     # filled slots = end of the last ray whose range fits (ranges are a prefix of the list)
-    torch.amax(torch.where(buf.ends <= cap, buf.ends, torch.zeros_like(buf.ends)), out=buf.filled)
+    torch.amax(torch.where(buf.ends <= cap, buf.ends, torch.zeros_like(buf.ends)), 0,
+               out=buf.filled)
     used = cap
     if read_back:
         used = int(buf.filled.item())
@@ -262,6 +263,79 @@ def fixed_step(field_fn: FieldFn, buf: FixedRenderBuffers, rays_o: Tensor, rays_
                       rgb.float().contiguous(), buf.deltas, buf.ts, buf.ends, buf.n, cap, k,
                       T_thresh, buf.weights_sum, buf.depth, buf.image, backend=backend)
     return used if read_back else -1
+
+
+class FixedLoop:
+    """The fixed-shape loop in parts, for callers that capture some of it in a CUDA graph:
+    :meth:`start` and :meth:`run_fixed` never read anything back; :meth:`finish` reads back
+    whether rays are left (one value) and finishes them with one read-back per step."""
+
+    def __init__(self, grid: OccupancyGrid, dt_gamma: float = 1 / 256, max_steps: int = 1024,
+                 T_thresh: float = 1e-4, backend: str = "auto",
+                 schedule: Sequence[int] = DEFAULT_SCHEDULE, capacity: int = DEFAULT_CAPACITY):
+        if not schedule or min(int(k) for k in schedule) < 1:
+            raise ValueError(f"FixedLoop: schedule entries must be >= 1, got {tuple(schedule)}")
+        kmax = max(int(k) for k in schedule)
+        if capacity < kmax:
+            raise ValueError(f"FixedLoop: capacity {capacity} is below the largest k {kmax} of "
+                             "the schedule (a ray's samples of one step must fit)")
+        self.grid, self.schedule, self.capacity, self.kmax = grid, tuple(schedule), int(capacity), kmax
+        self.kw = dict(dt_gamma=dt_gamma, max_steps=max_steps, T_thresh=T_thresh)
+        self.backend = backend
+        self.buffers: FixedRenderBuffers | None = None
+        self.rays_o = self.rays_d = None
+        self.step_index = 0
+        self.samples = 0
+
+    def start(self, rays_o: Tensor, rays_d: Tensor, channels: int = 3, *,
+              nears: Tensor | None = None, fars: Tensor | None = None, aabb=None,
+              min_near: float = 0.05, buffers: FixedRenderBuffers | None = None) -> None:
+        """Reset the state for rays [R, 3] (float32, contiguous); device work only. ``aabb``
+        may be a device tensor (then no host tensor is made)."""
+        from nerfhead.ops.raymarch import near_far_from_aabb
+
+        which = resolve_backend("raymarch", self.backend, rays_o.device)
+        if which == "nerfacc":  # nerfacc has no inference step: use ours
+            which = resolve_backend("raymarch", "auto", rays_o.device)
+        self.kw["backend"] = which
+        R = rays_o.shape[0]
+        cap = min(self.capacity, max(R * self.kmax, self.kmax))
+        if buffers is None or not buffers.matches(R, cap, channels, rays_o.device):
+            buffers = FixedRenderBuffers(R, cap, channels, rays_o.device)
+        self.buffers, self.rays_o, self.rays_d = buffers, rays_o, rays_d
+        if nears is None or fars is None:
+            nears, fars = near_far_from_aabb(rays_o, rays_d, aabb if aabb is not None else self.grid.aabb,
+                                             min_near, backend=which)
+        buffers.reset(nears.float(), fars.float())
+        self.step_index, self.samples = 0, 0
+
+    def step(self, field_fn: FieldFn, read_back: bool) -> int:
+        k = schedule_k(self.schedule, self.step_index)
+        used = fixed_step(field_fn, self.buffers, self.rays_o, self.rays_d, self.grid, k,
+                          read_back=read_back, **self.kw)
+        self.step_index += 1
+        self.samples += max(used, 0)
+        return used
+
+    def run_fixed(self, field_fn: FieldFn, steps: int) -> None:
+        """``steps`` steps without any read-back (fixed shapes: the field shades the capacity)."""
+        for _ in range(steps):
+            self.step(field_fn, read_back=False)
+
+    def finish(self, field_fn: FieldFn) -> int:
+        """Read back whether rays are left; finish them with one read-back per step. Returns
+        the steps it took (0: none were left)."""
+        if not bool(self.buffers.alive.any().item()):
+            return 0
+        n = 0
+        while self.step(field_fn, read_back=True):
+            n += 1
+        return n + 1
+
+    def outputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """image [R, C], depth [R], weights_sum [R]: the buffers themselves (copy to keep)."""
+        b = self.buffers
+        return b.image, b.depth, b.weights_sum
 
 
 @torch.no_grad()
@@ -288,47 +362,25 @@ def render_rays_fixed(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, grid: O
     ``stats``: filled with ``steps``, ``samples`` (when read back) and ``buffers`` (to pass
     back next frame).
     """
-    from nerfhead.ops.raymarch import near_far_from_aabb
-
-    which = resolve_backend("raymarch", backend, rays_o.device)
-    if which == "nerfacc":  # nerfacc has no inference step: use ours
-        which = resolve_backend("raymarch", "auto", rays_o.device)
-    kmax = max(int(k) for k in schedule)
-    if min(int(k) for k in schedule) < 1:
-        raise ValueError(f"render_rays_fixed: schedule entries must be >= 1, got {tuple(schedule)}")
-    if capacity < kmax:
-        raise ValueError(f"render_rays_fixed: capacity {capacity} is below the largest k {kmax} "
-                         "of the schedule (a ray's samples of one step must fit)")
-    o, d = rays_o.float().contiguous(), rays_d.float().contiguous()
-    R = o.shape[0]
-    cap = min(int(capacity), max(R * kmax, kmax))
-    if buffers is None or not buffers.matches(R, cap, channels, o.device):
-        buffers = FixedRenderBuffers(R, cap, channels, o.device)
-    if nears is None or fars is None:
-        nears, fars = near_far_from_aabb(o, d, aabb if aabb is not None else grid.aabb, min_near,
-                                         backend=which)
-    buffers.reset(nears.float(), fars.float())
-    args = (buffers, o, d, grid)
-    kw = dict(dt_gamma=dt_gamma, max_steps=max_steps, T_thresh=T_thresh, backend=which)
-    step, samples = 0, 0
-    if not read_back:
-        for _ in range(fixed_steps if fixed_steps is not None else steps_to_finish(schedule, max_steps)):
-            fixed_step(field_fn, *args, schedule_k(schedule, step), read_back=False, **kw)
-            step += 1
-        more = bool(buffers.alive.any().item())  # the one read-back of the frame
-        if more:
-            log.debug("render_rays_fixed: rays left after %d fixed steps; finishing with "
-                      "per-step read-backs", step)
-    if read_back or more:
-        while True:
-            used = fixed_step(field_fn, *args, schedule_k(schedule, step), read_back=True, **kw)
-            step += 1
-            samples += used
-            if used == 0:
-                break
+    if rays_o.shape[0] == 0:
+        z = rays_o.new_zeros(0)
+        return rays_o.new_zeros(0, channels), z, z
+    loop = FixedLoop(grid, dt_gamma, max_steps, T_thresh, backend, schedule, capacity)
+    loop.start(rays_o.float().contiguous(), rays_d.float().contiguous(), channels, nears=nears,
+               fars=fars, aabb=aabb, min_near=min_near, buffers=buffers)
+    if read_back:
+        while loop.step(field_fn, read_back=True):
+            pass
+    else:
+        loop.run_fixed(field_fn, fixed_steps if fixed_steps is not None
+                       else steps_to_finish(schedule, max_steps))
+        if loop.finish(field_fn):
+            log.debug("render_rays_fixed: rays left after the fixed steps; finished them with "
+                      "per-step read-backs")
     if stats is not None:
-        stats.update(steps=step, samples=samples if read_back else None, buffers=buffers)
-    image, depth, wsum = buffers.image.clone(), buffers.depth.clone(), buffers.weights_sum.clone()
+        stats.update(steps=loop.step_index, samples=loop.samples if read_back else None,
+                     buffers=loop.buffers)
+    image, depth, wsum = (x.clone() for x in loop.outputs())
     if bg is not None:
         image = image + (1 - wsum)[:, None] * bg.to(image)
     return image, depth, wsum
