@@ -285,3 +285,21 @@ def test_cuda_graph_frames_match_eager_frames(caplog):
         for key in ("rgb", "head_alpha", "torso_alpha"):
             assert _maxdiff(e, g, key) <= 1e-3, key
     assert _maxdiff(graphed[0], graphed[1], "rgb") > 0  # the audio code changes the frame
+
+
+def test_bench_render_compare_old_and_new(tmp_path, capsys):
+    import json
+
+    from nerfhead.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "render", "--synthetic", "--resolution", "16", "--frames", "1",
+                 "--device", "cpu", "--compare", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "old vs new" in table and "host syncs per frame" in table and "old/new" in table
+    res = json.loads(out.read_text())
+    comp = res["compare"]
+    assert set(comp["speedup"]) == {"fps_head", "fps_head_torso_compositing"}
+    assert comp["new"]["host_syncs"] < comp["old"]["host_syncs"]
+    assert res["fps_head"] == comp["new"]["fps_head"] > 0  # top level: the new path
+    assert "loop='compact'" in comp["old"]["inference"] and "loop='fixed'" in comp["new"]["inference"]

@@ -39,9 +39,12 @@ def _first(mlp) -> Tensor:
 
 def _after_first(mlp, x: Tensor) -> Tensor:
     """The layers of ``mlp`` after its first linear layer, applied to that layer's output."""
+    inplace = not torch.is_grad_enabled()  # with autograd on, x may be a split's view
     for layer in list(mlp)[1:]:
-        # out of place: x may be a view of the merged GEMM's output
-        x = torch.relu(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
+        if isinstance(layer, torch.nn.ReLU):
+            x = torch.relu_(x) if inplace else torch.relu(x)
+        else:
+            x = layer(x)
     return x
 
 
@@ -63,6 +66,9 @@ def _stacked_first_layers(field: FaceField) -> dict:
     cache = {"key": key,
              "first": torch.cat(heads, 0).contiguous(),          # [Ha (+ He) + Hs, E]
              "split": [h.shape[0] for h in heads],
+             # per plane, transposed, for the concat merge: [E/3, Ha (+ He) + Hs] each
+             "first_planes_t": [c.T.contiguous() for c in torch.cat(heads, 0).chunk(3, dim=1)]
+             if field.cfg.plane_merge == "concat" else [],
              "sigma_audio": ws[:, E:E + A].contiguous(),          # [Hs, A]
              "sigma_expr": ws[:, E + A:E + A + D].contiguous()}   # [Hs, D]
     field._fused_cache = cache
@@ -76,6 +82,7 @@ class FusedShader:
         self.field = field
         w = _stacked_first_layers(field)
         self.first, self.split = w["first"], w["split"]
+        self.first_planes_t = w["first_planes_t"]
         # per-frame folding: (att * code) @ W.T == att @ (W * code).T
         self.sigma_audio = (w["sigma_audio"] * cond.audio.detach()[None, :]).T.contiguous()
         self.sigma_expr = (w["sigma_expr"] * cond.expression.detach()[None, :]).T.contiguous() \
@@ -91,21 +98,34 @@ class FusedShader:
 
     def __call__(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         f = self.field
-        enc = f.encode_position(x)
-        h = F.linear(enc, self.first)
+        if f.cfg.plane_merge == "concat":
+            # cat(planes) @ W.T == sum_i plane_i @ W_i.T: no concatenated copy of the features
+            h = None
+            for feat, wt in zip(f.plane_features(x), self.first_planes_t):
+                h = feat @ wt if h is None else _acc(h, feat, wt)
+        else:
+            h = F.linear(f.encode_position(x), self.first)
         parts = list(h.split(self.split, -1))
         ha, hs = parts[0], parts[-1]
         audio_w = _after_first(f.audio_att, ha)  # ReLU + the attention's output layer
-        pre = torch.addmm(hs, audio_w, self.sigma_audio.to(audio_w.dtype))
-        if self.sigma_expr is not None:
-            expr_w = torch.relu(_after_first(f.expr_att, parts[1]))
-            pre = torch.addmm(pre, expr_w, self.sigma_expr.to(expr_w.dtype))
+        expr_w = torch.relu(_after_first(f.expr_att, parts[1])) if self.sigma_expr is not None else None
+        pre = _acc(hs, audio_w, self.sigma_audio)
+        if expr_w is not None:
+            pre = _acc(pre, expr_w, self.sigma_expr)
         out = _after_first(f.sigma_net, pre)
         # float32 before exp: float16 overflows above exp(11)
         sigma = trunc_exp(out[:, 0].float().clamp(max=15.0))
         geo = out[:, 1:]
-        sh = sh_encode(d, f.cfg.sh_degree)
         c = torch.addmm(self.color_bias.to(geo.dtype), geo, self.color_geo.to(geo.dtype))
-        c = torch.addmm(c, sh.to(c.dtype), self.color_sh.to(c.dtype))
+        c = _acc(c, sh_encode(d, f.cfg.sh_degree), self.color_sh)
         rgb = torch.sigmoid(_after_first(f.color_net, c))
         return sigma, rgb
+
+
+def _acc(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """acc + a @ b, in place when autograd is off (no copy of acc), in acc's dtype (under
+    autocast acc is already float16: in-place ops are not autocast, so cast a and b)."""
+    a, b = a.to(acc.dtype), b.to(acc.dtype)
+    if torch.is_grad_enabled():
+        return torch.addmm(acc, a, b)
+    return acc.addmm_(a, b)
