@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nerfhead.ops.host_sync import HostSyncCounter
-from nerfhead.ops.occupancy import OccupancyGrid, march_params
+from nerfhead.ops.occupancy import OccupancyGrid
 from nerfhead.ops.raymarch import near_far_from_aabb, render_rays_inference
 from nerfhead.ops.raymarch_fixed import (FixedRenderBuffers, composite_compact,
                                          march_compact_count, march_compact_fill,

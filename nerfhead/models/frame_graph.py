@@ -10,7 +10,9 @@ requires) and replayed afterwards: one launch instead of hundreds. Then one valu
 back (are rays left?) and the rays still alive finish eagerly with one read-back per step.
 
 The graph holds the addresses of the weights, the occupancy bitfield and the buffers; when a
-parameter or the grid changes (their ``_version`` counters), the next frame captures again.
+parameter or the grid changes (their ``_version`` counters), the graph is dropped, that frame
+renders eagerly, and the next frame with unchanged weights captures again (so validation
+during training, whose weights move between frames, never pays for captures).
 Where capture fails (an op that cannot be captured, e.g. one that synchronises), the runner
 says so once in the log and renders eagerly from the same static inputs.
 """
@@ -107,15 +109,22 @@ class FrameRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._body()
-        self.graph, self.graph_key = graph, self._key()
+        self.graph = graph
         _say_once(f"CUDA graph: captured the head{' + torso' if self.with_torso else ''} render "
                   f"of a {self.camera.width}x{self.camera.height} frame ({self.steps} fixed steps)")
 
     def run(self) -> None:
         """The device work of the frame whose inputs were set, then its finish."""
-        if self.use_graph:
+        key = self._key() if self.use_graph else None
+        if self.use_graph and self.graph_key != key:
+            # new weights or grid: drop the stale graph (and its memory pool) and render this
+            # frame eagerly; capture only when the next frame has the same weights (a video),
+            # not on every validation frame of a training run whose weights keep moving
+            self.graph, self.graph_key = None, key
+            self._body()
+        elif self.use_graph:
             try:
-                if self.graph is None or self.graph_key != self._key():
+                if self.graph is None:
                     self._capture()
                 self.graph.replay()
             except Exception as e:  # noqa: BLE001 - any capture failure: render eagerly
