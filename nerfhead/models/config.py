@@ -105,8 +105,11 @@ class InferenceConfig:
     65,536 rays, compacting the alive rays with boolean masks: several syncs per step)."""
     schedule: tuple[int, ...] = (8, 16, 32, 64)
     """fixed loop: samples per alive ray at steps 0, 1, 2, ... (the last repeats)."""
-    capacity: int = 1 << 21
-    """fixed loop: slots of the compacted sample list (field batch of one step)."""
+    capacity: int = 0
+    """fixed loop: slots of the compacted sample list (the field's batch in one step); 0 =
+    auto: 2^21 on CUDA, 2^19 on CPU (the earlier loop's largest batch, 65,536 rays x 8, so
+    a CPU render needs no more memory than before)."""
+
     read_back: bool = True
     """fixed loop: read back the filled slots once per step (the field shades only those);
     False: no read-back per step, the field shades the whole capacity (for CUDA graphs)."""
@@ -128,3 +131,11 @@ class InferenceConfig:
     graph_steps: int = 4
     """Steps of the fixed loop inside the CUDA graph; rays still alive after them finish
     eagerly with one read-back per step."""
+
+    def capacity_for(self, device) -> int:
+        """The capacity in slots on ``device`` (``capacity``, or its auto value)."""
+        import torch  # here: the config module stays importable without torch
+
+        if self.capacity:
+            return int(self.capacity)
+        return 1 << 21 if torch.device(device).type == "cuda" else 1 << 19

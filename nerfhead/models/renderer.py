@@ -135,7 +135,7 @@ def render_head_inference(field: FaceField, grid: OccupancyGrid, cfg: ModelConfi
         stats: dict = {}
         image, depth, wsum = render_rays_fixed(
             field_fn, rays_o, rays_d, grid, schedule=inference.schedule,
-            capacity=inference.capacity, read_back=inference.read_back, buffers=buf,
+            capacity=inference.capacity_for(rays_o.device), read_back=inference.read_back, buffers=buf,
             stats=stats, **kw)
         if buffers is not None:
             buffers.clear()  # one frame size at a time: a new size frees the old buffers
