@@ -72,7 +72,7 @@ def test_render_frame_new_path_matches_the_old_one(backend):
     assert float(a.max()) > 0.999 and float((a > 0.999).float().mean()) > 0.1  # opaque rays
     assert float((a < 0.5).float().mean()) > 0.1  # and see-through ones
     loop_only = _render(m, InferenceConfig(fused_heads=False, precision="float32"))
-    new = _render(m, InferenceConfig())
+    new = _render(m, InferenceConfig(fused_heads=True))  # (auto: on CUDA only)
     for key in ("rgb", "head_rgb", "head_alpha"):
         assert _maxdiff(old, loop_only, key) <= TOL_LOOP, key
         assert _maxdiff(old, new, key) <= TOL_FUSED, key
@@ -106,7 +106,7 @@ def test_uncertainty_head_is_not_run_at_inference():
     m = _model()
     calls = []
     m.field.unc_net.register_forward_hook(lambda *a: calls.append(1))
-    _render(m, InferenceConfig())
+    _render(m, InferenceConfig(fused_heads=True))
     assert calls == []
     _render(m, InferenceConfig(fused_heads=False))  # the training forward, uncertainty off
     assert calls == []
@@ -118,7 +118,7 @@ def test_bfloat16_autocast_on_cpu_within_tolerance():
     """CPU stand-in for float16 autocast on CUDA (same code path, another dtype)."""
     m = _model()
     old = _render(m, OLD)
-    half = _render(m, InferenceConfig(precision="bfloat16"))
+    half = _render(m, InferenceConfig(precision="bfloat16", fused_heads=True))
     for key in ("rgb", "head_rgb", "head_alpha"):
         d = _maxdiff(old, half, key)
         assert 0 < d <= TOL_BF16_CPU, (key, d)  # > 0: bfloat16 really ran

@@ -113,11 +113,13 @@ class InferenceConfig:
     read_back: bool = True
     """fixed loop: read back the filled slots once per step (the field shades only those);
     False: no read-back per step, the field shades the whole capacity (for CUDA graphs)."""
-    fused_heads: bool = True
+    fused_heads: bool | None = None
     """One GEMM for the first layers of the heads that read the position encoding (audio
     attention, expression attention, density), the frame's audio / expression codes folded
     into the density layer's weights, the latent into the colour layer's bias, and no
-    uncertainty head (nothing uses it at inference). False: the training forward."""
+    uncertainty head (nothing uses it at inference). False: the training forward without its
+    uncertainty head. None = auto: True on CUDA; False on CPU, where the training forward's
+    fewer, wider GEMMs measured as fast or faster (docs/benchmarks.md)."""
     precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """MLP precision through torch.autocast: auto = float16 on CUDA, float32 on CPU (a CPU has
     no fast half GEMM; bfloat16 there is the CPU stand-in used by the tests)."""
@@ -131,6 +133,14 @@ class InferenceConfig:
     graph_steps: int = 4
     """Steps of the fixed loop inside the CUDA graph; rays still alive after them finish
     eagerly with one read-back per step."""
+
+    def fused_heads_for(self, device) -> bool:
+        """Whether the fused inference shader runs on ``device`` (``fused_heads`` or auto)."""
+        import torch
+
+        if self.fused_heads is not None:
+            return bool(self.fused_heads)
+        return torch.device(device).type == "cuda"
 
     def capacity_for(self, device) -> int:
         """The capacity in slots on ``device`` (``capacity``, or its auto value)."""

@@ -95,7 +95,7 @@ def head_shader(field: FaceField, cond: Conditions, inference: InferenceConfig,
             _say_once("head MLPs: tiny-cuda-nn FullyFusedMLP (float16)")
         else:
             _say_once("head MLPs: torch, not tiny-cuda-nn's fused MLP: %s", why)
-    if base is None and inference.fused_heads:
+    if base is None and inference.fused_heads_for(device):
         base = field.inference_shader(cond)
     elif base is None:
         def base(pos, dirs):

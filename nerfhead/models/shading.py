@@ -9,8 +9,10 @@ same function with the linear algebra rearranged:
   attention, the density MLP's columns for ``enc``) are **one GEMM** with the weights stacked;
 * the density layer's columns for the attended audio and expression are scaled by the
   frame's audio and expression codes once per frame, so ``(w * a) @ W.T`` becomes
-  ``w @ (W * a).T``, accumulated with ``addmm`` (no concatenation of per-sample tensors);
-* the colour layer's columns for the latent become a per-frame bias;
+  ``w @ (W * a).T``, added to the first GEMM's density part by one ``addmm`` (the
+  per-sample input of the density layer, ``enc`` plus the codes, is never concatenated);
+* the colour layer's columns for the latent become a per-frame bias (its per-sample input
+  is ``[SH(d), geo]`` only);
 * the uncertainty head is not run (only the training loss reads it).
 
 The sums are regrouped, so the result equals ``forward`` within float32 rounding
@@ -24,7 +26,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nerfhead.models.layers import sh_encode, trunc_exp
@@ -66,9 +67,7 @@ def _stacked_first_layers(field: FaceField) -> dict:
     cache = {"key": key,
              "first": torch.cat(heads, 0).contiguous(),          # [Ha (+ He) + Hs, E]
              "split": [h.shape[0] for h in heads],
-             # per plane, transposed, for the concat merge: [E/3, Ha (+ He) + Hs] each
-             "first_planes_t": [c.T.contiguous() for c in torch.cat(heads, 0).chunk(3, dim=1)]
-             if field.cfg.plane_merge == "concat" else [],
+             "first_t": torch.cat(heads, 0).T.contiguous(),        # [E, Ha (+ He) + Hs]
              "sigma_audio": ws[:, E:E + A].contiguous(),          # [Hs, A]
              "sigma_expr": ws[:, E + A:E + A + D].contiguous()}   # [Hs, D]
     field._fused_cache = cache
@@ -81,8 +80,7 @@ class FusedShader:
     def __init__(self, field: FaceField, cond: Conditions):
         self.field = field
         w = _stacked_first_layers(field)
-        self.first, self.split = w["first"], w["split"]
-        self.first_planes_t = w["first_planes_t"]
+        self.first_t, self.split = w["first_t"], w["split"]
         # per-frame folding: (att * code) @ W.T == att @ (W * code).T
         self.sigma_audio = (w["sigma_audio"] * cond.audio.detach()[None, :]).T.contiguous()
         self.sigma_expr = (w["sigma_expr"] * cond.expression.detach()[None, :]).T.contiguous() \
@@ -95,37 +93,25 @@ class FusedShader:
         lat = wc[:, n_sh + geo:]
         self.color_bias = (lat @ cond.latent.detach()) if field.cfg.latent_dim else \
             torch.zeros(wc.shape[0], device=wc.device, dtype=wc.dtype)
+        # [A (+ D), Hs]: the attended audio and expression columns of the density layer
+        self.sigma_att = torch.cat([self.sigma_audio] + ([self.sigma_expr] if self.sigma_expr is not None
+                                                         else []), 0)
+        self.color_in = torch.cat([self.color_sh, self.color_geo], 0)  # [SH + geo, Hc]
 
     def __call__(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         f = self.field
-        if f.cfg.plane_merge == "concat":
-            # cat(planes) @ W.T == sum_i plane_i @ W_i.T: no concatenated copy of the features
-            h = None
-            for feat, wt in zip(f.plane_features(x), self.first_planes_t):
-                h = feat @ wt if h is None else _acc(h, feat, wt)
-        else:
-            h = F.linear(f.encode_position(x), self.first)
+        h = f.encode_position(x) @ self.first_t  # the three heads' first layers: one GEMM
         parts = list(h.split(self.split, -1))
-        ha, hs = parts[0], parts[-1]
-        audio_w = _after_first(f.audio_att, ha)  # ReLU + the attention's output layer
-        expr_w = torch.relu(_after_first(f.expr_att, parts[1])) if self.sigma_expr is not None else None
-        pre = _acc(hs, audio_w, self.sigma_audio)
-        if expr_w is not None:
-            pre = _acc(pre, expr_w, self.sigma_expr)
+        att = [_after_first(f.audio_att, parts[0])]  # ReLU + the attention's output layer
+        if self.sigma_expr is not None:
+            att.append(torch.relu(_after_first(f.expr_att, parts[1])))
+        att = torch.cat(att, -1)
+        pre = torch.addmm(parts[-1], att, self.sigma_att.to(att.dtype))
         out = _after_first(f.sigma_net, pre)
         # float32 before exp: float16 overflows above exp(11)
         sigma = trunc_exp(out[:, 0].float().clamp(max=15.0))
         geo = out[:, 1:]
-        c = torch.addmm(self.color_bias.to(geo.dtype), geo, self.color_geo.to(geo.dtype))
-        c = _acc(c, sh_encode(d, f.cfg.sh_degree), self.color_sh)
+        cin = torch.cat([sh_encode(d, f.cfg.sh_degree).to(geo.dtype), geo], -1)
+        c = torch.addmm(self.color_bias.to(cin.dtype), cin, self.color_in.to(cin.dtype))
         rgb = torch.sigmoid(_after_first(f.color_net, c))
         return sigma, rgb
-
-
-def _acc(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """acc + a @ b, in place when autograd is off (no copy of acc), in acc's dtype (under
-    autocast acc is already float16: in-place ops are not autocast, so cast a and b)."""
-    a, b = a.to(acc.dtype), b.to(acc.dtype)
-    if torch.is_grad_enabled():
-        return torch.addmm(acc, a, b)
-    return acc.addmm_(a, b)
