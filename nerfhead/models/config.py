@@ -103,8 +103,11 @@ class InferenceConfig:
     """fixed: the whole frame in one fixed-shape loop (``render_rays_fixed``: static buffers,
     one host sync per step); compact: the earlier loop (``render_rays_inference`` in chunks of
     65,536 rays, compacting the alive rays with boolean masks: several syncs per step)."""
-    schedule: tuple[int, ...] = (8, 16, 32, 64)
-    """fixed loop: samples per alive ray at steps 0, 1, 2, ... (the last repeats)."""
+    schedule: tuple[int, ...] | None = None
+    """fixed loop: samples per alive ray at steps 0, 1, 2, ... (the last repeats). None =
+    auto: (8, 16, 32, 64) on CUDA, where a step costs launches and a read-back and a sample
+    little; (2, 4, 8, 16, 32, 64) on CPU, where steps cost nothing and every sample shaded
+    after a ray turned opaque is wasted (about 9% fewer samples on the trained tiny run)."""
     capacity: int = 0
     """fixed loop: slots of the compacted sample list (the field's batch in one step); 0 =
     auto: 2^21 on CUDA, 2^19 on CPU (the earlier loop's largest batch, 65,536 rays x 8, so
@@ -141,6 +144,14 @@ class InferenceConfig:
         if self.fused_heads is not None:
             return bool(self.fused_heads)
         return torch.device(device).type == "cuda"
+
+    def schedule_for(self, device) -> tuple[int, ...]:
+        """The k schedule on ``device`` (``schedule``, or its auto value)."""
+        import torch
+
+        if self.schedule is not None:
+            return tuple(int(k) for k in self.schedule)
+        return (8, 16, 32, 64) if torch.device(device).type == "cuda" else (2, 4, 8, 16, 32, 64)
 
     def capacity_for(self, device) -> int:
         """The capacity in slots on ``device`` (``capacity``, or its auto value)."""

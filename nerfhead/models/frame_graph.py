@@ -51,8 +51,8 @@ class FrameRunner:
         self.model, self.camera, self.with_torso = model, camera, with_torso
         self.use_graph = use_graph and dev.type == "cuda"
         self.loop = FixedLoop(model.grid, cfg.dt_gamma, cfg.max_steps, cfg.T_thresh, cfg.backend,
-                              inf.schedule, inf.capacity_for(dev))
-        self.steps = min(inf.graph_steps, steps_to_finish(inf.schedule, cfg.max_steps))
+                              inf.schedule_for(dev), inf.capacity_for(dev))
+        self.steps = min(inf.graph_steps, steps_to_finish(inf.schedule_for(dev), cfg.max_steps))
         # pinned: the pose's host-to-device copy is asynchronous. Reusing the host buffer next
         # frame is safe because every frame reads a value back after the copy was queued.
         self.c2w_host = torch.zeros(4, 4, pin_memory=self.use_graph)

@@ -134,7 +134,7 @@ def render_head_inference(field: FaceField, grid: OccupancyGrid, cfg: ModelConfi
         buf = buffers.get(key) if buffers is not None else None
         stats: dict = {}
         image, depth, wsum = render_rays_fixed(
-            field_fn, rays_o, rays_d, grid, schedule=inference.schedule,
+            field_fn, rays_o, rays_d, grid, schedule=inference.schedule_for(rays_o.device),
             capacity=inference.capacity_for(rays_o.device), read_back=inference.read_back, buffers=buf,
             stats=stats, **kw)
         if buffers is not None:
