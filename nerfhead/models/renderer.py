@@ -106,7 +106,8 @@ def head_shader(field: FaceField, cond: Conditions, inference: InferenceConfig,
     def field_fn(pos: Tensor, dirs: Tensor, ray_idx: Tensor):
         if dtype is None:
             return base(pos, dirs)
-        with torch.autocast(device.type, dtype=dtype):
+        # no autocast weight cache: its cached casts would be stale inside a replayed CUDA graph
+        with torch.autocast(device.type, dtype=dtype, cache_enabled=False):
             sigma, rgb = base(pos, dirs)
         return sigma.float(), rgb.float()
 
