@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,10 +73,11 @@ class FrameRunner:
     # ------------------------------------------------------------------ inputs
     def set_inputs(self, c2w, cond: Conditions, torso_latent: Tensor) -> None:
         """Copy one frame's inputs into the static buffers (no tensor is created)."""
+        # rows 0-2 only: the conversion reads no more, and a [3, 4] c2w works as before
         if isinstance(c2w, Tensor):
-            self.c2w.copy_(c2w)
+            self.c2w[:3].copy_(c2w[:3])
         else:
-            self._c2w_np[...] = c2w  # numpy casts in place
+            self._c2w_np[:3] = c2w[:3] if isinstance(c2w, np.ndarray) else np.asarray(c2w)[:3]
             self.c2w.copy_(self.c2w_host, non_blocking=True)
         self.cond.audio.copy_(cond.audio)
         self.cond.expression.copy_(cond.expression)
