@@ -37,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--frames", type=int, default=10, help="timed frames (after 2 warm-up) [10]")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     r.add_argument("--json", default=None, help="also write the results here")
+    r.add_argument("--compare", action="store_true",
+                   help="first time the inference path before issue 12 ('old': compacting loop, "
+                        "training forward, float32) against the current one ('new'), frames "
+                        "interleaved, with host syncs (and CUDA kernel launches) per frame")
     r.add_argument("--profile", default=None, metavar="FILE",
                    help="also profile 3 frames with torch.profiler and write the top operators "
                         "(by device time on CUDA, else CPU time) to FILE")

@@ -79,6 +79,9 @@ class TrainConfig:
     """torch CPU threads when training on the CPU (0: torch's default). On a machine shared
     with other jobs 1 thread is far faster than oversubscribed cores (measured 6x on tiny).
     Exact resumption needs the same thread count (reductions change order)."""
+    prefetch_frames: int = 2
+    """Steps ahead whose frames a background thread decodes into the dataset cache while
+    the current step runs (0: off; the results are the same either way)."""
 
 
 def load_configs(preset: str | os.PathLike | Mapping | None,
