@@ -17,8 +17,8 @@ frames; the windowing keeps ``T`` feature frames and the smoother ``smoother_win
 must have arrived before that frame can be rendered, so the least delay between hearing a
 sound and showing the face that says it, before any computing. ``mel``: half an STFT window
 (25 ms) + the second half of the 16-frame window (70 ms) = 95 ms; ``ow``: the embedding's
-receptive field reaches 402 ms ahead of its centre, plus up to 80 ms until the next embedding
-brackets the grid point, plus 140 ms of window = up to 622 ms. The model's temporal smoother
+receptive field reaches 402 ms past its centre, plus up to 70 ms until an embedding starts at
+or after the 50/s row, plus 140 ms of window = up to 612 ms. The model's temporal smoother
 adds ``(smoother_window - smoother_window // 2 - 1)`` frames of 40 ms (head preset, 8
 windows: 120 ms; tiny preset, 4: 40 ms).
 """
