@@ -101,10 +101,14 @@ class _KeyframeRollout:
 
 
 class LiveMotion:
-    """Poses and expressions of a live stream for the run trained on ``data_dir``."""
+    """Poses and expressions of a live stream for the run trained on ``data_dir``.
+
+    ``model``: a ``HeadMotionModel`` already loaded (a server loads it once for all sessions);
+    else the run's, or one fitted now; ``use_model=False``: the clip's poses.
+    """
 
     def __init__(self, data_dir, run_dir=None, seed: int = 0, fps: float = 25.0,
-                 use_model: bool = True):
+                 use_model: bool = True, model=None):
         from nerfhead.motion.export import load_blendshapes, speaker_blinks
         from nerfhead.motion.pose import rest_pose
         from nerfhead.render.poses import dataset_poses, smooth_poses
@@ -117,7 +121,10 @@ class LiveMotion:
         self.features: list[np.ndarray] = []
         self.rollout = None
         self.source = "clip poses, smoothed and mirrored"
-        if use_model:
+        if model is not None:
+            self.rollout = _KeyframeRollout(model, seed)
+            self.source = f"head-motion model of {data_dir.name} (seed {seed})"
+        elif use_model:
             from nerfhead.data.dataset import DatasetError
             from nerfhead.motion.generator import load_or_fit
 
