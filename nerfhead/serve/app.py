@@ -224,6 +224,7 @@ def decode_file(body: bytes) -> np.ndarray:
 # ---------------------------------------------------------------------------------- the app
 def build_app(server: Server):
     from aiohttp import WSMsgType, web
+    from aiohttp.helpers import parse_mimetype
 
     cfg = server.cfg
     BUSY = {"error": "busy"}
@@ -331,9 +332,9 @@ def build_app(server: Server):
         loop = asyncio.get_running_loop()
         try:
             if request.content_type == "audio/l16" or request.query.get("format") == "s16le":
-                rate = int(request.query.get("rate", request.content_type_params.get("rate", SAMPLE_RATE)))
-                ch = int(request.query.get("channels",
-                                           request.content_type_params.get("channels", 1)))
+                params = parse_mimetype(request.headers.get("Content-Type", "")).parameters
+                rate = int(request.query.get("rate", params.get("rate", SAMPLE_RATE)))
+                ch = int(request.query.get("channels", params.get("channels", 1)))
                 x = decode_pcm(body, rate, ch)
             else:
                 x = await loop.run_in_executor(None, decode_file, body)
@@ -383,11 +384,13 @@ def build_app(server: Server):
                                              "PCM s16le"})
         return ws
 
+    janitor = web.AppKey("janitor", asyncio.Task)
+
     async def on_startup(app):
-        app["janitor"] = asyncio.get_running_loop().create_task(server.janitor())
+        app[janitor] = asyncio.get_running_loop().create_task(server.janitor())
 
     async def on_cleanup(app):
-        app["janitor"].cancel()
+        app[janitor].cancel()
         await server.shutdown()
 
     app = web.Application(middlewares=[auth], client_max_size=int(cfg.max_upload_mb * 2 ** 20))
