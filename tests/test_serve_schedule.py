@@ -170,3 +170,34 @@ def test_input_gap_is_filled_with_silence_and_the_head_keeps_moving(motion_data,
     assert st["rendered"] > 100
     later = seen[-50:]  # the last 2 s, all silence
     assert len(set(later)) > 10  # head motion goes on while listening
+
+
+def test_a_stalled_microphone_does_not_leave_its_latency_behind(motion_data):
+    """The microphone stalls 0.6 s, then its backlog arrives at once: silence filled the gap,
+    so its audio now plays 0.6 s later than before; quiet chunks are dropped until the latency
+    is back (speech chunks never are)."""
+    from nerfhead.motion.live import LiveMotion
+
+    clock = Clock()
+    s = LiveSession(SlowRenderer(), LiveMotion(motion_data, None, use_model=False), 0.05,
+                    clock=clock)
+    t = np.arange(12 * 16000) / 16000
+    mic = (0.3 * np.sin(2 * np.pi * 200 * t) * (t % 1.0 < 0.5)).astype(np.float32)
+    pushed, lat = 0, []
+    for step in range(int(10.0 / 0.005)):
+        clock.t = step * 0.005
+        stalled = 3.0 <= clock.t < 3.6
+        while not stalled and (pushed + 320) / 16000 <= clock.t:
+            s.push_audio(mic[pushed:pushed + 320], live=True)
+            pushed += 320
+        s.step()
+        lat.append((clock.t, s.latency))
+    before = np.median([v for t_, v in lat if 1.0 < t_ < 3.0])
+    right_after = max(v for t_, v in lat if 3.6 <= t_ < 3.7)
+    end = np.median([v for t_, v in lat if t_ > 8.0])
+    assert right_after > before + 0.4  # the stall's silence would stay as latency...
+    assert end < before + s.limits.jitter + 0.03  # ...but is won back in quiet moments
+    assert s.dropped_live > 0.3
+    # what was dropped was quiet: every tone burst after the stall is complete in the output
+    out = s.audio_at(int((9.2 - s.delay) * 16000), 16000)  # one period, kept and arrived
+    assert np.isclose(np.mean(np.abs(out) > 0.01), 0.5, atol=0.05)

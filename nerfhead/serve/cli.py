@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads for rendering (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for rendering (default 1: rendering shares the CPU "
+                        "with video encoding and the network; 0: torch's choice)")
 
 
 def run(args) -> int:

@@ -115,7 +115,8 @@ async function poll() {
       `session ${s.session}  ${s.seconds} s\n` +
       `A/V offset now ${s.av_offset_ms} ms (mean ${s.av_offset_mean_ms}, max ${s.av_offset_max_ms}): the picture lags the sound by this\n` +
       `rendered ${s.rendered} frames at ${s.render_fps} FPS (${s.render_ms} ms each); dropped ${s.dropped}, repeated ${s.repeated} of ${s.shown} shown\n` +
-      `server delay ${s.delay_ms} ms (audio look-ahead ${s.lookahead_ms} ms); browser:${jb || " -"}\n` +
+      `latency in the server ${s.latency_ms} ms (audio arrival to its sound and frame leaving; delay ${s.delay_ms} ms, of it audio look-ahead ${s.lookahead_ms} ms)\n` +
+      `browser:${jb || " -"}\n` +
       `audio pushed ${s.audio_pushed_s} s, queued ${s.queued_s} s, silence filled ${s.silence_filled_s} s` +
       (s.error ? `\nerror: ${s.error}` : "");
   } catch (e) {

@@ -9,7 +9,9 @@ appended to the input timeline. When the input is ``jitter`` seconds behind the 
 speaker stopped, the file ended, the network hiccupped), silence fills the gap, so there is
 always audio to play and the face keeps listening: head motion and blinks go on. Audio pushed
 faster than real time (a file, text-to-speech) queues and plays at real time; it is featurised
-only a bounded horizon ahead of the clock.
+only a bounded horizon ahead of the clock. A live source (the microphone) that stalled and came
+back late would keep the silence's length as extra latency; quiet chunks of it are dropped
+until the latency is back where it started.
 
 **Pipeline.** ``step`` (called every few ms by the render loop) fills silence, feeds the
 streaming features (``nerfhead.audio.stream``) and steps the live motion
@@ -33,6 +35,7 @@ from nerfhead.serve.schedule import FrameScheduler
 
 FPS = 25.0
 SAMPLES_PER_FRAME = int(SAMPLE_RATE / FPS)
+QUIET_DBFS = -45.0  #: live chunks below this RMS may be dropped to win back latency
 
 
 @dataclass
@@ -117,24 +120,42 @@ class LiveSession:
         self.error: str | None = None  #: last input error (told to the client that caused it)
         self.closed: str | None = None  #: why the session ended
         self.render_seconds: list[float] = []
+        self.latency: float | None = None  #: last pushed chunk's end: arrival to output (s)
+        self.live_origin: float | None = None  #: input time minus arrival of live audio, at first
+        self.dropped_live = 0.0  #: seconds of quiet live audio dropped to win latency back
 
     # ------------------------------------------------------------------ input
     def now(self) -> float:
         return self.clock() - self.t0
 
-    def push_audio(self, samples: np.ndarray) -> float:
-        """Queue 16 kHz mono float samples; returns the seconds queued ahead of the clock."""
+    def push_audio(self, samples: np.ndarray, live: bool = False) -> float:
+        """Queue 16 kHz mono float samples; returns the seconds queued ahead of the clock.
+
+        ``live``: a real-time source (a microphone). A stall that made silence fill in leaves
+        a live source's later audio that much further from the clock, so the latency would
+        grow with every stall; quiet live chunks are dropped until it is back."""
         x = np.asarray(samples, np.float32).reshape(-1)
         if not np.all(np.isfinite(x)):
             raise ValueError("audio has NaN or infinite samples")
-        ahead = (self.timeline.end - self.now() * SAMPLE_RATE) / SAMPLE_RATE
+        now = self.now()
+        ahead = (self.timeline.end - now * SAMPLE_RATE) / SAMPLE_RATE
         if ahead + len(x) / SAMPLE_RATE > self.limits.max_queued_seconds:
             raise ValueError(f"too much audio queued: {ahead:.0f} s already wait to play and the "
                              f"limit is {self.limits.max_queued_seconds:.0f} s; push it as it plays")
-        self.timeline.fill_to(int((self.now() - self.limits.jitter) * SAMPLE_RATE))
+        self.timeline.fill_to(int((now - self.limits.jitter) * SAMPLE_RATE))
+        if live and self.live_origin is None:
+            self.live_origin = self.timeline.end / SAMPLE_RATE - now
+        if live and len(x):
+            surplus = self.timeline.end / SAMPLE_RATE - now - self.live_origin
+            quiet = 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-9) < QUIET_DBFS
+            if surplus > self.limits.jitter and quiet:
+                self.dropped_live += len(x) / SAMPLE_RATE
+                return ahead
+        # latency of this audio: from its arrival (now) to when it plays and its frame shows
+        self.latency = self.delay + (self.timeline.end + len(x)) / SAMPLE_RATE - now
         self.timeline.push(np.clip(x, -1.0, 1.0))
         self.pushed_seconds += len(x) / SAMPLE_RATE
-        return (self.timeline.end - self.now() * SAMPLE_RATE) / SAMPLE_RATE
+        return (self.timeline.end - now * SAMPLE_RATE) / SAMPLE_RATE
 
     # ------------------------------------------------------------------ pipeline
     def step(self) -> None:
@@ -204,6 +225,7 @@ class LiveSession:
         return {
             "session": self.id, "seconds": round(self.now(), 2),
             "delay_ms": round(1000 * self.delay, 1),
+            "latency_ms": None if self.latency is None else round(1000 * self.latency, 1),
             "lookahead_ms": round(1000 * self.lookahead, 1),
             "render_ms": round(1000 * float(np.mean(rs)), 1) if rs else None,
             "render_fps": round(len(rs) / sum(rs), 2) if rs and sum(rs) > 0 else None,
@@ -214,6 +236,7 @@ class LiveSession:
             "av_offset_mean_ms": round(1000 * s.offset_sum / max(s.shown, 1) / FPS, 1),
             "audio_pushed_s": round(self.pushed_seconds, 2),
             "silence_filled_s": round(self.timeline.filled / SAMPLE_RATE, 2),
+            "quiet_dropped_s": round(self.dropped_live, 2),
             "queued_s": round(max(0.0, self.timeline.end / SAMPLE_RATE - self.now() + self.delay), 2),
             "error": self.error, "closed": self.closed,
         }

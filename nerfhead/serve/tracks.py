@@ -101,7 +101,7 @@ async def consume_audio(track, session) -> None:
             for out in resampler.resample(frame):
                 x = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
                 try:
-                    session.push_audio(x)
+                    session.push_audio(x, live=True)
                 except ValueError as e:
                     session.error = str(e)
     except MediaStreamError:
