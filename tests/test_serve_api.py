@@ -99,6 +99,20 @@ def test_busy_at_the_cap_and_free_again_after_delete(tiny_run):
     serve(server, body)
 
 
+def test_bad_offer_is_refused_and_frees_its_slot(tiny_run):
+    server = make_server(tiny_run[0], max_sessions=1)
+
+    async def body(c):
+        r = await c.post("/api/offer", headers=H, data="not json")
+        assert r.status == 400 and "JSON" in (await r.json())["error"]
+        r = await c.post("/api/offer", headers=H, json={"sdp": "v=0\r\nnonsense", "type": "offer"})
+        assert r.status == 400 and "cannot answer" in (await r.json())["error"]
+        assert not server.sessions and not server.peers
+        assert (await c.post("/api/sessions", headers=H)).status == 200  # the slot is free
+
+    serve(server, body)
+
+
 def test_bad_audio_gets_an_error_while_another_session_goes_on(tiny_run):
     run, speech = tiny_run
     server = make_server(run)

@@ -65,6 +65,9 @@ class ServeConfig:
     """Seed of the head motion and blinks (session n uses seed + n)."""
 
 
+CONNECT_GRACE = 20.0  #: seconds a WebRTC peer may stay unconnected before its session ends
+
+
 class Busy(RuntimeError):
     pass
 
@@ -77,7 +80,6 @@ class Server:
         import time
 
         from nerfhead.audio.stream import StreamingFeatures
-        from nerfhead.motion.live import LiveMotion
 
         self.renderer, self.cfg, self.motion_model = renderer, cfg, motion_model
         self.clock = clock or time.monotonic
@@ -85,6 +87,7 @@ class Server:
         self.tasks: dict[str, list[asyncio.Task]] = {}
         self.peers: dict[str, object] = {}
         self.activity: dict[str, float] = {}
+        self.unconnected: dict[str, float] = {}  #: since when a peer is not connected
         self.count = 0
         self.render_pool = ThreadPoolExecutor(1, thread_name_prefix="nerfhead-render")
         # warm-up: one frame of silence at the start of the motion, timed (three times: the
@@ -143,6 +146,7 @@ class Server:
         if pc is not None:
             await pc.close()
         self.activity.pop(sid, None)
+        self.unconnected.pop(sid, None)
         log.info("session %s closed: %s; %s", sid, reason, json.dumps(s.stats()))
 
     async def _render_loop(self, s: LiveSession) -> None:
@@ -180,6 +184,14 @@ class Server:
                 pc = self.peers.get(sid)
                 if pc is not None and pc.connectionState in ("failed", "closed"):
                     await self.close_session(sid, f"peer connection {pc.connectionState}")
+                elif pc is not None and pc.connectionState != "connected":
+                    # never connected, or lost without a goodbye: give it CONNECT_GRACE
+                    since = self.unconnected.setdefault(sid, now)
+                    if now - since > CONNECT_GRACE:
+                        await self.close_session(sid, f"peer {pc.connectionState} for "
+                                                 f"{CONNECT_GRACE:.0f} s")
+                elif pc is not None:
+                    self.unconnected.pop(sid, None)
                 elif pc is None and now - self.activity.get(sid, now) > self.cfg.idle_seconds:
                     await self.close_session(sid, f"no request for {self.cfg.idle_seconds:.0f} s")
 

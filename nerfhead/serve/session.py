@@ -10,8 +10,9 @@ speaker stopped, the file ended, the network hiccupped), silence fills the gap, 
 always audio to play and the face keeps listening: head motion and blinks go on. Audio pushed
 faster than real time (a file, text-to-speech) queues and plays at real time; it is featurised
 only a bounded horizon ahead of the clock. A live source (the microphone) that stalled and came
-back late would keep the silence's length as extra latency; quiet chunks of it are dropped
-until the latency is back where it started.
+back late would keep the silence's length as extra latency; quiet chunks of it (silence, or
+the quietest fifth of the last seconds: the gaps between words) are dropped until the latency
+is back where it started.
 
 **Pipeline.** ``step`` (called every few ms by the render loop) fills silence, feeds the
 streaming features (``nerfhead.audio.stream``) and steps the live motion
@@ -123,6 +124,7 @@ class LiveSession:
         self.latency: float | None = None  #: last pushed chunk's end: arrival to output (s)
         self.live_origin: float | None = None  #: input time minus arrival of live audio, at first
         self.dropped_live = 0.0  #: seconds of quiet live audio dropped to win latency back
+        self.live_levels: deque[float] = deque(maxlen=250)  #: dBFS of recent live chunks
 
     # ------------------------------------------------------------------ input
     def now(self) -> float:
@@ -147,7 +149,12 @@ class LiveSession:
             self.live_origin = self.timeline.end / SAMPLE_RATE - now
         if live and len(x):
             surplus = self.timeline.end / SAMPLE_RATE - now - self.live_origin
-            quiet = 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-9) < QUIET_DBFS
+            db = 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-9)
+            self.live_levels.append(db)
+            # quiet: silence, or among the quietest fifth of the last seconds (the gaps
+            # between words of a noisy or constant-level source)
+            quiet = db < QUIET_DBFS or (len(self.live_levels) >= 50
+                                        and db <= np.percentile(self.live_levels, 20))
             if surplus > self.limits.jitter and quiet:
                 self.dropped_live += len(x) / SAMPLE_RATE
                 return ahead
