@@ -1,7 +1,7 @@
 """``nerfhead bench serve RUN``: the live server measured end to end, in one process.
 
 The server is started on a free local port; ``--sessions`` WebRTC clients (aiortc, standing in
-for browsers) each send ``--audio`` as their microphone, paced in real time
+for browsers, each in its own process) each send ``--audio`` as their microphone, paced in real time
 (``aiortc.contrib.media.MediaPlayer``), and receive the speaker's video and audio for
 ``--seconds``. Reported per session: frames rendered per second, frames dropped and repeated,
 the A/V offset (mean and max: how old the picture shown is against the sound), the server's
@@ -17,8 +17,10 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import socket
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -94,6 +96,10 @@ async def _client(base: str, audio: str, seconds: float) -> dict:
     return stats
 
 
+def _client_process(base: str, audio: str, seconds: float) -> dict:
+    return asyncio.run(_client(base, audio, seconds))
+
+
 def run(args) -> int:
     from aiohttp import web
 
@@ -112,10 +118,16 @@ def run(args) -> int:
         runner = web.AppRunner(build_app(server))
         await runner.setup()
         await web.TCPSite(runner, cfg.host, cfg.port).start()
+        base = f"http://{cfg.host}:{cfg.port}"
+        loop = asyncio.get_running_loop()
+        # each client in its own process, as browsers would be: their decoding must not take
+        # the server's interpreter
+        ctx = multiprocessing.get_context("spawn")
         try:
-            base = f"http://{cfg.host}:{cfg.port}"
-            return await asyncio.gather(*[_client(base, args.audio, args.seconds)
-                                          for _ in range(args.sessions)])
+            with ProcessPoolExecutor(args.sessions, mp_context=ctx) as pool:
+                return await asyncio.gather(*[
+                    loop.run_in_executor(pool, _client_process, base, args.audio, args.seconds)
+                    for _ in range(args.sessions)])
         finally:
             await runner.cleanup()
 
