@@ -88,11 +88,17 @@ def simulate(motion_data, speech, seconds, render_time, seed=0, estimate=None):
 
 def test_scheduler_picks_the_first_frame_that_can_be_on_time():
     sch = FrameScheduler(fps=25, delay=0.5, expected_render=0.1)
-    assert sch.pick(0.0, 0, 100) == 0  # frame 0 is due at 0.5 s
+    assert sch.pick(0.0, 0, 100) is None  # frame 0 is due at 0.5 s: too early to start
+    assert sch.pick(0.35, 0, 100) == 0
     # at 1.0 s frames due before 1.1 s cannot make it: first on time is ceil((1.1-0.5)*25)=15
     assert sch.pick(1.0, 0, 100) == 15
     # its audio has not arrived, and cannot in time: the newest frame that has it goes, late
     assert sch.pick(1.0, 0, 10) == 10
+    # a fast renderer with audio queued ahead does not run ahead of the clock
+    ahead = FrameScheduler(fps=25, delay=0.5, expected_render=0.1)
+    ahead.done(0, "f0", 0.1, 0.1)
+    assert ahead.pick(0.1, 1, 100) is None  # frame 1 is due at 0.54 s: too early to start
+    assert ahead.pick(0.4, 1, 100) == 1
     early = FrameScheduler(fps=25, delay=0.5, expected_render=0.1)
     early.done(0, "f0", 0.1, 0.1)
     assert early.pick(0.1, 0, 0) is None  # frame 1's audio is still on time to come: wait

@@ -15,6 +15,9 @@ When the delay was set for a faster renderer than the one running (the render ti
 newest frame that has it is rendered, late, and the offset is that lateness plus the render
 time (the server sets the next session's delay from the render times it measured).
 
+A renderer faster than real time (or audio queued ahead) renders each frame no more than two
+frames before it must start.
+
 **Show (repeat).** At its due time, output frame ``k`` shows the newest rendered frame ``j <=
 k`` (never a frame ahead of its audio); until a newer one is rendered the same picture is
 repeated. The A/V offset is ``(k - j) / fps``: the picture lags the sound by how old the shown
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 
 
 KEEP_RENDERED = 8  #: rendered frames kept for showing
+AHEAD_FRAMES = 2  #: a frame is rendered at most this many frames before it must start
 
 
 @dataclass
@@ -66,7 +70,9 @@ class FrameScheduler:
         target = math.ceil((now + self.expected_render - self.delay) * self.fps - 1e-9)
         i = max(target, self.last_rendered + 1, first_ready)
         if i <= last_ready:
-            return i
+            # not too early either (audio queued ahead, a fast renderer): a frame rendered
+            # long before it is due only waits, and pushes the frames being shown out
+            return i if self.due(i) <= now + self.expected_render + AHEAD_FRAMES / self.fps else None
         # no frame that can be on time has its audio yet. With rendering slower than the
         # delay allows (render time > delay - look-ahead - jitter) that stays so: then the
         # newest frame that has its audio goes, late, rather than none at all

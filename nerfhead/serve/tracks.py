@@ -5,7 +5,8 @@ Both outgoing tracks send what is due at the session's output time: video frame 
 ``delay + k / 25`` s (RTP clock 90 kHz), audio in 20-ms frames at ``delay + m * 0.02`` s (16 kHz
 mono, which aiortc's Opus encoder resamples). Their timestamps count from the same instant, so
 the browser's lip sync (RTCP sender reports) lines them up. A late video ``recv`` skips to the
-frame due now rather than falling behind; audio is never skipped.
+frame due now rather than falling behind; audio is never skipped, except that both tracks
+start with the frame due when the connection is up.
 """
 
 from __future__ import annotations
@@ -60,12 +61,18 @@ def _tracks():
         def __init__(self, session):
             super().__init__()
             self.session = session
-            self.m = 0
+            self.m = None
 
         async def recv(self):
             import av
 
             s = self.session
+            if self.m is None:
+                # the first frame is the one due now: what fell due while the connection was
+                # being set up (silence) is not sent in a burst, which would sit in the
+                # browser's jitter buffer as extra audio delay (measured: 0.8 s at the start,
+                # drained over seconds) and put the picture ahead of the sound
+                self.m = max(0, int((s.now() - s.delay) / AUDIO_PTIME))
             wait = s.delay + self.m * AUDIO_PTIME - s.now()
             if wait > 0:
                 await asyncio.sleep(wait)
