@@ -205,12 +205,14 @@ def test_page_in_headless_chromium(tiny_run, tmp_path):
     vt, vb = np.array(result["video"]).T
     assert vb.max() - vb.min() > 100
     assert (vb > vb.min() + 50).mean() > 0.2 and (vb < vb.max() - 50).mean() > 0.2
-    # and in step with the sound the browser plays: each tone onset's picture comes within
-    # the server's A/V offset bound (a render plus a frame) and the browser's buffering
+    # and in step with the sound the browser plays: each tone onset's picture within 185 ms
+    # of the sound's (ITU-R BT.1359: sound lagging the picture is detectable from 125 ms,
+    # acceptable to 185 ms). Measured on the loaded 2-core machine over 7 runs (21 onsets):
+    # -135 to +29 ms, mean -41 ms (the picture slightly first: the sound's jitter buffer)
     at, al = np.array(result["audio"]).T
     a_on = rising_edges(at, al, 0.02, 0.1)
     v_on = rising_edges(vt, vb, 60, 120)
     assert len(a_on) >= 2 and len(v_on) >= 2, (a_on, v_on)
     lags = [v - a_on[np.argmin(np.abs(a_on - v))] for v in v_on]
     print(f"browser A/V lag at tone onsets (video minus audio): {np.round(lags).tolist()} ms")
-    assert np.all(np.abs(lags) < 150), lags
+    assert np.all(np.abs(lags) < 185), lags
