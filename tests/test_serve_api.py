@@ -300,3 +300,47 @@ def test_webrtc_loopback(tiny_run):
     assert st["audio_pushed_s"] > 0.3  # the tone reached the session as its microphone
     assert st["rendered"] > 10
     assert sid not in server.sessions  # freed when the peer went away
+
+
+def test_serve_command_starts_answers_and_stops(tiny_run, tmp_path):
+    """`nerfhead serve RUN` as a user runs it: it prints its address, serves the page and the
+    API behind the token, and stops on Ctrl-C; a folder that is no run fails clearly."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from nerfhead.cli import main
+
+    assert main(["serve", str(tmp_path), "--device", "cpu"]) == 2  # no checkpoint there
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nerfhead", "serve", str(tiny_run[0]),
+                             "--port", str(port), "--token", TOKEN, "--device", "cpu",
+                             "--motion", "clip"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        while line and "nerfhead serve:" not in line:
+            line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/?token={TOKEN}" in line, line
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                page = urllib.request.urlopen(base + "/", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert "<title>nerfhead serve</title>" in page
+        req = urllib.request.Request(base + "/api/health", headers=H)
+        health = json.loads(urllib.request.urlopen(req, timeout=5).read())
+        assert health["max_sessions"] == 2 and health["size"] == [32, 32]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/api/health", timeout=5)
+        assert e.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), out
