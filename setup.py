@@ -107,6 +107,9 @@ setup(
         # status table (rich). Without them `nerfhead batch` runs the speakers one by one.
         "batch": ["ray[default]>=2.9", "rich>=13"],
         "backends": ["nerfacc==0.5.3"],
+        # nerfhead serve: WebRTC (aiortc brings PyAV, the VP8/Opus codecs and DTLS) on an
+        # aiohttp app; neither pulls a torch (checked with aiortc 1.16, aiohttp 3.14)
+        "serve": ["aiohttp>=3.9", "aiortc>=1.9"],
     },
     entry_points={"console_scripts": ["nerfhead=nerfhead.cli:main"]},
     ext_modules=ext_modules,

@@ -11,7 +11,7 @@
 #include "nerfhead.h"
 
 // Bump when an operator's schema changes: the Python loader refuses a stale build.
-#define NERFHEAD_OPS_VERSION 2
+#define NERFHEAD_OPS_VERSION 3
 
 TORCH_LIBRARY(nerfhead, m) {
     // ---- hash grid (BEGIN hashgrid) ----
@@ -46,6 +46,18 @@ TORCH_LIBRARY(nerfhead, m) {
           "float dt_max, float dt_to_cells, int cascades, int resolution, int k, int max_steps) -> Tensor[]");
     m.def("composite_rays(Tensor alive, Tensor(a!) T, Tensor sigmas, Tensor rgbs, Tensor deltas, Tensor ts, "
           "float T_thresh, Tensor(b!) weights_sum, Tensor(c!) depth, Tensor(d!) image) -> Tensor");
+    m.def("march_compact_count(Tensor alive, Tensor rays_t, Tensor counts, Tensor rays_o, Tensor rays_d, "
+          "Tensor fars, Tensor bitfield, float bound, float inv_bound, float dt_gamma, float dt_min, "
+          "float dt_max, float dt_to_cells, int cascades, int resolution, int k, int max_steps, "
+          "Tensor(a!) n_out) -> ()");
+    m.def("march_compact_fill(Tensor alive, Tensor(a!) rays_t, Tensor(b!) counts, Tensor rays_o, "
+          "Tensor rays_d, Tensor fars, Tensor bitfield, float bound, float inv_bound, float dt_gamma, "
+          "float dt_min, float dt_max, float dt_to_cells, int cascades, int resolution, int k, int max_steps, "
+          "Tensor ends, Tensor n, Tensor(c!) positions, Tensor(d!) deltas, Tensor(e!) ts, "
+          "Tensor(f!) ray_ids) -> ()");
+    m.def("composite_compact(Tensor(a!) alive, Tensor(b!) T, Tensor sigmas, Tensor rgbs, Tensor deltas, "
+          "Tensor ts, Tensor ends, Tensor n, int capacity, int k, float T_thresh, Tensor(c!) weights_sum, "
+          "Tensor(d!) depth, Tensor(e!) image) -> ()");
     // ---- (END raymarch) ----
 }
 
@@ -68,6 +80,9 @@ TORCH_LIBRARY_IMPL(nerfhead, CompositeExplicitAutograd, m) {
     m.impl("composite_rays_train_backward", TORCH_FN(nerfhead::composite_rays_train_backward));
     m.impl("march_rays", TORCH_FN(nerfhead::march_rays));
     m.impl("composite_rays", TORCH_FN(nerfhead::composite_rays));
+    m.impl("march_compact_count", TORCH_FN(nerfhead::march_compact_count));
+    m.impl("march_compact_fill", TORCH_FN(nerfhead::march_compact_fill));
+    m.impl("composite_compact", TORCH_FN(nerfhead::composite_compact));
     // ---- (END raymarch) ----
 }
 

@@ -72,6 +72,28 @@ std::vector<at::Tensor> march_rays(const at::Tensor& alive, const at::Tensor& ra
 at::Tensor composite_rays(const at::Tensor& alive, const at::Tensor& T, const at::Tensor& sigmas,
                           const at::Tensor& rgbs, const at::Tensor& deltas, const at::Tensor& ts, double T_thresh,
                           const at::Tensor& weights_sum, const at::Tensor& depth, const at::Tensor& image);
+// Fixed-shape inference, count pass: n_out int32 [R] = samples each alive ray (alive bool
+// [R]) emits in its next k; the state (rays_t [R], counts [R]) is not changed.
+void march_compact_count(const at::Tensor& alive, const at::Tensor& rays_t, const at::Tensor& counts,
+                         const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& fars,
+                         const at::Tensor& bitfield, double bound, double inv_bound, double dt_gamma, double dt_min,
+                         double dt_max, double dt_to_cells, int64_t cascades, int64_t resolution, int64_t k,
+                         int64_t max_steps, const at::Tensor& n_out);
+// Fixed-shape inference, fill pass: ray r writes its n[r] samples at [ends[r] - n[r], ends[r])
+// of positions [S,3], deltas [S], ts [S], ray_ids int64 [S] when ends[r] <= S, and commits
+// its state (rays_t, counts) in place.
+void march_compact_fill(const at::Tensor& alive, const at::Tensor& rays_t, const at::Tensor& counts,
+                        const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& fars,
+                        const at::Tensor& bitfield, double bound, double inv_bound, double dt_gamma, double dt_min,
+                        double dt_max, double dt_to_cells, int64_t cascades, int64_t resolution, int64_t k,
+                        int64_t max_steps, const at::Tensor& ends, const at::Tensor& n, const at::Tensor& positions,
+                        const at::Tensor& deltas, const at::Tensor& ts, const at::Tensor& ray_ids);
+// Fixed-shape inference, composite: ray r composites sigmas/rgbs [ends[r] - n[r], ends[r])
+// into T, weights_sum, depth, image [R, C] and clears alive[r] when it finished (in place).
+void composite_compact(const at::Tensor& alive, const at::Tensor& T, const at::Tensor& sigmas,
+                       const at::Tensor& rgbs, const at::Tensor& deltas, const at::Tensor& ts,
+                       const at::Tensor& ends, const at::Tensor& n, int64_t capacity, int64_t k, double T_thresh,
+                       const at::Tensor& weights_sum, const at::Tensor& depth, const at::Tensor& image);
 // ---- (END raymarch) ----
 
 }  // namespace nerfhead

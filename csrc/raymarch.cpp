@@ -382,4 +382,138 @@ at::Tensor composite_rays(const at::Tensor& alive, const at::Tensor& T, const at
     return dead;
 }
 
+namespace {
+// Checks shared by the fixed-shape march passes; returns R.
+int64_t check_compact_state(const char* op, const at::Device& dev, const at::Tensor& alive,
+                            const at::Tensor& rays_t, const at::Tensor& counts, const at::Tensor& rays_o,
+                            const at::Tensor& rays_d, const at::Tensor& fars, const at::Tensor& bitfield,
+                            const MarchParams& p, int64_t k) {
+    NERFHEAD_CHECK(k >= 1 && k <= INT_MAX, "nerfhead::", op, ": k (samples per ray and step) must be >= 1, got ", k);
+    check_tensor(op, "alive", alive, kBool, {-1}, dev);
+    const int64_t R = alive.size(0);
+    check_tensor(op, "rays_t", rays_t, kFloat, {R}, dev, "R from alive");
+    check_tensor(op, "counts", counts, kInt, {R}, dev, "R from alive");
+    check_tensor(op, "rays_o", rays_o, kFloat, {R, 3}, dev, "R from alive");
+    check_tensor(op, "rays_d", rays_d, kFloat, {R, 3}, dev, "R from alive");
+    check_tensor(op, "fars", fars, kFloat, {R}, dev, "R from alive");
+    check_bitfield(op, bitfield, p, dev);
+    return R;
+}
+
+// CPU only: every alive ray whose range ends within `capacity` has a range
+// [end - n, end) with n >= 0 that also ends within `n_samples`.
+void check_compact_ranges_cpu(const char* op, const at::Tensor& alive, const at::Tensor& ends,
+                              const at::Tensor& n, int64_t capacity, int64_t n_samples) {
+    const bool* a = in<bool>(alive);
+    const int64_t* e = in<int64_t>(ends);
+    const int* c = in<int>(n);
+    for (int64_t r = 0; r < alive.numel(); ++r) {
+        if (!a[r] || e[r] > capacity) continue;
+        NERFHEAD_CHECK(c[r] >= 0 && e[r] - c[r] >= 0 && e[r] <= n_samples, "nerfhead::", op, ": ray ", r,
+                       " has the sample range [", e[r] - c[r], ", ", e[r], ") (ends[r] - n[r], ends[r]), not within the ",
+                       n_samples, " samples");
+    }
+}
+}  // namespace
+
+void march_compact_count(const at::Tensor& alive, const at::Tensor& rays_t, const at::Tensor& counts,
+                         const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& fars,
+                         const at::Tensor& bitfield, double bound, double inv_bound, double dt_gamma, double dt_min,
+                         double dt_max, double dt_to_cells, int64_t cascades, int64_t resolution, int64_t k,
+                         int64_t max_steps, const at::Tensor& n_out) {
+    const char* op = "march_compact_count";
+    const at::Device dev = first_device(op, "alive", alive);
+    const MarchParams p =
+        make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
+    const int64_t R = check_compact_state(op, dev, alive, rays_t, counts, rays_o, rays_d, fars, bitfield, p, k);
+    check_tensor(op, "n_out", n_out, kInt, {R}, dev, "R from alive");
+    MarchCompact body{};
+    body.k = static_cast<int>(k);
+    body.alive = in<bool>(alive);
+    body.rays_t = mut<float>(rays_t);
+    body.counts = mut<int>(counts);
+    body.o = in<float>(rays_o);
+    body.d = in<float>(rays_d);
+    body.fars = in<float>(fars);
+    body.bits = in<uint8_t>(bitfield);
+    body.p = p;
+    body.max_steps = static_cast<int>(max_steps);
+    body.n_out = mut<int>(n_out);
+    launch(op, body, R, dev);
+}
+
+void march_compact_fill(const at::Tensor& alive, const at::Tensor& rays_t, const at::Tensor& counts,
+                        const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& fars,
+                        const at::Tensor& bitfield, double bound, double inv_bound, double dt_gamma, double dt_min,
+                        double dt_max, double dt_to_cells, int64_t cascades, int64_t resolution, int64_t k,
+                        int64_t max_steps, const at::Tensor& ends, const at::Tensor& n, const at::Tensor& positions,
+                        const at::Tensor& deltas, const at::Tensor& ts, const at::Tensor& ray_ids) {
+    const char* op = "march_compact_fill";
+    const at::Device dev = first_device(op, "alive", alive);
+    const MarchParams p =
+        make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
+    const int64_t R = check_compact_state(op, dev, alive, rays_t, counts, rays_o, rays_d, fars, bitfield, p, k);
+    check_tensor(op, "ends", ends, kLong, {R}, dev, "R from alive");
+    check_tensor(op, "n", n, kInt, {R}, dev, "R from alive");
+    check_tensor(op, "positions", positions, kFloat, {-1, 3}, dev);
+    const int64_t S = positions.size(0);
+    check_tensor(op, "deltas", deltas, kFloat, {S}, dev, "capacity from positions");
+    check_tensor(op, "ts", ts, kFloat, {S}, dev, "capacity from positions");
+    check_tensor(op, "ray_ids", ray_ids, kLong, {S}, dev, "capacity from positions");
+    if (dev.is_cpu()) check_compact_ranges_cpu(op, alive, ends, n, S, S);
+    MarchCompact body{};
+    body.k = static_cast<int>(k);
+    body.alive = in<bool>(alive);
+    body.rays_t = mut<float>(rays_t);
+    body.counts = mut<int>(counts);
+    body.o = in<float>(rays_o);
+    body.d = in<float>(rays_d);
+    body.fars = in<float>(fars);
+    body.bits = in<uint8_t>(bitfield);
+    body.p = p;
+    body.max_steps = static_cast<int>(max_steps);
+    body.ends = in<int64_t>(ends);
+    body.n_in = in<int>(n);
+    body.capacity = S;
+    body.pos = mut<float>(positions);
+    body.deltas = mut<float>(deltas);
+    body.ts = mut<float>(ts);
+    body.ray_ids = mut<int64_t>(ray_ids);
+    launch(op, body, R, dev);
+}
+
+void composite_compact(const at::Tensor& alive, const at::Tensor& T, const at::Tensor& sigmas,
+                       const at::Tensor& rgbs, const at::Tensor& deltas, const at::Tensor& ts,
+                       const at::Tensor& ends, const at::Tensor& n, int64_t capacity, int64_t k, double T_thresh,
+                       const at::Tensor& weights_sum, const at::Tensor& depth, const at::Tensor& image) {
+    const char* op = "composite_compact";
+    const at::Device dev = first_device(op, "alive", alive);
+    NERFHEAD_CHECK(k >= 1 && k <= INT_MAX, "nerfhead::", op, ": k (samples per ray and step) must be >= 1, got ", k);
+    check_tensor(op, "alive", alive, kBool, {-1}, dev);
+    const int64_t R = alive.size(0);
+    check_tensor(op, "T", T, kFloat, {R}, dev, "R from alive");
+    check_tensor(op, "sigmas", sigmas, kFloat, {-1}, dev);
+    const int64_t S = sigmas.size(0);
+    NERFHEAD_CHECK(S <= capacity, "nerfhead::", op, ": ", S, " samples exceed the capacity ", capacity);
+    check_tensor(op, "rgbs", rgbs, kFloat, {S, -1}, dev, "S from sigmas");
+    const int64_t C = rgbs.size(1);
+    check_tensor(op, "deltas", deltas, kFloat, {-1}, dev);
+    NERFHEAD_CHECK(deltas.size(0) >= S && deltas.size(0) == capacity, "nerfhead::", op, ": deltas must have the ",
+                   capacity, " slots of the capacity, got ", deltas.size(0));
+    check_tensor(op, "ts", ts, kFloat, {capacity}, dev, "the capacity");
+    check_tensor(op, "ends", ends, kLong, {R}, dev, "R from alive");
+    check_tensor(op, "n", n, kInt, {R}, dev, "R from alive");
+    check_tensor(op, "weights_sum", weights_sum, kFloat, {R}, dev, "R from alive");
+    check_tensor(op, "depth", depth, kFloat, {R}, dev, "R from alive");
+    check_tensor(op, "image", image, kFloat, {R, C}, dev, "R from alive, C from rgbs");
+    if (dev.is_cpu()) check_compact_ranges_cpu(op, alive, ends, n, capacity, S);
+    const CompositeCompact body{static_cast<int>(k),   static_cast<int>(C), mut<bool>(alive),
+                                mut<float>(T),         in<float>(sigmas),   in<float>(rgbs),
+                                in<float>(deltas),     in<float>(ts),       in<int64_t>(ends),
+                                in<int>(n),            capacity,            S,
+                                static_cast<float>(T_thresh), mut<float>(weights_sum), mut<float>(depth),
+                                mut<float>(image)};
+    launch(op, body, R, dev);
+}
+
 }  // namespace nerfhead

@@ -26,6 +26,8 @@ void launch_cpu(const CompositeTrainForward& op, int64_t n) { each(op, n, 128); 
 void launch_cpu(const CompositeTrainBackward& op, int64_t n) { each(op, n, 64); }
 void launch_cpu(const MarchInference& op, int64_t n) { each(op, n, 64); }
 void launch_cpu(const CompositeInference& op, int64_t n) { each(op, n, 256); }
+void launch_cpu(const MarchCompact& op, int64_t n) { each(op, n, 64); }
+void launch_cpu(const CompositeCompact& op, int64_t n) { each(op, n, 256); }
 
 }  // namespace raymarch
 }  // namespace nerfhead

@@ -37,6 +37,8 @@ NH_LAUNCH_CUDA(CompositeTrainForward)
 NH_LAUNCH_CUDA(CompositeTrainBackward)
 NH_LAUNCH_CUDA(MarchInference)
 NH_LAUNCH_CUDA(CompositeInference)
+NH_LAUNCH_CUDA(MarchCompact)
+NH_LAUNCH_CUDA(CompositeCompact)
 #undef NH_LAUNCH_CUDA
 
 }  // namespace raymarch

@@ -1,6 +1,7 @@
 // Ray marching family: near/far from a box, Morton codes, occupancy bitfield, training
-// march (count pass + fill pass), training composite (forward and backward), and the two
-// inference steps (march a few samples per alive ray, composite them). The per-item bodies
+// march (count pass + fill pass), training composite (forward and backward), the two
+// inference steps (march a few samples per alive ray, composite them) and their
+// fixed-shape variants (march all rays into a compacted sample list, composite it). The per-item bodies
 // are shared by the CUDA launcher (raymarch_cuda.cu) and the CPU launcher
 // (raymarch_cpu.cpp); the launchers are declared at the end. No torch headers.
 //
@@ -397,6 +398,111 @@ struct CompositeInference {
     }
 };
 
+// Fixed-shape inference (all R rays every step; a compacted sample list of fixed
+// capacity). Step 1 runs twice over the rays, like the training march. Count pass
+// (n_out != nullptr): n_out[r] = samples that ray r emits in its next k (0 when not
+// alive); its state is left alone. Fill pass: a ray that is alive and whose range
+// [ends[r] - n[r], ends[r]) lies within `capacity` marches again, writes its samples
+// there (ends: inclusive prefix sum of n) and commits its state (rays_t, counts); a ray
+// whose range does not fit keeps its state and marches again at the next step.
+struct MarchCompact {
+    int k;
+    const bool* alive;
+    float* rays_t;
+    int* counts;
+    const float *o, *d, *fars;
+    const uint8_t* bits;
+    MarchParams p;
+    int max_steps;
+    int* n_out;            // count pass
+    const int64_t* ends;   // fill pass
+    const int* n_in;       // fill pass
+    int64_t capacity;      // fill pass: slots of the sample outputs
+    float *pos, *deltas, *ts;
+    int64_t* ray_ids;
+
+    NH_HD void operator()(int64_t r) const {
+        if (!alive[r]) {
+            if (n_out != nullptr) n_out[r] = 0;
+            return;
+        }
+        float t = rays_t[r];
+        int count = counts[r];
+        const float ox = o[3 * r], oy = o[3 * r + 1], oz = o[3 * r + 2];
+        const float dx = d[3 * r], dy = d[3 * r + 1], dz = d[3 * r + 2];
+        if (n_out != nullptr) {
+            const int before = count;
+            march_segment(ox, oy, oz, dx, dy, dz, fars[r], t, count, k, max_steps, bits, p,
+                          [](float, float, float, float, float) {});
+            n_out[r] = count - before;
+            return;
+        }
+        const int64_t end = ends[r];
+        const int n = n_in[r];
+        if (end > capacity || n < 0 || end - n < 0) return;
+        int64_t s = end - n;
+        march_segment(ox, oy, oz, dx, dy, dz, fars[r], t, count, k, max_steps, bits, p,
+                      [&](float t0, float dt, float x, float y, float z) {
+                          if (s >= end) return;  // never past the range the count pass gave
+                          pos[3 * s] = x, pos[3 * s + 1] = y, pos[3 * s + 2] = z;
+                          deltas[s] = dt;
+                          ts[s] = mul_rn(add_rn(t0, add_rn(t0, dt)), 0.5f);
+                          ray_ids[s] = r;
+                          ++s;
+                      });
+        rays_t[r] = t;
+        counts[r] = count;
+    }
+};
+
+// Fixed-shape inference, step 2: ray r composites its compacted samples
+// [ends[r] - n[r], ends[r]) into its running outputs and is marked finished in place
+// (alive[r] = false) when its march ended (fewer than k samples) or T fell below T_thresh.
+// Rays not alive, or deferred (range beyond `capacity`), are left alone. The arithmetic
+// is CompositeInference's, sample for sample.
+struct CompositeCompact {
+    int k, C;
+    bool* alive;
+    float* T_state;
+    const float *sigmas, *rgbs, *deltas, *ts;
+    const int64_t* ends;
+    const int* n_in;
+    int64_t capacity;   // deferral bound (slots of the march outputs)
+    int64_t n_samples;  // rows of sigmas / rgbs (<= capacity)
+    float T_thresh;
+    float *weights_sum, *depth, *image;
+
+    NH_HD void operator()(int64_t r) const {
+        if (!alive[r]) return;
+        const int64_t end = ends[r];
+        const int n = n_in[r];
+        if (end > capacity) return;  // deferred
+        if (n < 0 || end - n < 0 || end > n_samples) {  // inconsistent inputs: end the ray
+            alive[r] = false;
+            return;
+        }
+        float T = T_state[r], ws = weights_sum[r], dep = depth[r];
+        float* img = image + r * C;
+        bool is_dead = n < k;  // the march ended (far or max_steps) within this step
+        for (int64_t s = end - n; s < end; ++s) {
+            const float alpha = 1.f - expf(-sigmas[s] * deltas[s]);
+            const float w = alpha * T;
+            ws += w;
+            dep += w * ts[s];
+            for (int c = 0; c < C; ++c) img[c] += w * rgbs[s * C + c];
+            T *= 1.f - alpha;
+            if (T < T_thresh) {
+                is_dead = true;
+                break;
+            }
+        }
+        T_state[r] = T;
+        weights_sum[r] = ws;
+        depth[r] = dep;
+        alive[r] = !is_dead;
+    }
+};
+
 // ---------------------------------------------------------------- launchers
 // Run op(i) for i in [0, n). CPU: raymarch_cpu.cpp (at::parallel_for). CUDA:
 // raymarch_cuda.cu, on `stream` (a cudaStream_t); returns nullptr or an error message.
@@ -412,6 +518,8 @@ NH_RAYMARCH_LAUNCHERS(CompositeTrainForward)
 NH_RAYMARCH_LAUNCHERS(CompositeTrainBackward)
 NH_RAYMARCH_LAUNCHERS(MarchInference)
 NH_RAYMARCH_LAUNCHERS(CompositeInference)
+NH_RAYMARCH_LAUNCHERS(MarchCompact)
+NH_RAYMARCH_LAUNCHERS(CompositeCompact)
 #undef NH_RAYMARCH_LAUNCHERS
 
 }  // namespace raymarch

@@ -1,9 +1,11 @@
-"""``nerfhead bench kernels|render|motion``.
+"""``nerfhead bench kernels|render|serve|motion``.
 
 ``kernels``: the op micro-benchmarks of ``nerfhead.ops.bench_kernels`` (hash grid, marching).
 ``render``: frames per second and ms per stage of a trained run (``RUN``) or of an untrained
 model of a preset (``--synthetic``), see ``nerfhead.render.bench``; prints a table and, with
 ``--json``, writes the numbers.
+``serve``: the live server end to end with WebRTC clients in the same process
+(``nerfhead.serve.bench``).
 ``motion``: head motion generated from audio against the held-out poses
 (``nerfhead.motion.bench``).
 """
@@ -37,9 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--frames", type=int, default=10, help="timed frames (after 2 warm-up) [10]")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     r.add_argument("--json", default=None, help="also write the results here")
+    r.add_argument("--compare", action="store_true",
+                   help="first time the inference path before issue 12 ('old': compacting loop, "
+                        "training forward, float32) against the current one ('new'), frames "
+                        "interleaved, with host syncs (and CUDA kernel launches) per frame")
     r.add_argument("--profile", default=None, metavar="FILE",
                    help="also profile 3 frames with torch.profiler and write the top operators "
                         "(by device time on CUDA, else CPU time) to FILE")
+    from nerfhead.serve.bench import add_arguments as add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="the live server end to end: FPS, A/V "
+                                       "offset and latency per WebRTC session (docs/serve.md)"))
     from nerfhead.motion.cli import add_bench_arguments
 
     add_bench_arguments(sub.add_parser("motion", help="head motion generated from audio against "
@@ -68,5 +78,9 @@ def run(args) -> int:
 
         args.action = "bench"
         return motion_run(args)
-    print("nerfhead bench: choose a target: kernels, render or motion", file=sys.stderr)
+    if args.target == "serve":
+        from nerfhead.serve.bench import run as serve_run
+
+        return serve_run(args)
+    print("nerfhead bench: choose a target: kernels, render, serve or motion", file=sys.stderr)
     return 2

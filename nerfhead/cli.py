@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "batch": ("nerfhead.batch.cli", "many speakers through run's stages as Ray tasks, one results table"),
     "bench": ("nerfhead.bench", "benchmarks: kernels, render, motion"),
     "motion": ("nerfhead.motion.cli", "motion files (export, edit, generate) and head motion from audio"),
+    "serve": ("nerfhead.serve.cli", "stream a trained speaker to the browser over WebRTC, live"),
 }
 
 

@@ -12,12 +12,14 @@
 #               kernels at training sizes, defects, (--cpu: the CPU exactness tests)
 #   bench_kernels            nerfhead bench kernels at training sizes (cuda vs torch, and
 #                            vs nerfacc where it imports)
-#   bench_render_synthetic   nerfhead bench render --synthetic --preset head at 512x512
-#                            (head-only and head+torso+compositing FPS, ms per stage, and a
-#                            torch.profiler table of 3 frames)
+#   bench_render_synthetic   nerfhead bench render --synthetic --preset head at 512x512 --compare
+#                            (head-only and head+torso+compositing FPS, ms per stage, host
+#                            syncs and kernel launches per frame, of the inference path before
+#                            issue 12 and the current one side by side, and torch.profiler
+#                            tables of 3 frames of each)
 #   train       (--data DIR) nerfhead train DIR --config head for --train-minutes
 #               (iterations/s and validation PSNR from run/metrics.jsonl)
-#   bench_render_run         nerfhead bench render of that run at 512x512
+#   bench_render_run         nerfhead bench render --compare of that run at 512x512
 # After every part OUTDIR/summary.json is rewritten with the status and seconds of each part
 # and every figure measured so far (scripts/gpu_check_summary.py), so a failing or killed
 # part never loses the earlier ones. Every part runs even when an earlier one failed; the
@@ -97,7 +99,8 @@ if [ "$CPU" = 1 ]; then
 else
   MODE=gpu DEV=cuda
   PRESET=${PRESET:-head} R_RES=${R_RES:-512}
-  TEST_FILES="tests/test_kernels_exact.py tests/test_kernel_defects.py tests/test_hashgrid.py tests/test_raymarch.py"
+  TEST_FILES="tests/test_kernels_exact.py tests/test_kernel_defects.py tests/test_hashgrid.py tests/test_raymarch.py
+              tests/test_raymarch_fixed.py tests/test_fast_render.py"
   TEST_MARK="cuda"
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" NERFHEAD_OFFLINE=1
@@ -198,7 +201,7 @@ PROFILE=()
 [ "$MODE" = gpu ] && PROFILE=(--profile "$OUT_DIR/profile_render_synthetic.txt")
 step bench_render_synthetic 240 $PY -m nerfhead bench render --synthetic --preset "$PRESET" \
   --resolution "$R_RES" --frames "$R_FRAMES" --device "$DEV" --json "$OUT_DIR/bench_render_synthetic.json" \
-  ${PROFILE[@]+"${PROFILE[@]}"}
+  --compare ${PROFILE[@]+"${PROFILE[@]}"}
 
 if [ -n "$DATA" ]; then
   RUN="$OUT_DIR/run"
@@ -213,8 +216,10 @@ if [ -n "$DATA" ]; then
   fi
   step train "$LIMIT" $PY -m nerfhead train "$DATA" "${TRAIN[@]}"
   if ls "$RUN"/checkpoints/*.pt > /dev/null 2>&1; then
+    RUN_PROFILE=()
+    [ "$MODE" = gpu ] && RUN_PROFILE=(--profile "$OUT_DIR/profile_render_run.txt")
     step bench_render_run 240 $PY -m nerfhead bench render "$RUN" --resolution "$R_RES" --frames "$R_FRAMES" \
-      --device "$DEV" --json "$OUT_DIR/bench_render_run.json"
+      --device "$DEV" --json "$OUT_DIR/bench_render_run.json" --compare ${RUN_PROFILE[@]+"${RUN_PROFILE[@]}"}
   fi
 fi
 

@@ -68,7 +68,15 @@ def _render(path: Path) -> dict | None:
         return None
     keep = ("device", "resolution", "frames", "model", "fps_head", "fps_head_torso_compositing",
             "fps_with_encode", "ms_per_stage", "encode_error")
-    return {k: r.get(k) for k in keep}
+    out = {k: r.get(k) for k in keep}
+    comp = r.get("compare")
+    if comp:  # bench render --compare: the path before issue 12 against the current one
+        out["compare"] = {name: {k: comp[name].get(k) for k in
+                                 ("fps_head", "fps_head_torso_compositing", "ms_per_stage",
+                                  "host_syncs", "kernel_launches")}
+                          for name in ("old", "new")}
+        out["compare"]["speedup"] = comp.get("speedup")
+    return out
 
 
 def _train(run: Path, log: Path) -> dict | None:
@@ -144,6 +152,13 @@ def brief(summary: dict) -> str:
         if r[key]:
             lines.append(f"  {key}: {r[key]['fps_head']:.1f} FPS head, "
                          f"{r[key]['fps_head_torso_compositing']:.1f} FPS head+torso+compositing")
+            c = r[key].get("compare")
+            if c:
+                lines.append(f"    before issue 12: {c['old']['fps_head']:.1f} FPS head, "
+                             f"{c['old']['fps_head_torso_compositing']:.1f} FPS head+torso+compositing; "
+                             f"host syncs per frame {c['old']['host_syncs']} -> {c['new']['host_syncs']}"
+                             + (f", kernel launches {c['old']['kernel_launches']} -> "
+                                f"{c['new']['kernel_launches']}" if c['new'].get('kernel_launches') else ""))
     if r["train"]:
         t = r["train"]
         lines.append(f"  train: {t['steps']} steps, {t.get('iters_per_s')} it/s, val PSNR {t['val_psnr']:.2f} dB")

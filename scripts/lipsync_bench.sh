@@ -35,7 +35,6 @@ train_sentences=80
 threads=1
 device="cpu"
 max_eval_frames=""
-resync=0
 nerfhead="${NERFHEAD:-python3 -m nerfhead}"
 
 usage() {
@@ -43,10 +42,7 @@ usage() {
   cat <<EOF
 usage: $0 [--kind mel|ow|both] [--iters N] [--lips-iters N] [--out DIR] [--video MP4]
           [--clips TXT] [--train-sentences K] [--drive WAV] [--device cpu|cuda]
-          [--threads N] [--max-eval-frames N] [--resync-audio]
-  --resync-audio  re-decode aud.wav on the video's clock (ffmpeg aresample=async) and
-                  recompute the features: only for checkouts whose preprocessing still
-                  concatenates audio packets (before the timestamp-aware decode)
+          [--threads N] [--max-eval-frames N]
 defaults: --kind $kind --iters $iters --lips-iters $lips_iters --out $out
 EOF
 }
@@ -64,7 +60,6 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --max-eval-frames) max_eval_frames="$2"; shift 2 ;;
-    --resync-audio) resync=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "lipsync_bench: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -99,24 +94,6 @@ prep() {  # prep DIR START LENGTH
   local args=(preprocess "$video" --out "$1" --start-seconds "$2" --max-seconds "$3"
               --set landmarks.max_gap=16)  # frames 3375-3386 of the GRID clip are corrupt
   $nerfhead "${args[@]}"
-  if [ "$resync" = 1 ]; then
-    python3 - "$video" "$1" "$2" <<'EOF'
-import json, subprocess, sys, numpy as np, imageio_ffmpeg
-from pathlib import Path
-from nerfhead.render.video import write_wav
-video, data, start = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
-n = json.loads((data / "manifest.json").read_text())["video"]["num_frames"]
-pcm = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", video,
-                      "-vn", "-af", "aresample=async=1:first_pts=0", "-ac", "1", "-ar", "16000",
-                      "-f", "s16le", "-acodec", "pcm_s16le", "-"], capture_output=True, check=True).stdout
-x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
-x = x[int(round(start * 16000)):][: n * 640]
-x = np.pad(x, (0, n * 640 - len(x)))  # the GRID clip's audio ends ~0.1 s before its video
-write_wav(data / "aud.wav", x, 16000)
-print(f"resync: {data}/aud.wav re-decoded on the video's clock ({len(x) / 16000:.1f} s)")
-EOF
-    $nerfhead "${args[@]}"  # decode is kept (its checks pass); the audio features are redone
-  fi
 }
 prep "$out/data_train" 0 "$split"
 prep "$out/data_heldout" "$split" "$(python3 -c "print($duration - $split)")"

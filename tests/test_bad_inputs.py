@@ -635,11 +635,11 @@ def test_out_that_is_an_existing_file_is_refused_before_work(command, clips, two
 
 def test_render_out_that_is_a_folder_fails_before_rendering(trained, tmp_path, monkeypatch, capsys):
     from nerfhead.cli import main
-    from nerfhead.render import cli as render_cli
+    from nerfhead.render.renderer import Renderer
 
     def never(*a, **k):
         raise AssertionError("rendering started")
-    monkeypatch.setattr(render_cli, "render_sequence", never)
+    monkeypatch.setattr(Renderer, "sequence", never)
     folder = tmp_path / "videos"
     folder.mkdir()
     drive = tmp_path / "d.wav"

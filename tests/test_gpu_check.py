@@ -45,6 +45,8 @@ def test_cpu_dry_run_passes_and_summarises(tmp_path):
     for key in ("bench_render_synthetic", "bench_render_run"):
         assert r[key]["resolution"] == [16, 16] and r[key]["fps_head"] > 0
         assert r[key]["fps_head_torso_compositing"] > 0
+        comp = r[key]["compare"]  # --compare: the path before issue 12 against the current one
+        assert comp["new"]["host_syncs"] < comp["old"]["host_syncs"] and comp["speedup"]["fps_head"] > 0
     assert r["train"]["steps"] == 4 and 5 < r["train"]["val_psnr"] < 60 and r["train"]["iters_per_s"] > 0
     assert [v["step"] for v in r["train"]["validations"]] == [2, 4]
     assert "gpu_check PASSED (cpu mode)" in proc.stdout

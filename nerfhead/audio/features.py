@@ -114,14 +114,30 @@ def log_mel(samples: np.ndarray, sr: int = SAMPLE_RATE, n_fft: int = 800, hop: i
         x = torch.cat([x[:1], x[1:] - preemphasis * x[:-1]])
     if x.numel() < n_fft // 2 + 1:  # reflect padding needs more samples than half a window
         x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.numel()))
-    spec = torch.stft(x, n_fft=n_fft, hop_length=hop, win_length=win,
-                      window=torch.hann_window(win), center=True, pad_mode="reflect",
+    padded = torch.nn.functional.pad(x[None, None], (n_fft // 2, n_fft // 2), mode="reflect")[0, 0]
+    return log_mel_frames(padded, sr, n_fft, hop, win, n_mels, fmin, fmax)
+
+
+def log_mel_frames(padded: torch.Tensor, sr: int = SAMPLE_RATE, n_fft: int = 800, hop: int = 160,
+                   win: int = 800, n_mels: int = 80, fmin: float = 55.0,
+                   fmax: float = 7600.0) -> np.ndarray:
+    """The log-mel frames of ``log_mel`` from already pre-emphasised and padded samples:
+    frame j from samples ``j*hop .. j*hop + n_fft - 1`` of ``padded`` (``torch.stft`` with
+    ``center=False``, which is what ``center=True`` runs after its reflect padding). The
+    streaming front end (``nerfhead.audio.stream``) calls this on its ring buffer."""
+    spec = torch.stft(padded, n_fft=n_fft, hop_length=hop, win_length=win,
+                      window=torch.hann_window(win), center=False,
                       return_complex=True).abs()  # [F, frames]
-    fb = torch.from_numpy(mel_filterbank(sr, n_fft, n_mels, fmin, fmax))
+    fb = torch.from_numpy(_filterbank(sr, n_fft, n_mels, fmin, fmax))
     mel = fb @ spec
     db = 20.0 * torch.log10(torch.clamp(mel, min=1e-5)) - 20.0
     norm = torch.clamp(8.0 * (db + 100.0) / 100.0 - 4.0, -4.0, 4.0)
     return norm.T.contiguous().numpy().astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _filterbank(sr, n_fft, n_mels, fmin, fmax) -> np.ndarray:
+    return mel_filterbank(sr, n_fft, n_mels, fmin, fmax)
 
 
 # -------------------------------------------------------------------------------- windowing
@@ -175,6 +191,7 @@ def _ow_sessions():
 
 
 OW_WINDOW, OW_STEP = 76, 8  #: the embedding model's input: 76 mel frames; one output per 8
+OW_MEL_HOP, OW_MEL_WIN = 160, 512  #: the ONNX mel model's hop and window, samples
 
 
 def speech_embeddings(samples: np.ndarray, sr: int = SAMPLE_RATE, batch: int = 256):
@@ -194,7 +211,11 @@ def speech_embeddings(samples: np.ndarray, sr: int = SAMPLE_RATE, batch: int = 2
     wins = np.stack([spec[s:s + OW_WINDOW] for s in starts])[..., None].astype(np.float32)
     out = [emb_sess.run(None, {"input_1": wins[i:i + batch]})[0].reshape(-1, OW_DIM)
            for i in range(0, len(wins), batch)]
-    mel_hop = len(pcm) / sr / spec.shape[0]  # ~10 ms per ONNX mel frame
+    # the ONNX mel model frames the audio every OW_MEL_HOP samples (frames = (S - 512) // 160
+    # + 1, no centring); the exact hop, not length / frames, so that an embedding's time does
+    # not depend on how long the clip is (the streamed features of nerfhead.audio.stream
+    # equal these)
+    mel_hop = OW_MEL_HOP / sr
     times = (starts + OW_WINDOW / 2) * mel_hop - pad / sr
     return np.concatenate(out).astype(np.float32), times
 

@@ -1,4 +1,5 @@
-"""ModelConfig: the ``model:`` section of a training preset."""
+"""ModelConfig: the ``model:`` section of a training preset; InferenceConfig: how a trained
+model renders (not saved with it)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,72 @@ class ModelConfig:
             raise ValueError(f"model.expression: unknown blendshape(s) {unknown}; "
                              f"known: {sorted(BLENDSHAPE_INDEX)}")
         return [BLENDSHAPE_INDEX[n] for n in self.expression]
+
+
+@dataclass
+class InferenceConfig:
+    """How ``TalkingHead.render_frame`` renders (speed only: the image stays the same within
+    the tolerances named in tests/test_fast_render.py). Not part of a checkpoint: set it on
+    ``model.inference``."""
+
+    loop: Literal["fixed", "compact"] = "fixed"
+    """fixed: the whole frame in one fixed-shape loop (``render_rays_fixed``: static buffers,
+    one host sync per step); compact: the earlier loop (``render_rays_inference`` in chunks of
+    65,536 rays, compacting the alive rays with boolean masks: several syncs per step)."""
+    schedule: tuple[int, ...] | None = None
+    """fixed loop: samples per alive ray at steps 0, 1, 2, ... (the last repeats). None =
+    auto: (8, 16, 32, 64) on CUDA, where a step costs launches and a read-back and a sample
+    little; (2, 4, 8, 16, 32, 64) on CPU, where steps cost nothing and every sample shaded
+    after a ray turned opaque is wasted (about 9% fewer samples on the trained tiny run)."""
+    capacity: int = 0
+    """fixed loop: slots of the compacted sample list (the field's batch in one step); 0 =
+    auto: 2^21 on CUDA, 2^19 on CPU (the earlier loop's largest batch, 65,536 rays x 8, so
+    a CPU render needs no more memory than before)."""
+
+    read_back: bool = True
+    """fixed loop: read back the filled slots once per step (the field shades only those);
+    False: no read-back per step, the field shades the whole capacity (for CUDA graphs)."""
+    fused_heads: bool | None = None
+    """One GEMM for the first layers of the heads that read the position encoding (audio
+    attention, expression attention, density), the frame's audio / expression codes folded
+    into the density layer's weights, the latent into the colour layer's bias, and no
+    uncertainty head (nothing uses it at inference). False: the training forward without its
+    uncertainty head. None = auto: True on CUDA; False on CPU, where the training forward's
+    fewer, wider GEMMs measured as fast or faster (docs/benchmarks.md)."""
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """MLP precision through torch.autocast: auto = float16 on CUDA, float32 on CPU (a CPU has
+    no fast half GEMM; bfloat16 there is the CPU stand-in used by the tests)."""
+    fused_mlp: bool = True
+    """Run the MLPs through tiny-cuda-nn's FullyFusedMLP when ``tinycudann`` imports and the
+    tensors are on CUDA (logged once either way)."""
+    cuda_graph: bool = True
+    """Capture a frame's device work (rays, ``graph_steps`` steps of the fixed loop without
+    read-back, torso) in a CUDA graph and replay it (CUDA only; where capture fails the frame
+    renders eagerly, said once in the log)."""
+    graph_steps: int = 4
+    """Steps of the fixed loop inside the CUDA graph; rays still alive after them finish
+    eagerly with one read-back per step."""
+
+    def fused_heads_for(self, device) -> bool:
+        """Whether the fused inference shader runs on ``device`` (``fused_heads`` or auto)."""
+        import torch
+
+        if self.fused_heads is not None:
+            return bool(self.fused_heads)
+        return torch.device(device).type == "cuda"
+
+    def schedule_for(self, device) -> tuple[int, ...]:
+        """The k schedule on ``device`` (``schedule``, or its auto value)."""
+        import torch
+
+        if self.schedule is not None:
+            return tuple(int(k) for k in self.schedule)
+        return (8, 16, 32, 64) if torch.device(device).type == "cuda" else (2, 4, 8, 16, 32, 64)
+
+    def capacity_for(self, device) -> int:
+        """The capacity in slots on ``device`` (``capacity``, or its auto value)."""
+        import torch  # here: the config module stays importable without torch
+
+        if self.capacity:
+            return int(self.capacity)
+        return 1 << 21 if torch.device(device).type == "cuda" else 1 << 19

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from nerfhead.models.config import ModelConfig
 from nerfhead.models.layers import MLP, sh_encode, trunc_exp
+from nerfhead.models.shading import FusedShader
 from nerfhead.ops.hashgrid import HashGridConfig, HashGridEncoding
 
 PLANES = ((0, 1), (1, 2), (0, 2))  # xy, yz, xz
@@ -33,11 +34,21 @@ PLANES = ((0, 1), (1, 2), (0, 2))  # xy, yz, xz
 
 @dataclass
 class Conditions:
-    """Per-frame conditioning shared by every sample of a batch of rays."""
+    """Per-frame conditioning shared by every sample of a batch of rays, or, with a leading
+    dimension, one row per ray (training on several frames per step) or per sample."""
 
-    audio: Tensor  #: [audio_dim] smoothed audio code
-    expression: Tensor  #: [E] upper-face blendshapes
-    latent: Tensor  #: [latent_dim] per-frame latent (may be empty)
+    audio: Tensor  #: [audio_dim] smoothed audio code (or [N, audio_dim])
+    expression: Tensor  #: [E] upper-face blendshapes (or [N, E])
+    latent: Tensor  #: [latent_dim] per-frame latent, may be empty (or [N, latent_dim])
+
+    @property
+    def per_row(self) -> bool:
+        return self.audio.dim() == 2
+
+    def rows(self, index: Tensor) -> "Conditions":
+        """Per-row conditions gathered at ``index`` (e.g. each sample's ray)."""
+        return Conditions(audio=self.audio[index], expression=self.expression[index],
+                          latent=self.latent[index])
 
 
 class FaceField(nn.Module):
@@ -63,10 +74,16 @@ class FaceField(nn.Module):
                              cfg.hidden_dim, cfg.color_layers)
         self.unc_net = MLP(self.enc_dim, 1, 32, 2) if cfg.uncertainty else None
 
-    def encode_position(self, x: Tensor) -> Tensor:
+    def plane_features(self, x: Tensor) -> list[Tensor]:
+        """The xy, yz, xz plane features [S, L * F] each of positions x [S, 3]."""
         lo, hi = self.aabb[:3], self.aabb[3:]
         q = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
-        feats = [plane(q[:, list(axes)].contiguous()) for plane, axes in zip(self.planes, PLANES)]
+        # basic slicing (xy = 0:2, yz = 1:3, xz = ::2) copies less than a gather of columns
+        cols = (q[:, 0:2], q[:, 1:3], q[:, 0::2])
+        return [plane(c.contiguous()) for plane, c in zip(self.planes, cols)]
+
+    def encode_position(self, x: Tensor) -> Tensor:
+        feats = self.plane_features(x)
         if self.cfg.plane_merge == "concat":
             return torch.cat(feats, -1)
         if self.cfg.plane_merge == "sum":
@@ -87,13 +104,22 @@ class FaceField(nn.Module):
         """sigma [S] at positions x [S, 3]."""
         return self._geometry(self.encode_position(x), cond)[0]
 
-    def forward(self, x: Tensor, d: Tensor, cond: Conditions) -> dict[str, Tensor]:
-        """x, d [S, 3] -> sigma [S], rgb [S, 3], uncertainty [S] (raw), audio_att [S, A]."""
+    def forward(self, x: Tensor, d: Tensor, cond: Conditions,
+                uncertainty: bool = True) -> dict[str, Tensor]:
+        """x, d [S, 3] -> sigma [S], rgb [S, 3], uncertainty [S] (raw; zeros when the model has
+        no uncertainty head or ``uncertainty`` is False), audio_att [S, A]."""
         enc = self.encode_position(x)
         sigma, geo, audio_w = self._geometry(enc, cond)
         parts = [sh_encode(d, self.cfg.sh_degree), geo]
         if self.cfg.latent_dim:
             parts.append(cond.latent.expand(enc.shape[0], -1))
         rgb = torch.sigmoid(self.color_net(torch.cat(parts, -1)))
-        unc = self.unc_net(enc.detach()).squeeze(-1) if self.unc_net is not None else torch.zeros_like(sigma)
+        unc = self.unc_net(enc.detach()).squeeze(-1) if self.unc_net is not None and uncertainty \
+            else torch.zeros_like(sigma)
         return {"sigma": sigma, "rgb": rgb, "uncertainty": unc, "audio_att": audio_w}
+
+    def inference_shader(self, cond: Conditions) -> FusedShader:
+        """The inference form of :meth:`forward` for one frame's conditions: (x, d) -> (sigma
+        [S] float32, rgb [S, 3]), merged first-layer GEMM, no uncertainty (see
+        ``nerfhead.models.shading``)."""
+        return FusedShader(self, cond)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from nerfhead.models.audio import AudioEncoder, AudioSmoother, window_indices
-from nerfhead.models.config import ModelConfig
+from nerfhead.models.config import InferenceConfig, ModelConfig
 from nerfhead.models.field import Conditions, FaceField
 from nerfhead.models.rays import Camera, full_frame_pixels, nerf_matrix_to_ngp, pixel_rays
 from nerfhead.models.renderer import render_head_inference, render_head_train
@@ -66,6 +66,9 @@ class TalkingHead(nn.Module):
         self.torso_latents = nn.Parameter(torch.zeros(meta.num_latents, cfg.torso_latent_dim))
         self.register_buffer("background", torch.ones(self.camera.height, self.camera.width, 3))
         self.register_buffer("has_torso", torch.zeros((), dtype=torch.bool))
+        self.inference = InferenceConfig()  # how render_frame renders (not saved)
+        self._render_buffers: dict = {}  # the fixed loop's device buffers, frame to frame
+        self._frame_runners: dict = {}  # CUDA-graph runners (nerfhead.models.frame_graph)
 
     # ------------------------------------------------------------------ parameters
     def head_parameters(self) -> list[nn.Parameter]:
@@ -147,11 +150,23 @@ class TalkingHead(nn.Module):
         """
         cam = camera or self.camera
         H, W = cam.height, cam.width
-        pose = nerf_matrix_to_ngp(_as_tensor(c2w, "cpu", torch.float64)).float().to(self.device)
-        u, v = full_frame_pixels(cam, self.device)
-        rays_o, rays_d = pixel_rays(pose, cam, u, v)
         cond = self.conditions(audio_feats, index, expression, latent_index)
-        head = render_head_inference(self.field, self.grid, self.cfg, rays_o, rays_d, cond)
+        use_torso = with_torso and self.torso is not None and bool(self.has_torso)
+        rgba = None
+        inf = self.inference
+        if inf.loop == "fixed" and inf.cuda_graph and self.device.type == "cuda":
+            from nerfhead.models.frame_graph import frame_runner
+
+            head = frame_runner(self, cam, use_torso).render(c2w, cond, self.torso_latent(latent_index))
+            rgba = head["torso_rgba"]
+        else:
+            pose = nerf_matrix_to_ngp(_as_tensor(c2w, "cpu", torch.float64)).float().to(self.device)
+            u, v = full_frame_pixels(cam, self.device)
+            rays_o, rays_d = pixel_rays(pose, cam, u, v)
+            head = render_head_inference(self.field, self.grid, self.cfg, rays_o, rays_d, cond,
+                                         inference=inf, buffers=self._render_buffers)
+            if use_torso:
+                rgba = self.torso_rgba(u, v, pose, self.torso_latent(latent_index), cam)
         if bg is None:
             back = self.background
             if back.shape[:2] != (H, W):
@@ -163,8 +178,7 @@ class TalkingHead(nn.Module):
                 raise ValueError(f"bg must be [{H}, {W}, 3], got {tuple(back.shape)}")
         back = back.reshape(-1, 3)
         torso_alpha = torch.zeros(H * W, device=self.device)
-        if with_torso and self.torso is not None and bool(self.has_torso):
-            rgba = self.torso_rgba(u, v, pose, self.torso_latent(latent_index), cam)
+        if rgba is not None:
             torso_alpha = rgba[:, 3]
             back = rgba[:, :3] * torso_alpha[:, None] + back * (1 - torso_alpha[:, None])
         rgb = head["rgb"] + (1 - head["alpha"][:, None]) * back

@@ -15,7 +15,7 @@ from typing import Any
 
 # Must equal NERFHEAD_OPS_VERSION in csrc/ext.cpp: a _C built from older sources (a stale
 # in-place build) has other operator schemas and is refused with the way to rebuild.
-OPS_VERSION = 2
+OPS_VERSION = 3
 _REBUILD = ("rebuild it: `pip install --no-build-isolation -e .` (or `python3 setup.py "
             "build_ext --inplace`) in the nerfhead checkout")
 

@@ -17,7 +17,10 @@ Both run the kernels of ``nerfhead._C`` (``march_rays`` / ``composite_rays``, bo
 their PyTorch references here (``torch``). Output shapes depend only on ``(n, k)``, never on
 the data, and on the kernel backends neither op synchronises with the host, so a
 fixed-shape loop (no compaction) can call them back to back.
-:func:`render_rays_inference` is the reference driver (it compacts alive rays each step).
+:func:`render_rays_inference` is the reference driver (it compacts alive rays each step,
+with boolean masks: several host syncs per step). ``raymarch_fixed.render_rays_fixed`` renders
+the same image from fixed-size buffers with at most one host sync per step; it is what
+``TalkingHead.render_frame`` runs by default.
 """
 
 from __future__ import annotations

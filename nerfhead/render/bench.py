@@ -79,16 +79,30 @@ def time_frame(model, c2w, feats, index: int, camera, times: dict, original=None
     t = time.perf_counter()
     cond = model.conditions(feats, index, np.zeros(52, np.float32), None)
     t = mark("audio", t)
-    pose = nerf_matrix_to_ngp(torch.as_tensor(c2w, dtype=torch.float64)).float().to(dev)
-    u, v = full_frame_pixels(camera, dev)
-    rays_o, rays_d = pixel_rays(pose, camera, u, v)
-    t = mark("rays", t)
-    head = render_head_inference(model.field, model.grid, model.cfg, rays_o, rays_d, cond)
-    t = mark("march+composite", t)
+    use_torso = model.torso is not None and bool(model.has_torso)  # a head-stage run has none
+    inf = model.inference
+    rgba = None
+    if inf.loop == "fixed" and inf.cuda_graph and dev.type == "cuda":
+        # rays, head and torso run in one CUDA graph: all of it counts as march+composite
+        from nerfhead.models.frame_graph import frame_runner
+
+        t = mark("rays", t)
+        head = frame_runner(model, camera, use_torso).render(c2w, cond, model.torso_latent(None))
+        rgba = head["torso_rgba"]
+        t = mark("march+composite", t)
+    else:
+        pose = nerf_matrix_to_ngp(torch.as_tensor(c2w, dtype=torch.float64)).float().to(dev)
+        u, v = full_frame_pixels(camera, dev)
+        rays_o, rays_d = pixel_rays(pose, camera, u, v)
+        t = mark("rays", t)
+        head = render_head_inference(model.field, model.grid, model.cfg, rays_o, rays_d, cond,
+                                     inference=inf, buffers=model._render_buffers)
+        t = mark("march+composite", t)
+        if use_torso:
+            rgba = model.torso_rgba(u, v, pose, model.torso_latent(None), camera)
     back = model.background.reshape(-1, 3) if model.background.shape[:2] == (H, W) else \
         torch.ones(H * W, 3, device=dev)
-    if model.torso is not None and bool(model.has_torso):  # a head-stage run has no torso yet
-        rgba = model.torso_rgba(u, v, pose, model.torso_latent(None), camera)
+    if rgba is not None:
         back = rgba[:, :3] * rgba[:, 3:] + back * (1 - rgba[:, 3:])
     rgb = (head["rgb"] + (1 - head["alpha"][:, None]) * back).reshape(H, W, 3).clamp(0, 1)
     t = mark("torso", t)
@@ -140,6 +154,103 @@ def run_bench(model, camera, num_frames: int = 10, warmup: int = 2, feats=None, 
             "encode_error": encode_error,
             "torch_threads": torch.get_num_threads(),
             "backend": getattr(model.cfg, "backend", "auto")}
+
+
+def old_and_new() -> dict:
+    """The two inference settings ``--compare`` times side by side: ``old`` is the path before
+    issue 12 (compacting loop in chunks, training forward, float32, no graph), ``new`` the
+    defaults of :class:`~nerfhead.models.config.InferenceConfig`."""
+    from nerfhead.models.config import InferenceConfig
+
+    return {"old": InferenceConfig(loop="compact", fused_heads=False, precision="float32",
+                                   fused_mlp=False, cuda_graph=False),
+            "new": InferenceConfig()}
+
+
+def frame_counts(model, camera, c2w, feats, index: int = 0) -> dict:
+    """Host syncs of one frame (``HostSyncCounter``: read-backs, nonzero, boolean masks) and,
+    on CUDA, kernel launches (torch.profiler's count of launch calls)."""
+    from nerfhead.ops.host_sync import HostSyncCounter
+
+    with HostSyncCounter() as syncs:
+        time_frame(model, c2w, feats, index, camera, {})
+    launches = None
+    if model.device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            time_frame(model, c2w, feats, index, camera, {})
+        launches = sum(e.count for e in prof.key_averages()
+                       if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                    "cuLaunchKernelEx", "cudaGraphLaunch"))
+    return {"host_syncs": syncs.total, "host_syncs_by_op": dict(syncs.by_op),
+            "kernel_launches": launches}
+
+
+def _summarise(times: dict, num_frames: int, dev, camera, model) -> dict:
+    ms = {k: 1000.0 * times.get(k, 0.0) / num_frames for k in STAGES if k != "encode"}
+    head_ms = ms["audio"] + ms["rays"] + ms["march+composite"]
+    full_ms = head_ms + ms["torso"] + ms["compositing"]
+    return {"device": str(dev), "resolution": [camera.height, camera.width], "frames": num_frames,
+            "ms_per_stage": ms, "fps_head": 1000.0 / head_ms if head_ms else None,
+            "fps_head_torso_compositing": 1000.0 / full_ms if full_ms else None,
+            "torch_threads": torch.get_num_threads(),
+            "backend": getattr(model.cfg, "backend", "auto")}
+
+
+def run_compare(model, camera, num_frames: int = 10, warmup: int = 2, feats=None, c2w=None) -> dict:
+    """The ``old`` and ``new`` inference settings (:func:`old_and_new`) on the same model,
+    frames interleaved (old, new, old, new, ...) so both see the same machine load. Returns
+    {"old": result, "new": result, "speedup": new over old}; each result as
+    :func:`run_bench`'s without encode, plus host syncs (and CUDA kernel launches) per frame."""
+    dev = model.device
+    if feats is None:
+        feats = np.random.default_rng(0).normal(size=(num_frames + warmup, 16, 80)).astype(np.float32)
+    c2w = synthetic_pose() if c2w is None else c2w
+    rng = np.random.default_rng(1)
+    original = rng.integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
+    mask = np.zeros((camera.height, camera.width), np.uint8)
+    mask[camera.height // 4:camera.height * 3 // 4, camera.width // 4:camera.width * 3 // 4] = 255
+    variants, keep = old_and_new(), model.inference
+    times: dict = {name: {} for name in variants}
+    out: dict = {}
+    try:
+        for name, inf in variants.items():
+            model.inference = inf
+            for i in range(warmup):
+                time_frame(model, c2w, feats, i % len(feats), camera, {}, original, mask)
+        for i in range(num_frames):
+            for name, inf in variants.items():
+                model.inference = inf
+                time_frame(model, c2w, feats, (warmup + i) % len(feats), camera, times[name],
+                           original, mask)
+        for name, inf in variants.items():
+            model.inference = inf
+            out[name] = {**_summarise(times[name], num_frames, dev, camera, model),
+                         **frame_counts(model, camera, c2w, feats), "inference": repr(inf)}
+    finally:
+        model.inference = keep
+    out["speedup"] = {k: out["new"][k] / out["old"][k] for k in ("fps_head", "fps_head_torso_compositing")
+                      if out["new"][k] and out["old"][k]}
+    return out
+
+
+def format_compare(result: dict) -> str:
+    o, n = result["old"], result["new"]
+    lines = [f"render benchmark, old vs new inference path, on {o['device']} at "
+             f"{o['resolution'][1]}x{o['resolution'][0]}, {o['frames']} frames each, interleaved "
+             f"({result.get('model', '')})",
+             f"{'stage (ms/frame)':<28}{'old':>10}{'new':>10}{'old/new':>10}"]
+    for k in o["ms_per_stage"]:
+        a, b = o["ms_per_stage"][k], n["ms_per_stage"][k]
+        lines.append(f"{k:<28}{a:>10.2f}{b:>10.2f}" + (f"{a / b:>10.2f}" if b else f"{'':>10}"))
+    for label, key in (("FPS head only", "fps_head"),
+                       ("FPS head+torso+composite", "fps_head_torso_compositing")):
+        lines.append(f"{label:<28}{o[key]:>10.2f}{n[key]:>10.2f}{n[key] / o[key]:>9.2f}x")
+    lines.append(f"{'host syncs per frame':<28}{o['host_syncs']:>10}{n['host_syncs']:>10}")
+    if o.get("kernel_launches") is not None:
+        lines.append(f"{'kernel launches per frame':<28}{o['kernel_launches']:>10}{n['kernel_launches']:>10}")
+    return "\n".join(lines)
 
 
 def profile_frames(model, camera, feats=None, c2w=None, frames: int = 3, rows: int = 40) -> str:
@@ -196,13 +307,28 @@ def main(args) -> dict:
         feats, _ = load_audio_features(Path(run.dataset_dir), model.audio_kind)
         c2w = dataset_poses(run.dataset_dir, "val")[0][0]
         label = f"run {run.run_dir} step {run.step}"
-    result = run_bench(model, camera, args.frames, feats=feats, c2w=c2w)
-    result["model"] = label
-    print(format_table(result))
+    compare = getattr(args, "compare", False)
+    if compare:  # the top-level figures are the new path's (without H.264 encode)
+        comp = run_compare(model, camera, args.frames, feats=feats, c2w=c2w)
+        comp["model"] = label
+        print(format_compare(comp))
+        result = {**comp["new"], "model": label, "compare": comp}
+    else:
+        result = run_bench(model, camera, args.frames, feats=feats, c2w=c2w)
+        result["model"] = label
+        print(format_table(result))
     if getattr(args, "profile", None):
-        table = profile_frames(model, camera, feats, c2w)
+        if compare:
+            keep, tables = model.inference, []
+            for name, inf in old_and_new().items():
+                model.inference = inf
+                tables.append(f"=== {name}: {inf!r}\n" + profile_frames(model, camera, feats, c2w))
+            model.inference = keep
+            table = "\n\n".join(tables)
+        else:
+            table = profile_frames(model, camera, feats, c2w)
         Path(args.profile).write_text(table)
-        print(f"profile of 3 frames written to {args.profile}")
+        print(f"profile of 3 frames{' per path' if compare else ''} written to {args.profile}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

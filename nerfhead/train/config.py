@@ -55,6 +55,11 @@ class TrainConfig:
     """Head and lips stages: probability per step that the frame's latent is replaced by the
     mean latent, the one every unseen frame gets at render time; keeps the per-frame latents
     from explaining what the audio should (the mouth)."""
+    frames_per_step: int = 1
+    """Head stage: frames each step draws its rays from (data.num_rays split evenly, each
+    frame's rays rendered with that frame's audio, expression and latent). One frame per
+    step gives the audio path one example per step; several give it as many at the same
+    number of rays, which is what the mouth needs to follow new speech."""
     lips_frame_rays: int = -1
     """Lips stage: random rays of the whole frame drawn with each mouth patch, so the rest of
     the head stays supervised and grows no floaters (-1: data.num_rays; 0: the patch only)."""
@@ -74,6 +79,9 @@ class TrainConfig:
     """torch CPU threads when training on the CPU (0: torch's default). On a machine shared
     with other jobs 1 thread is far faster than oversubscribed cores (measured 6x on tiny).
     Exact resumption needs the same thread count (reductions change order)."""
+    prefetch_frames: int = 2
+    """Steps ahead whose frames a background thread decodes into the dataset cache while
+    the current step runs (0: off; the results are the same either way)."""
 
 
 def load_configs(preset: str | os.PathLike | Mapping | None,

@@ -24,6 +24,7 @@ from nerfhead.data.dataset import (RayBatch, TalkingHeadDataset, check_dataset_d
                                    dataset_fingerprint)
 from nerfhead.fileio import atomic_path, clean_stale_temps, move_aside, write_image
 from nerfhead.models.rays import pixel_rays
+from nerfhead.models.field import Conditions
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
 from nerfhead.train import losses
 from nerfhead.train.checkpoint import (
@@ -42,7 +43,7 @@ log = logging.getLogger("nerfhead.train")
 #: not what it learns. Any other difference refuses the resume (``RunMismatchError``).
 RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
                      ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
-                     ("train", "cpu_threads"), ("data", "cache_size")}
+                     ("train", "cpu_threads"), ("train", "prefetch_frames"), ("data", "cache_size")}
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
@@ -150,6 +151,7 @@ class Trainer:
                            if self.stage == "lips" else None)
         self._writer = None
         self.history: list[dict] = []  # per-step {"step", "loss", "psnr"} of this process
+        self.prefetcher = None  # the frame prefetcher of the running fit() (train.prefetch_frames)
         self.validations: list[dict] = []
 
     # ------------------------------------------------------------------ setup
@@ -311,6 +313,8 @@ class Trainer:
             g_cells = step_generator(t.seed, step, 2, dev)
             m.update_grid(lambda: self._random_conditions(g_pick), generator=g_cells)
         g = step_generator(t.seed, step)
+        if self.stage == "head" and t.frames_per_step > 1:
+            return self._multi_frame_step(step, g)
         i = int(torch.randint(0, len(ds), (1,), generator=g))
         batch = ds.sample(i, "mouth" if self.stage == "lips" else "random", g,
                           bg_kind="plate" if self.stage == "torso" else "head")
@@ -345,19 +349,76 @@ class Trainer:
                 loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
                 if head["audio_att"].numel():
                     loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
-        value = float(loss.detach())
+        return self._optimise(step, loss, pred, target, head)
+
+    def _multi_frame_step(self, step: int, g: torch.Generator) -> dict:
+        """Head-stage step over ``frames_per_step`` frames: each frame's rays (random, plus
+        its mouth rays) are rendered under that frame's conditions, in one march."""
+        t, ds, m, dev = self.tcfg, self.train_set, self.model, self.device
+        k = min(t.frames_per_step, self.dcfg.num_rays)
+        frames = torch.randint(0, len(ds), (k,), generator=g).tolist()
+        per_frame = [self.dcfg.num_rays // k + (j < self.dcfg.num_rays % k) for j in range(k)]
+        origins, dirs, targets, bgs, conds, owner = [], [], [], [], [], []
+        for j, (i, n) in enumerate(zip(frames, per_frame)):
+            batch = ds.sample(i, "random", g, num_rays=n, bg_kind="head")
+            if t.mouth_ray_fraction > 0:
+                batch = self._with_mouth_rays(batch, i, g)
+            o, d = pixel_rays(ds.poses[i].to(dev), ds.camera, batch.u, batch.v)
+            drop = t.latent_dropout > 0 and float(torch.rand(1, generator=g)) < t.latent_dropout
+            conds.append(m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i),
+                                      None if drop else i))
+            origins.append(o), dirs.append(d), targets.append(batch.rgb), bgs.append(batch.bg)
+            owner.append(torch.full((batch.u.shape[0],), j, dtype=torch.long))
+        owner = torch.cat(owner).to(dev)
+        cond = Conditions(audio=torch.stack([c.audio for c in conds]),
+                          expression=torch.stack([c.expression for c in conds]),
+                          latent=torch.stack([c.latent for c in conds])).rows(owner)
+        rays_o, rays_d = torch.cat(origins), torch.cat(dirs)
+        target, bg = torch.cat(targets).to(dev), torch.cat(bgs).to(dev)
+        noise = torch.rand(rays_o.shape[0], generator=g).to(dev)
+        head = m.render_head_rays(rays_o, rays_d, cond, noise)
+        pred = head["rgb"] + (1 - head["alpha"][:, None]) * bg
+        use_unc = self.mcfg.uncertainty and step >= t.uncertainty_start * t.iters
+        loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
+                else ((pred - target) ** 2).mean())
+        loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+        if head["audio_att"].numel():
+            loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+        return self._optimise(step, loss, pred, target, head)
+
+    def _optimise(self, step: int, loss, pred, target, head) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        mse = ((pred.detach() - target) ** 2).mean()
+        self.optimizer.step()
+        self.scheduler.step()
+        # One read-back per step, after backward and the update are queued (a GPU never waits
+        # for the host between forward and backward). A non-finite loss has then already
+        # reached the weights in memory, but nothing is saved: the run stops right here.
+        value, mse_value = torch.stack([loss.detach().float(), mse.float()]).tolist()
         if not math.isfinite(value):
             last = list_checkpoints(self.run_dir)
             raise TrainingDiverged(
                 f"training loss became {value} at step {step} (stage {self.stage}); stopped "
                 f"without saving. Last good checkpoint: {last[-1] if last else 'none'}. "
                 "Try a lower train.lr_grid / train.lr_net or check the dataset.")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        return {"loss": value, "psnr": losses.psnr(pred.detach(), target),
+        return {"loss": value,
+                "psnr": float("inf") if mse_value == 0 else -10.0 * math.log10(mse_value),
                 "samples_per_ray": head["weights"].shape[0] / max(1, target.shape[0])}
+
+    def frames_of_step(self, step: int) -> list[int]:
+        """The training frames of ``step``: the first draw of the step's generator, exactly
+        what :meth:`train_step` draws (the prefetcher decodes them ahead of time)."""
+        g = step_generator(self.tcfg.seed, step)
+        k = self.tcfg.frames_per_step if self.stage == "head" and self.tcfg.frames_per_step > 1 else 1
+        k = min(k, self.dcfg.num_rays)
+        return torch.randint(0, len(self.train_set), (k,), generator=g).tolist()
+
+    def _prefetch_frames(self, frames: list[int]) -> None:
+        for i in frames:
+            self.train_set.image(i)
+            if self.stage != "torso":
+                self.train_set.head_background(i)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -412,12 +473,20 @@ class Trainer:
                    desc=f"train {self.stage}", dynamic_ncols=True)
         window_t, window_n, saved_at, validated_at = time.perf_counter(), 0, -1, -1
         start_step = self.step
+        prefetcher = None
+        if t.prefetch_frames > 0:
+            from nerfhead.train.prefetch import FramePrefetcher
+
+            prefetcher = FramePrefetcher(self.frames_of_step, self._prefetch_frames, t.prefetch_frames)
+        self.prefetcher = prefetcher
         try:
             while self.step < stop:
                 if max_seconds is not None and time.perf_counter() - self._fit_t0 >= max_seconds:
                     bar.write(f"stopping at step {self.step}: {max_seconds:.0f} s time limit "
                               f"reached (rerun the same command to continue)")
                     break
+                if prefetcher is not None:
+                    prefetcher.ahead_of(self.step)
                 stats = self.train_step(self.step)
                 self.step += 1
                 window_n += 1
@@ -450,6 +519,8 @@ class Trainer:
                 res = self.validate()
                 bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             bar.close()
             if self._writer is not None:
                 self._writer.flush()

@@ -1,0 +1,440 @@
+"""The ``nerfhead serve`` web app (aiohttp): the page, WebRTC sessions, and an API to push audio.
+
+Routes (everything under ``/api`` needs the token when one is set: ``Authorization: Bearer
+TOKEN`` or ``?token=TOKEN``):
+
+- ``GET /``: the page (start/stop, microphone or a file, the speaker's video and audio, the
+  A/V offset and frame rate of the session);
+- ``GET /api/health``: the run, sessions in use and the cap, the delay and look-ahead;
+- ``POST /api/offer`` ``{"sdp", "type"}``: a WebRTC session (the browser's microphone track, if
+  it sends one, drives it); answers ``{"sdp", "type", "session"}``;
+- ``POST /api/sessions``: a session without WebRTC (frames at ``.../frame``), for API clients;
+- ``POST /api/sessions/ID/audio``: push audio: any file ffmpeg reads, or raw PCM with
+  ``Content-Type: audio/L16`` or ``?format=s16le`` (``&rate=16000&channels=1``);
+- ``GET /api/sessions/ID/ws``: WebSocket; binary messages are PCM s16le (``?rate=&channels=``),
+  the server answers each with the session's stats as JSON, or an error;
+- ``GET /api/sessions/ID``: stats; ``GET /api/sessions/ID/frame``: the frame shown now (JPEG);
+  ``DELETE /api/sessions/ID``: end it.
+
+A session over the cap gets ``503 {"error": "busy", ...}``; bad audio ``400`` with the reason,
+to that client only; a session ends (its render task, peer connection and buffers freed) when
+its peer goes away, at the session length limit, or, without WebRTC, after ``idle_seconds``
+without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nerfhead.audio.features import SAMPLE_RATE, AudioError, load_audio
+from nerfhead.serve.session import FPS, LiveSession, SessionLimits
+
+log = logging.getLogger("nerfhead.serve")
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``nerfhead serve``."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; 127.0.0.1 serves this machine only (0.0.0.0: every interface)."""
+    port: int = 8080
+    """TCP port."""
+    token: str | None = None
+    """Access token for /api (None: no token; then bind only where you trust every client)."""
+    max_sessions: int = 2
+    """Sessions at once; one more gets a 503 "busy"."""
+    max_session_seconds: float = 600.0
+    """A session ends after this long."""
+    max_upload_mb: float = 20.0
+    """Largest request body (uploaded audio), MiB."""
+    idle_seconds: float = 60.0
+    """A session without WebRTC ends after this long without a request."""
+    jitter: float = 0.1
+    """Seconds the input may lag before silence fills in (see nerfhead.serve.session)."""
+    seed: int = 0
+    """Seed of the head motion and blinks (session n uses seed + n)."""
+
+
+CONNECT_GRACE = 20.0  #: seconds a WebRTC peer may stay unconnected before its session ends
+
+
+class Busy(RuntimeError):
+    pass
+
+
+class Server:
+    """The sessions of one loaded run. ``renderer``: a ``Renderer``; ``motion_model``: the
+    speaker's ``HeadMotionModel`` or None (the clip's poses play)."""
+
+    def __init__(self, renderer, cfg: ServeConfig, motion_model=None, clock=None):
+        import time
+
+        from nerfhead.audio.stream import StreamingFeatures
+
+        self.renderer, self.cfg, self.motion_model = renderer, cfg, motion_model
+        self.clock = clock or time.monotonic
+        self.sessions: dict[str, LiveSession] = {}
+        self.tasks: dict[str, list[asyncio.Task]] = {}
+        self.peers: dict[str, object] = {}
+        self.activity: dict[str, float] = {}
+        self.unconnected: dict[str, float] = {}  #: since when a peer is not connected
+        self.count = 0
+        self.render_pool = ThreadPoolExecutor(1, thread_name_prefix="nerfhead-render")
+        # warm-up: one frame of silence at the start of the motion, timed (three times: the
+        # first calls pay one-off costs), which is also the picture before a session's first
+        # frame; sessions then refine the estimate with every frame they render
+        feats = StreamingFeatures(renderer.audio_kind, FPS, smoother_window=renderer.audio_window)
+        fa = (feats.push(np.zeros(SAMPLE_RATE, np.float32)) or feats.finish())[0]
+        motion = self._motion(0)
+        c2w, expr = motion.frame(0, np.zeros(640, np.float32))
+        self.motion_source, self.blink_source = motion.source, motion.blink_source
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            self.idle_frame = renderer.render(c2w, fa.windows, fa.centre, expr, mean_latent=True)
+            times.append(time.perf_counter() - t)
+        self.expected_render = min(times[1:])
+        log.info("warm-up render: %.0f ms per frame (%s)", 1000 * self.expected_render,
+                 renderer.model.device)
+
+    def _motion(self, seed: int):
+        from nerfhead.motion.live import LiveMotion
+
+        run_dir = self.renderer.run.run_dir
+        return LiveMotion(self.renderer.data_dir, run_dir, seed=seed,
+                          use_model=self.motion_model is not None, model=self.motion_model)
+
+    def limits(self) -> SessionLimits:
+        return SessionLimits(jitter=self.cfg.jitter, max_seconds=self.cfg.max_session_seconds)
+
+    # ------------------------------------------------------------------ sessions
+    def open_session(self) -> LiveSession:
+        if len(self.sessions) >= self.cfg.max_sessions:
+            raise Busy(f"all {self.cfg.max_sessions} sessions are in use; try again later "
+                       "(the server's --max-sessions)")
+        self.count += 1
+        s = LiveSession(self.renderer, self._motion(self.cfg.seed + self.count),
+                        self.expected_render, self.limits(), clock=self.clock,
+                        idle_frame=self.idle_frame)
+        self.sessions[s.id] = s
+        self.activity[s.id] = self.clock()
+        self.tasks[s.id] = [asyncio.get_running_loop().create_task(self._render_loop(s))]
+        log.info("session %s opened (%d/%d); delay %.0f ms", s.id, len(self.sessions),
+                 self.cfg.max_sessions, 1000 * s.delay)
+        return s
+
+    async def close_session(self, sid: str, reason: str) -> None:
+        s = self.sessions.pop(sid, None)
+        if s is None:
+            return
+        s.closed = reason
+        current = asyncio.current_task()
+        for t in self.tasks.pop(sid, []):
+            if t is not current:
+                t.cancel()
+        pc = self.peers.pop(sid, None)
+        if pc is not None:
+            await pc.close()
+        self.activity.pop(sid, None)
+        self.unconnected.pop(sid, None)
+        log.info("session %s closed: %s; %s", sid, reason, json.dumps(s.stats()))
+
+    async def _render_loop(self, s: LiveSession) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while s.closed is None:
+                if s.expired:
+                    await self.close_session(s.id, "session length limit reached "
+                                             f"({self.cfg.max_session_seconds:.0f} s)")
+                    return
+                s.step()
+                item = s.next_render()
+                if item is None:
+                    await asyncio.sleep(0.005)
+                    continue
+                t = s.now()
+                idx, rgb, dt = await loop.run_in_executor(self.render_pool, s.render, item)
+                # the wait for the shared render thread counts: it delays this frame as much
+                s.rendered(idx, rgb, dt, waited=s.now() - t)
+                # the next session's delay starts from what rendering costs now
+                self.expected_render += 0.05 * (dt - self.expected_render)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # this session fails alone; the others go on
+            log.exception("session %s: rendering failed", s.id)
+            s.error = f"rendering failed: {e}"
+            await self.close_session(s.id, s.error)
+
+    async def janitor(self) -> None:
+        """End sessions whose peer went away or that sat idle (without WebRTC)."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = self.clock()
+            for sid in list(self.sessions):
+                pc = self.peers.get(sid)
+                if pc is not None and pc.connectionState in ("failed", "closed"):
+                    await self.close_session(sid, f"peer connection {pc.connectionState}")
+                elif pc is not None and pc.connectionState != "connected":
+                    # never connected, or lost without a goodbye: give it CONNECT_GRACE
+                    since = self.unconnected.setdefault(sid, now)
+                    if now - since > CONNECT_GRACE:
+                        await self.close_session(sid, f"peer {pc.connectionState} for "
+                                                 f"{CONNECT_GRACE:.0f} s")
+                elif pc is not None:
+                    self.unconnected.pop(sid, None)
+                elif pc is None and now - self.activity.get(sid, now) > self.cfg.idle_seconds:
+                    await self.close_session(sid, f"no request for {self.cfg.idle_seconds:.0f} s")
+
+    async def shutdown(self) -> None:
+        for sid in list(self.sessions):
+            await self.close_session(sid, "server stopped")
+        self.render_pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------- audio in
+def decode_pcm(body: bytes, rate: int, channels: int) -> np.ndarray:
+    """s16le PCM bytes -> 16 kHz mono float32; ValueError naming what is wrong."""
+    if channels < 1 or rate < 1000 or rate > 192000:
+        raise ValueError(f"PCM: bad rate {rate} or channels {channels}")
+    if len(body) % (2 * channels):
+        raise ValueError(f"PCM s16le with {channels} channel(s): {len(body)} bytes is not a whole "
+                         f"number of {2 * channels}-byte samples")
+    x = np.frombuffer(body, "<i2").astype(np.float32).reshape(-1, channels).mean(1) / 32768.0
+    if rate != SAMPLE_RATE and len(x):
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(rate, SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    return x
+
+
+def decode_file(body: bytes) -> np.ndarray:
+    """Any file ffmpeg reads -> 16 kHz mono float32; AudioError naming the cause."""
+    if not body:
+        raise AudioError("the request has no audio (empty body)")
+    with tempfile.NamedTemporaryFile(prefix="nerfhead-serve-", suffix=".upload") as f:
+        f.write(body)
+        f.flush()
+        try:
+            return load_audio(f.name)
+        except AudioError as e:
+            raise AudioError(str(e).replace(f.name, "the uploaded file")) from None
+
+
+# ---------------------------------------------------------------------------------- the app
+def build_app(server: Server):
+    from aiohttp import WSMsgType, web
+    from aiohttp.helpers import parse_mimetype
+
+    cfg = server.cfg
+    BUSY = {"error": "busy"}
+
+    def error(status: int, msg: str, **extra):
+        return web.json_response({"error": msg, **extra}, status=status)
+
+    @web.middleware
+    async def auth(request, handler):
+        if cfg.token and request.path.startswith("/api"):
+            got = request.query.get("token") or ""
+            header = request.headers.get("Authorization", "")
+            if header.startswith("Bearer "):
+                got = header[7:]
+            if not hmac.compare_digest(got.encode(), cfg.token.encode()):
+                return error(401, "missing or wrong token (give Authorization: Bearer TOKEN or "
+                                  "?token=TOKEN)")
+        return await handler(request)
+
+    def session_of(request) -> LiveSession:
+        sid = request.match_info["sid"]
+        s = server.sessions.get(sid)
+        if s is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no session {sid} (ended or "
+                                                    "never opened)"}),
+                                   content_type="application/json")
+        server.activity[sid] = server.clock()
+        return s
+
+    def busy_response(e: Busy):
+        return web.json_response({**BUSY, "message": str(e), "max_sessions": cfg.max_sessions},
+                                 status=503, headers={"Retry-After": "10"})
+
+    async def page(request):
+        from nerfhead.serve.page import PAGE
+
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def health(request):
+        r = server.renderer
+        return web.json_response({
+            "run": str(r.run.run_dir), "step": r.run.step, "audio_kind": r.audio_kind,
+            "size": [r.camera.width, r.camera.height], "fps": FPS,
+            "sessions": len(server.sessions), "max_sessions": cfg.max_sessions,
+            "expected_render_ms": round(1000 * server.expected_render, 1),
+            "motion": server.motion_source, "blinks": server.blink_source})
+
+    async def offer(request):
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        from nerfhead.serve.tracks import audio_track, consume_audio, video_track
+
+        try:
+            body = await request.json()
+            desc = RTCSessionDescription(sdp=body["sdp"], type=body["type"])
+        except (ValueError, KeyError, TypeError):
+            return error(400, "the offer must be JSON {\"sdp\": ..., \"type\": \"offer\"}")
+        try:
+            s = server.open_session()
+        except Busy as e:
+            return busy_response(e)
+        pc = RTCPeerConnection()
+        server.peers[s.id] = pc
+
+        @pc.on("track")
+        def on_track(track):
+            if track.kind == "audio":
+                server.tasks[s.id].append(asyncio.ensure_future(consume_audio(track, s)))
+
+        @pc.on("connectionstatechange")
+        async def on_state():
+            if pc.connectionState in ("failed", "closed"):
+                await server.close_session(s.id, f"peer connection {pc.connectionState}")
+
+        try:
+            await pc.setRemoteDescription(desc)
+            pc.addTrack(audio_track(s))
+            pc.addTrack(video_track(s))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:  # a malformed SDP: this client's error only
+            await server.close_session(s.id, f"bad offer: {e}")
+            return error(400, f"cannot answer this WebRTC offer: {e}")
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
+                                  "session": s.id, "delay_ms": round(1000 * s.delay, 1)})
+
+    async def create(request):
+        try:
+            s = server.open_session()
+        except Busy as e:
+            return busy_response(e)
+        return web.json_response({"session": s.id, "delay_ms": round(1000 * s.delay, 1),
+                                  "lookahead_ms": round(1000 * s.lookahead, 1)})
+
+    async def stats(request):
+        return web.json_response(session_of(request).stats())
+
+    async def delete(request):
+        s = session_of(request)
+        await server.close_session(s.id, "closed by the client")
+        return web.json_response(s.stats())
+
+    async def push(request):
+        s = session_of(request)
+        body = await request.read()
+        loop = asyncio.get_running_loop()
+        try:
+            if request.content_type == "audio/l16" or request.query.get("format") == "s16le":
+                params = parse_mimetype(request.headers.get("Content-Type", "")).parameters
+                rate = int(request.query.get("rate", params.get("rate", SAMPLE_RATE)))
+                ch = int(request.query.get("channels", params.get("channels", 1)))
+                x = decode_pcm(body, rate, ch)
+            else:
+                x = await loop.run_in_executor(None, decode_file, body)
+            queued = s.push_audio(x)
+        except (ValueError, AudioError) as e:
+            s.error = str(e)
+            return error(400, f"bad audio: {e}", session=s.id)
+        return web.json_response({"session": s.id, "seconds": round(len(x) / SAMPLE_RATE, 3),
+                                  "queued_s": round(queued, 3)})
+
+    async def frame(request):
+        import cv2
+
+        s = session_of(request)
+        k = max(0, int((s.now() - s.delay) * FPS))
+        j, rgb = s.frame_at(k)
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        return web.Response(body=jpg.tobytes(), content_type="image/jpeg",
+                            headers={"X-Frame-Index": str(k),
+                                     "X-Rendered-Index": "" if j is None else str(j),
+                                     "X-AV-Offset-Ms": "" if j is None else f"{1000 * (k - j) / FPS:.0f}"})
+
+    async def websocket(request):
+        s = session_of(request)
+        try:
+            rate = int(request.query.get("rate", SAMPLE_RATE))
+            ch = int(request.query.get("channels", 1))
+        except ValueError:
+            return error(400, "rate and channels must be integers")
+        ws = web.WebSocketResponse(max_msg_size=int(cfg.max_upload_mb * 2 ** 20))
+        await ws.prepare(request)
+        async for msg in ws:
+            server.activity[s.id] = server.clock()
+            if s.closed is not None:
+                await ws.send_json({"error": f"session ended: {s.closed}"})
+                break
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    s.push_audio(decode_pcm(msg.data, rate, ch))
+                    await ws.send_json(s.stats())
+                except ValueError as e:
+                    s.error = str(e)
+                    await ws.send_json({"error": f"bad audio: {e}"})
+            elif msg.type == WSMsgType.TEXT:
+                await ws.send_json(s.stats() if msg.data.strip() == "stats" else
+                                   {"error": "text messages: only 'stats'; send audio as binary "
+                                             "PCM s16le"})
+        return ws
+
+    janitor = web.AppKey("janitor", asyncio.Task)
+
+    async def on_startup(app):
+        app[janitor] = asyncio.get_running_loop().create_task(server.janitor())
+
+    async def on_cleanup(app):
+        app[janitor].cancel()
+        await server.shutdown()
+
+    app = web.Application(middlewares=[auth], client_max_size=int(cfg.max_upload_mb * 2 ** 20))
+    app.router.add_get("/", page)
+    app.router.add_get("/api/health", health)
+    app.router.add_post("/api/offer", offer)
+    app.router.add_post("/api/sessions", create)
+    app.router.add_get("/api/sessions/{sid}", stats)
+    app.router.add_delete("/api/sessions/{sid}", delete)
+    app.router.add_post("/api/sessions/{sid}/audio", push)
+    app.router.add_get("/api/sessions/{sid}/frame", frame)
+    app.router.add_get("/api/sessions/{sid}/ws", websocket)
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def load_server(run_dir, cfg: ServeConfig, device: str = "auto", checkpoint=None, data=None,
+                motion: str = "auto") -> Server:
+    """Load a run and its head-motion model, and warm up (``motion``: auto, model, clip)."""
+    from nerfhead.render.renderer import Renderer
+
+    renderer = Renderer.load(run_dir, device, checkpoint, data)
+    model = None
+    if motion != "clip":
+        from nerfhead.data.dataset import DatasetError
+        from nerfhead.motion.generator import load_or_fit
+
+        try:
+            model = load_or_fit(renderer.data_dir, Path(renderer.run.run_dir))
+        except (ValueError, DatasetError) as e:
+            if motion == "model":
+                raise
+            log.warning("no head-motion model (%s): the clip's poses play, smoothed and mirrored", e)
+    return Server(renderer, cfg, model)
