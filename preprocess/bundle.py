@@ -9,11 +9,14 @@ frame's pose (euler, trans; ``preprocess.transforms.CAMERA_CONVENTION``); the fo
 1. ``stage1_points``: Adam on the points only, poses fixed at the face fit.
 2. ``stage2_joint``: Adam on points, rotations and translations together: Huber reprojection loss
    over the valid (frame, keypoint) tracks, a small temporal smoothness term (second
-   differences) and a weak pull towards the face-fit poses. The pull fixes the gauge (a global
+   differences, only between frames of one shot: ``scenes.json`` cuts break it) and a weak pull
+   towards the face-fit poses. The pull fixes the gauge (a global
    rigid motion or scaling of points + cameras leaves every reprojection unchanged), keeping the
    world the metric, head-centred face-model frame; it also holds frames without tracks.
 
-Writes ``bundle_adjustment.pt`` and ``transforms_train.json`` / ``transforms_val.json``.
+Writes ``bundle_adjustment.pt`` and ``transforms_train.json`` / ``transforms_val.json``; frames
+without a face, and foreign-scene frames when ``scenes.drop_foreign`` is set, are left out of
+the transforms.
 """
 
 from __future__ import annotations
@@ -99,12 +102,12 @@ def _cosine(it: int, total: int) -> float:
 
 
 def stage1_points(points, euler, trans, tracks, valid, focal, cx, cy, cfg: BundleConfig,
-                  progress: bool = False) -> tuple[torch.Tensor, list[float]]:
+                  progress=None) -> tuple[torch.Tensor, list[float]]:
     """Stage 1: optimise the 3D points [K, 3] with the poses fixed. Returns (points, losses)."""
     pts = points.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([pts], lr=cfg.lr_points)
     losses = []
-    for it in _steps(cfg.stage1_iters, "bundle adjustment stage 1", progress):
+    for it in _steps(cfg.stage1_iters, progress):
         opt.param_groups[0]["lr"] = cfg.lr_points * _cosine(it, cfg.stage1_iters)
         loss = _huber_reprojection(pts, euler, trans, tracks, valid, focal, cx, cy, cfg.huber_px)
         opt.zero_grad(set_to_none=True)
@@ -114,9 +117,20 @@ def stage1_points(points, euler, trans, tracks, valid, focal, cx, cy, cfg: Bundl
     return pts.detach(), losses
 
 
+def smooth_triples(n: int, cuts=()) -> torch.Tensor:
+    """[n - 2] float mask of the frame triples (t-1, t, t+1) that lie within one shot."""
+    ok = torch.ones(max(n - 2, 0))
+    for c in cuts:  # a cut at c (first frame of a shot) breaks the triples centred on c-1 and c
+        for t in (c - 1, c):
+            if 1 <= t <= n - 2:
+                ok[t - 1] = 0
+    return ok
+
+
 def stage2_joint(points, euler, trans, tracks, valid, focal, cx, cy, cfg: BundleConfig,
-                 progress: bool = False):
-    """Stage 2: optimise points, rotations and translations together.
+                 progress=None, cuts=()):
+    """Stage 2: optimise points, rotations and translations together; the temporal smoothness
+    does not reach across ``cuts`` (first frames of shots).
 
     Returns (points [K,3], euler [N,3], trans [N,3], losses)."""
     e0, t0 = euler.detach(), trans.detach()
@@ -126,14 +140,15 @@ def stage2_joint(points, euler, trans, tracks, valid, focal, cx, cy, cfg: Bundle
     groups = [(pts, cfg.lr_points), (eul, cfg.lr_rot), (tra, cfg.lr_trans)]
     opt = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in groups])
     losses = []
-    for it in _steps(cfg.stage2_iters, "bundle adjustment stage 2", progress):
+    triples = smooth_triples(len(eul), cuts).to(eul.device)
+    for it in _steps(cfg.stage2_iters, progress):
         for g, (_, lr) in zip(opt.param_groups, groups):
             g["lr"] = lr * _cosine(it, cfg.stage2_iters)
         loss = _huber_reprojection(pts, eul, tra, tracks, valid, focal, cx, cy, cfg.huber_px)
         if len(eul) >= 3:
             d2r = (eul[2:] - 2 * eul[1:-1] + eul[:-2]) / 0.01
             d2t = (tra[2:] - 2 * tra[1:-1] + tra[:-2]) / 0.005
-            loss = loss + cfg.smooth_weight * (d2r.pow(2).sum(-1) + d2t.pow(2).sum(-1)).mean()
+            loss = loss + cfg.smooth_weight * ((d2r.pow(2).sum(-1) + d2t.pow(2).sum(-1)) * triples).mean()
         anchor = ((eul - e0) / 0.01).pow(2).sum(-1) + ((tra - t0) / 0.005).pow(2).sum(-1)
         loss = loss + cfg.anchor_weight * anchor.mean()
         opt.zero_grad(set_to_none=True)
@@ -143,17 +158,18 @@ def stage2_joint(points, euler, trans, tracks, valid, focal, cx, cy, cfg: Bundle
     return pts.detach(), eul.detach(), tra.detach(), losses
 
 
-def _steps(n: int, desc: str, progress: bool):
-    if not progress:
-        return range(n)
-    from tqdm import tqdm
-
-    return tqdm(range(n), desc=desc, unit="it", leave=False)
+def _steps(n: int, progress):
+    """range(n), calling ``progress(1)`` (if given) after each iteration."""
+    for it in range(n):
+        yield it
+        if progress is not None:
+            progress(1)
 
 
 def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
     from preprocess.face_model import load_face_model
     from preprocess.focal import FaceFitConfig, pick_device, section
+    from preprocess.scenes import frame_mask, read_scenes
     from preprocess.tracking import read_keypoints
 
     n = ctx.num_frames()
@@ -184,13 +200,19 @@ def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
 
     t_start = time.time()
     err_before = reprojection_errors(pts0, euler0, trans0, tracks, valid, focal, cx, cy)
-    pts1, loss1 = stage1_points(pts0, euler0, trans0, tracks, valid, focal, cx, cy, cfg, True)
-    err_stage1 = reprojection_errors(pts1, euler0, trans0, tracks, valid, focal, cx, cy)
-    pts2, euler2, trans2, loss2 = stage2_joint(pts1, euler0, trans0, tracks, valid, focal, cx, cy,
-                                               cfg, True)
+    from preprocess.progress import step_progress
+
+    scenes = read_scenes(ctx)
+    cuts = scenes["cuts"] if scenes else []
+    with step_progress("bundle_adjustment", cfg.stage1_iters + cfg.stage2_iters,
+                       unit="iterations") as advance:
+        pts1, loss1 = stage1_points(pts0, euler0, trans0, tracks, valid, focal, cx, cy, cfg, advance)
+        err_stage1 = reprojection_errors(pts1, euler0, trans0, tracks, valid, focal, cx, cy)
+        pts2, euler2, trans2, loss2 = stage2_joint(pts1, euler0, trans0, tracks, valid, focal,
+                                                   cx, cy, cfg, advance, cuts)
     err_after = reprojection_errors(pts2, euler2, trans2, tracks, valid, focal, cx, cy)
-    jit_before = pose_jitter(euler0.cpu().numpy(), trans0.cpu().numpy())
-    jit_after = pose_jitter(euler2.cpu().numpy(), trans2.cpu().numpy())
+    jit_before = pose_jitter(euler0.cpu().numpy(), trans0.cpu().numpy(), cuts)
+    jit_after = pose_jitter(euler2.cpu().numpy(), trans2.cpu().numpy(), cuts)
     frame_ok = valid_np.any(1)
     result = {
         "points": pts2.cpu(), "points_init": pts0.cpu(), "euler": euler2.cpu(), "trans": trans2.cpu(),
@@ -209,8 +231,10 @@ def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
         .get("interpolated_ranges", [])
     for a, b in ranges:
         no_face[a:b + 1] = True
+    # frames of another session, when the user asked to drop them (scenes.drop_foreign)
+    dropped = frame_mask(scenes["excluded_frames"], n) if scenes else np.zeros(n, bool)
     counts = write_transforms(ctx.data_dir, pose_to_c2w(euler2.cpu().numpy(), trans2.cpu().numpy()),
-                              focal, h, w, keep=frame_ok & ~no_face)
+                              focal, h, w, keep=frame_ok & ~no_face & ~dropped)
     from preprocess.geometry_previews import pose_curves_preview
 
     pose_curves_preview(ctx.data_dir, euler0.cpu().numpy(), trans0.cpu().numpy(),
@@ -221,13 +245,16 @@ def run_bundle(ctx: StepContext, cfg: BundleConfig) -> dict:
             "jitter_before": jit_before, "jitter_after": jit_after,
             "train_frames": counts["train"], "val_frames": counts["val"],
             "frames_without_face_left_out": int(no_face.sum()),
+            "foreign_frames_left_out": int((dropped & ~no_face).sum()), "shots": len(cuts) + 1,
             "seconds": round(time.time() - t_start, 2)}
 
 
 def _run(ctx: StepContext) -> dict:
     from preprocess.focal import section
+    from preprocess.parallel import torch_threads
 
-    return run_bundle(ctx, section(ctx.cfg, "bundle", BundleConfig))
+    with torch_threads(1):
+        return run_bundle(ctx, section(ctx.cfg, "bundle", BundleConfig))
 
 
 def _check(ctx: StepContext) -> None:
@@ -252,7 +279,7 @@ def _check(ctx: StepContext) -> None:
 
 BUNDLE_STEP = Step(
     name="bundle_adjustment",
-    inputs=("track_params.pt", "keypoints.txt", "track_xys.npy", "track_valid.npy"),
+    inputs=("track_params.pt", "keypoints.txt", "track_xys.npy", "track_valid.npy", "scenes.json"),
     outputs=("bundle_adjustment.pt", "transforms_train.json", "transforms_val.json",
              "previews/pose_curves.png"),
     run=_run,

@@ -14,10 +14,10 @@ import sys
 STEPS_HELP = """steps, in order (manifest keys): decode (25 fps head crop + 16 kHz audio),
 speech (refuses a silent or early-ending audio track), landmarks (MediaPipe 478 + blendshapes +
 68-point .lms), av_sync (audio vs mouth: offset, drift, previews/av_sync.png; refuses
-out-of-sync audio), parsing (head/neck/torso masks),
-background (bc.jpg, gt_imgs, torso_imgs), face_fit (focal search + coarse pose), tracking
-(stable head keypoints), bundle_adjustment (poses -> transforms_*.json), audio (aud_mel.npy,
-aud_ow.npy), previews (previews/*.png)
+out-of-sync audio), parsing (head/neck/torso masks), scenes (shot cuts, foreign-session
+frames), background (bc.jpg, gt_imgs, torso_imgs), face_fit (focal length + coarse pose;
+--set face_fit.focal=PX fixes the focal), tracking (stable head keypoints), bundle_adjustment
+(poses -> transforms_*.json), audio (aud_mel.npy, aud_ow.npy), previews (previews/*.png)
 
 A dataset folder belongs to one video: another video into the same --out is refused
 (--force-new moves the old folder aside). Errors and what to do: docs/troubleshooting.md"""
@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(OUT.replaced-<time>) instead of resuming or refusing it")
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="folder with model files (face_landmarker.task, sfm/ ...)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes for per-frame work (default: all cores); outputs do not "
+                        "depend on it")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress line (log lines only)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set landmarks.max_gap=20")
 
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             dec["start_seconds"] = args.start_seconds
         if args.crop_size is not None:
             dec["crop_size"] = args.crop_size
+        if args.workers is not None:
+            overrides["workers"] = args.workers
         if args.rotate is not None:
             dec["rotate"] = args.rotate
         if args.allow_silence:
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     only = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
     try:
         results = run_steps(args.video, args.out, cfg, only=only, force=args.force,
-                            force_new=args.force_new)
+                            force_new=args.force_new, progress=not args.no_progress)
     except OutputLocationError as e:
         print(f"nerfhead preprocess: {e}", file=sys.stderr)
         return 2

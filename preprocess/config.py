@@ -21,6 +21,7 @@ from preprocess.focal import FaceFitConfig
 from preprocess.landmarks import LandmarksConfig
 from preprocess.parsing import ParsingConfig
 from preprocess.previews import PreviewsConfig
+from preprocess.scenes import ScenesConfig
 from preprocess.tracking import TrackingConfig
 
 
@@ -33,6 +34,7 @@ class PreprocessConfig:
     landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
     av_sync: AvSyncConfig = field(default_factory=AvSyncConfig)
     parsing: ParsingConfig = field(default_factory=ParsingConfig)
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     face_fit: FaceFitConfig = field(default_factory=FaceFitConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -42,6 +44,9 @@ class PreprocessConfig:
     #: folder searched first for model files (face_landmarker.task, sfm/, parsing_bisenet.pth);
     #: None: NERFHEAD_WEIGHTS, then the user cache (nerfhead.weights). Not part of any fingerprint.
     weights_dir: str | None = None
+    #: processes for per-frame work (landmarks, parsing, scenes, gt/torso images, flow); None or
+    #: 0 = all cores. Outputs do not depend on it. Not part of any fingerprint.
+    workers: int | None = None
 
 
 def load_preprocess_config(preset: str | os.PathLike | Mapping | None = "preprocess",
@@ -58,5 +63,5 @@ def load_preprocess_config(preset: str | os.PathLike | Mapping | None = "preproc
             data[section] = {**(data.get(section) or {}), **values}
         else:
             data[section] = values
-    data = {k: v for k, v in data.items() if v is not None or k == "weights_dir"}
+    data = {k: v for k, v in data.items() if v is not None or k in ("weights_dir", "workers")}
     return from_dict(PreprocessConfig, data, where="preprocess")

@@ -357,7 +357,8 @@ def _seek(start: float) -> list[str]:
 
 def _write_frames(path: Path, out_dir: Path, start: float, n_frames: int, crop, cfg: DecodeConfig):
     import cv2
-    from tqdm import tqdm
+
+    from preprocess.progress import step_progress
 
     x0, y0, side = crop
     s = cfg.crop_size
@@ -371,13 +372,13 @@ def _write_frames(path: Path, out_dir: Path, start: float, n_frames: int, crop, 
     with tempfile.TemporaryFile() as errf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf)
         try:
-            with tqdm(total=n_frames, desc="decode", unit="frame", leave=False) as bar:
+            with step_progress(STEP, n_frames) as advance:
                 while (buf := proc.stdout.read(frame_bytes)) and len(buf) == frame_bytes:
                     img = np.frombuffer(buf, np.uint8).reshape(s, s, 3)
                     write_image(out_dir / f"{count}.jpg", img,
                                 [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
                     count += 1
-                    bar.update(1)
+                    advance(1)
         finally:
             proc.stdout.close()
             rc = proc.wait()

@@ -44,6 +44,7 @@ from typing import Any, Sequence
 
 from nerfhead.fileio import (check_output_dir, clean_stale_temps, disk_full_cause, move_aside,
                              require_space)
+from preprocess.progress import OverallProgress
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 MANIFEST = "manifest.json"
@@ -62,10 +63,11 @@ def default_steps() -> list[Step]:
     from preprocess.landmarks import LANDMARKS
     from preprocess.parsing import PARSING_STEP
     from preprocess.previews import PREVIEWS
+    from preprocess.scenes import SCENES_STEP
     from preprocess.tracking import TRACKING_STEP
 
-    return [DECODE, SPEECH, LANDMARKS, AV_SYNC, PARSING_STEP, BACKGROUND_STEP, FACE_FIT_STEP,
-            TRACKING_STEP, BUNDLE_STEP, AUDIO, PREVIEWS]
+    return [DECODE, SPEECH, LANDMARKS, AV_SYNC, PARSING_STEP, SCENES_STEP, BACKGROUND_STEP,
+            FACE_FIT_STEP, TRACKING_STEP, BUNDLE_STEP, AUDIO, PREVIEWS]
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -249,7 +251,8 @@ def _failure(step: Step, e: Exception, data_dir: Path, needed: int | None) -> St
 
 def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
               only: Sequence[str] | None = None, force: bool = False,
-              steps: Sequence[Step] | None = None, force_new: bool = False) -> list[StepResult]:
+              steps: Sequence[Step] | None = None, force_new: bool = False,
+              progress: bool = True) -> list[StepResult]:
     """Run ``steps`` (default: all, in order) on ``video`` into ``data_dir``.
 
     ``only`` restricts to the named steps (their dependencies must already be done);
@@ -257,7 +260,8 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
     dataset folder aside and starts a new one (without it, a folder made from another video
     is refused). Raises StepError on the first failure after recording what ran, and
     ``nerfhead.fileio.OutputLocationError`` before any work when ``data_dir`` cannot be
-    written; returns one StepResult per selected step.
+    written; returns one StepResult per selected step. ``progress`` draws one line for the
+    whole run (``preprocess.progress``).
     """
     steps = list(default_steps() if steps is None else steps)
     names = [s.name for s in steps]
@@ -292,48 +296,56 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
         selected = steps
 
     results: list[StepResult] = []
-    for step in selected:
-        fp = fingerprint(step, ctx)
-        record = manifest["steps"].get(step.name)
-        if not force and record and record.get("fingerprint") == fp["fingerprint"] and _is_done(step, ctx):
-            log.info("%s: up to date, skipped", step.name)
-            results.append(StepResult(step.name, "skipped", 0.0))
-            continue
-        manifest["steps"].pop(step.name, None)  # no record while the outputs are in flux
-        needed = None
-        try:
-            write_manifest(data_dir, manifest)
-            if step.space is not None:
-                needed = int(step.space(ctx))
-                require_space(data_dir, needed, f"the {step.name} step's outputs")
-        except Exception as e:
-            raise _failure(step, e, data_dir, needed) from e
-        log.info("%s: running (%s)", step.name, step.doc or "")
-        t0 = time.perf_counter()
-        try:
-            stats = dict(step.run(ctx) or {})
-            for key, value in (stats.pop("manifest", None) or {}).items():
-                manifest[key] = value  # top-level sections a step owns (e.g. decode's "video")
-            step.check(ctx)
-        except Exception as e:
-            secs = time.perf_counter() - t0
-            err = _failure(step, e, data_dir, needed)
-            results.append(StepResult(step.name, "failed", secs, str(err)))
-            with contextlib.suppress(OSError):  # on a full disk even this may fail
+    overall = OverallProgress([s.name for s in selected], lambda: manifest.get("video", {}).get(
+        "num_frames"), results, enabled=progress).open()
+    try:  # the line is closed (and logging restored) however the run ends, Ctrl-C included
+        for step in selected:
+            overall.start(step.name)
+            fp = fingerprint(step, ctx)
+            record = manifest["steps"].get(step.name)
+            if not force and record and record.get("fingerprint") == fp["fingerprint"] and _is_done(step, ctx):
+                log.info("%s: up to date, skipped", step.name)
+                results.append(StepResult(step.name, "skipped", 0.0))
+                continue
+            manifest["steps"].pop(step.name, None)  # no record while the outputs are in flux
+            needed = None
+            try:
                 write_manifest(data_dir, manifest)
-            log.error("%s", summary(results))
-            if err is e:
-                raise
-            raise err from e
-        secs = time.perf_counter() - t0
-        # the fingerprint is taken again: outputs of this step may live beside its inputs
-        fp = fingerprint(step, ctx)
-        manifest["steps"][step.name] = {
-            **fp, "seconds": round(secs, 3), "stats": stats,
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        write_manifest(data_dir, manifest)
-        results.append(StepResult(step.name, "ran", secs))
-        log.info("%s: done in %.1f s", step.name, secs)
+                if step.space is not None:
+                    needed = int(step.space(ctx))
+                    require_space(data_dir, needed, f"the {step.name} step's outputs")
+            except Exception as e:
+                overall.close()
+                raise _failure(step, e, data_dir, needed) from e
+            log.info("%s: running (%s)", step.name, step.doc or "")
+            t0 = time.perf_counter()
+            try:
+                stats = dict(step.run(ctx) or {})
+                for key, value in (stats.pop("manifest", None) or {}).items():
+                    manifest[key] = value  # top-level sections a step owns (e.g. decode's "video")
+                step.check(ctx)
+            except Exception as e:
+                secs = time.perf_counter() - t0
+                err = _failure(step, e, data_dir, needed)
+                results.append(StepResult(step.name, "failed", secs, str(err)))
+                with contextlib.suppress(OSError):  # on a full disk even this may fail
+                    write_manifest(data_dir, manifest)
+                overall.close()
+                log.error("%s", summary(results))
+                if err is e:
+                    raise
+                raise err from e
+            secs = time.perf_counter() - t0
+            # the fingerprint is taken again: outputs of this step may live beside its inputs
+            fp = fingerprint(step, ctx)
+            manifest["steps"][step.name] = {
+                **fp, "seconds": round(secs, 3), "stats": stats,
+                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            write_manifest(data_dir, manifest)
+            results.append(StepResult(step.name, "ran", secs))
+            log.info("%s: done in %.1f s", step.name, secs)
+    finally:
+        overall.close()
     return results
 
 

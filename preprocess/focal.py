@@ -1,10 +1,18 @@
-"""Face-model fit: focal-length search and a coarse per-frame head pose (step ``face_fit``).
+"""Face-model fit (step ``face_fit``): the focal length, then a per-frame head pose.
 
-For each focal candidate the Surrey Face Model (identity shared by all frames, expression,
-rotation and translation per frame) is fitted to the 68 iBUG landmarks of a subset of frames;
-all candidates are fitted at once as one batched Adam problem. The focal with the lowest
-reprojection error on the rigid landmarks wins (a coarse grid, then a fine grid around the best).
-Then every frame is fitted with that focal and a temporal smoothness term.
+1. **Focal**: ``preprocess.rigid_focal`` (why the old search clamped, and what pins the focal
+   instead: one rigid upper-face shape seen in diverse head poses). Its error curve, interval
+   and verdict go into ``track_params.pt``, the stats and ``previews/face_fit.png``. A focal the
+   landmarks do not determine is not taken from the curve: the documented default
+   (``focal_default_distance_m``: the focal that puts the head that far from the lens, kept
+   inside the curve's interval) is used, with a warning. ``face_fit.focal`` overrides it all.
+2. **Identity**: the Surrey Face Model (identity, expressions, poses) fitted to the 68 iBUG
+   landmarks of ``identity_frames`` pose-diverse frames at that focal (batched Adam to find the
+   basin, then Levenberg-Marquardt).
+3. **Poses**: every frame's rotation, translation and expression with the identity fixed, a
+   batched Gauss-Newton solve (12 unknowns per frame), then one sparse solve that adds the
+   temporal smoothness term between consecutive frames of the same shot (``scenes.json``: no
+   smoothing across cuts).
 
 The SFM has no jaw or speech expressions, so mouth and jaw landmarks would drag the head pose
 while the speaker talks: per-landmark weights (``landmark_weights``) keep eye corners, nose,
@@ -15,7 +23,7 @@ Poses follow ``preprocess.transforms.CAMERA_CONVENTION`` (OpenGL camera, metres)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,21 +42,37 @@ class FaceFitConfig:
 
     sfm_path: str | None = None  #: folder of the Surrey Face Model; None = weights resolver
     device: str = "cpu"  #: torch device for the fit ("cpu", "cuda", "auto")
-    focal_min: float = 700.0  #: smallest focal candidate, pixels at a 512-px crop (scaled with W);
-    #: below ~40 degrees of crop field of view the head would sit < 0.4 m from the lens
-    focal_max: float = 2600.0  #: largest focal candidate (same units)
-    focal_coarse_step: float = 300.0  #: coarse grid spacing
-    focal_fine_step: float = 100.0  #: fine grid spacing, over +-1 coarse step around the best
-    search_frames: int = 16  #: frames (evenly spaced) used by the focal search
-    search_iters: int = 100  #: Adam iterations per focal grid (then Levenberg-Marquardt)
-    fit_iters: int = 200  #: Adam iterations of the all-frames fit
+    #: the focal in pixels of the crop, given by the user (e.g. ``--set face_fit.focal=1200``):
+    #: no search; None = estimate it (see ``preprocess.rigid_focal``)
+    focal: float | None = None
+    focal_min: float = 300.0  #: shortest focal tried, pixels at a 512-px crop (scaled with W)
+    focal_max: float = 8000.0  #: longest focal tried (same units); ~ a flat, orthographic look
+    focal_grid_points: int = 13  #: log-spaced focals over [focal_min, focal_max]
+    focal_refine_points: int = 6  #: extra focals between the best grid focal's neighbours
+    focal_frames: int = 24  #: frames chosen for head-pose diversity (farthest-point sampling)
+    focal_points: int = 128  #: rigid MediaPipe upper-face points used (spread over the set)
+    focal_shape_prior_mm: float = 5.0  #: how far the rigid shape may leave MediaPipe's mean face
+    #: focals whose fit is worse than the best by at most this RMS (pixels at 512) are in the
+    #: interval: below it, a landmark detector's pose-dependent bias could tip the balance
+    #: (on the shared GRID clip, other frame selections moved the minimum that much)
+    focal_tolerance_px: float = 0.1
+    focal_max_ratio: float = 2.0  #: an interval wider than this (hi / lo) is "undetermined"
+    #: undetermined focal: the one that puts the head this far from the lens (1 m: about
+    #: 1,200-1,400 px for a 512 crop twice the face's size, the range SyncTalk reports), moved
+    #: into the curve's interval if the landmarks rule it out
+    focal_default_distance_m: float = 1.0
+    identity_frames: int = 16  #: pose-diverse frames the face model's identity is fitted on
+    search_iters: int = 100  #: Adam iterations that start the identity fit (then LM)
     lr: float = 0.02  #: Adam learning rate (cosine decay to 5%)
-    refine_iters: int = 50  #: L-BFGS iterations after Adam in the all-frames fit (0 = none)
-    lm_max_nfev: int = 30  #: Levenberg-Marquardt evaluations per focal candidate (search)
+    lm_max_nfev: int = 30  #: Levenberg-Marquardt evaluations of the identity fit
+    fit_iters: int = 12  #: Gauss-Newton iterations of the per-frame pose fit
     huber_px: float = 2.0  #: pseudo-Huber scale of the landmark residual, pixels
     id_reg: float = 0.05  #: weight of the identity prior sum(id^2) (coefficients ~ N(0, 1))
     exp_reg: float = 0.5  #: weight of the expression prior mean(exp^2)
-    smooth_weight: float = 0.1  #: temporal smoothness, per frame step in units of 0.01 rad / 5 mm
+    #: temporal smoothness within a shot, per frame step in units of 0.01 rad / 5 mm (0.5: on the
+    #: 300-s GRID clip rotation jitter 0.032 deg/frame^2 within shots, 0.077 at 0.1, for 0.005 px
+    #: more landmark error)
+    smooth_weight: float = 0.5
     weight_rigid: float = 2.0  #: eye corners and nose
     weight_brow: float = 1.0  #: brows; eyelids get half of this (blinks)
     weight_mouth: float = 0.1  #: upper outer lip
@@ -125,7 +149,7 @@ def project_landmarks(model: FaceModel, id_c, exp_c, euler, trans, focal, cx, cy
 
 def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, height: int, width: int,
                   cfg: FaceFitConfig, iters: int, smooth: bool, init: LandmarkFit | None = None,
-                  device: str = "cpu", progress: bool = False,
+                  device: str = "cpu",
                   id_init: torch.Tensor | None = None) -> LandmarkFit:
     """Fit identity, expressions and poses of F frames' landmarks ``lms`` [F, 68, 2] for each
     focal in ``focals`` [B] at once. ``smooth`` adds the temporal term (consecutive frames).
@@ -191,30 +215,13 @@ def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, height: int, width:
                                                d_exp.pow(2).sum(-1)).mean(-1)
         return loss
 
-    steps = range(iters)
-    if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="face fit (Adam)", unit="it", leave=False)
-    for it in steps:  # Adam finds the basin (robust to the poor initial pose) ...
+    for it in range(iters):  # Adam finds the basin (robust to the poor initial pose); LM goes down it
         for g, k in zip(opt.param_groups, params):
             g["lr"] = lrs[k] * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / max(iters, 1))))
         loss = objective(it >= warm).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if cfg.refine_iters > 0:  # ... L-BFGS goes further down it
-        lbfgs = torch.optim.LBFGS(list(params.values()), lr=1.0, max_iter=cfg.refine_iters,
-                                  history_size=20, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-9, tolerance_change=1e-12)
-
-        def closure():
-            lbfgs.zero_grad(set_to_none=True)
-            loss = objective(True).sum()
-            loss.backward()
-            return loss
-
-        lbfgs.step(closure)
     with torch.no_grad():
         uv, trans = current(True)
         err = ((uv - lm).norm(dim=-1) * rigid).sum(-1) / rigid.sum()
@@ -222,10 +229,6 @@ def fit_landmarks(model: FaceModel, lms: np.ndarray, focals, height: int, width:
     return LandmarkFit(focal=focal.cpu(), euler=params["euler"].detach().cpu(), trans=trans.cpu(),
                        id=params["id"].detach().cpu(), exp=params["exp"].detach().cpu(),
                        err=err.cpu(), proj=uv.cpu(), objective=final.cpu())
-
-
-def focal_grid(lo: float, hi: float, step: float) -> np.ndarray:
-    return np.arange(lo, hi + 0.5 * step, step)
 
 
 def refine_lm(model: FaceModel, lms: np.ndarray, focal: float, height: int, width: int,
@@ -316,51 +319,197 @@ def refine_lm(model: FaceModel, lms: np.ndarray, focal: float, height: int, widt
     return float(sol.cost), fit
 
 
-def search_focal(model: FaceModel, lms: np.ndarray, height: int, width: int, cfg: FaceFitConfig,
-                 device: str = "cpu") -> tuple[float, np.ndarray, np.ndarray]:
-    """Best focal (pixels) for landmarks ``lms`` [F, 68, 2]; also all candidates and their
-    scores. Every candidate is fitted by a short batched Adam run, then converged by
-    ``refine_lm``; its score is the final robust cost (landmark loss + priors)."""
+def choose_focal(lms478: np.ndarray, height: int, width: int, cfg: FaceFitConfig,
+                 weights_dir=None) -> dict:
+    """The focal to use and why: the user's (``cfg.focal``), the estimate (see
+    ``preprocess.rigid_focal``) or, when the landmarks do not determine it, the default.
+    Returns {"focal", "source" ("user", "estimated", "default"), "profile" (or None), "reason",
+    "default_focal"}."""
+    from preprocess import rigid_focal
+
     scale = width / 512.0
+    if cfg.focal is not None:
+        if not cfg.focal > 0:
+            raise ValueError(f"face_fit.focal must be > 0 pixels, got {cfg.focal}")
+        return {"focal": float(cfg.focal), "source": "user", "profile": None,
+                "reason": "face_fit.focal given", "default_focal": None}
+    from nerfhead.weights import resolve
 
-    def scores(focals):
-        rough = fit_landmarks(model, lms, focals, height, width, replace(cfg, refine_iters=0),
-                              cfg.search_iters, False, device=device)
-        return np.array([refine_lm(model, lms, fo, height, width, cfg, rough, b)[0]
-                         for b, fo in enumerate(focals)])
+    canonical = rigid_focal.load_canonical_face(resolve("face_landmarker", weights_dir=weights_dir))
+    prof = rigid_focal.estimate_focal(
+        lms478, canonical, width, height, (cfg.focal_min * scale, cfg.focal_max * scale),
+        num_frames=cfg.focal_frames, max_points=cfg.focal_points,
+        grid_points=cfg.focal_grid_points, refine_points=cfg.focal_refine_points,
+        prior_mm=cfg.focal_shape_prior_mm, tolerance_px=cfg.focal_tolerance_px * scale,
+        max_ratio=cfg.focal_max_ratio)
+    # the default: the head at focal_default_distance_m; pixels per metre at the head's depth
+    # do not depend on the focal (a longer lens sees the head farther), so take them from the fit
+    default = float(np.clip(cfg.focal_default_distance_m * prof.px_per_m, *prof.interval))
+    if prof.determined:
+        return {"focal": prof.best, "source": "estimated", "profile": prof, "reason": prof.reason,
+                "default_focal": default}
+    return {"focal": default, "source": "default", "profile": prof, "default_focal": default,
+            "reason": f"{prof.reason}; using the default {default:.0f} px (head at "
+                      f"{cfg.focal_default_distance_m:g} m, see face_fit.focal_default_distance_m;"
+                      f" set face_fit.focal to override)"}
 
-    coarse = focal_grid(cfg.focal_min, cfg.focal_max, cfg.focal_coarse_step) * scale
-    err_c = scores(coarse)
-    best = coarse[int(np.argmin(err_c))]
-    step = cfg.focal_coarse_step * scale
-    fine = focal_grid(best - step, best + step, cfg.focal_fine_step * scale)
-    fine = fine[(fine >= coarse[0]) & (fine <= coarse[-1]) & ~np.isin(fine, coarse)]
-    err_f = scores(fine)
-    cand = np.concatenate([coarse, fine])
-    errs = np.concatenate([err_c, err_f])
-    order = np.argsort(cand, kind="stable")
-    return float(cand[int(np.argmin(errs))]), cand[order], errs[order]
+
+def pose_diverse_frames(lms: np.ndarray, k: int) -> np.ndarray:
+    """``k`` frames spread over head poses, judged from the 68 landmarks: yaw from the nose tip's
+    offset between the outer eye corners, pitch from its height, roll from the eye line."""
+    l_eye, r_eye, nose = lms[:, 36], lms[:, 45], lms[:, 30]
+    span = np.linalg.norm(r_eye - l_eye, axis=-1).clip(1e-3)
+    mid = (l_eye + r_eye) / 2
+    d = r_eye - l_eye
+    yaw = ((nose - mid) * d).sum(-1) / span ** 2
+    pitch = ((nose - mid)[:, 1] * d[:, 0] - (nose - mid)[:, 0] * d[:, 1]) / span ** 2
+    roll = np.arctan2(d[:, 1], d[:, 0])
+    from preprocess.rigid_focal import diverse_frames
+
+    return diverse_frames(np.degrees(np.stack([pitch, yaw, roll], -1)), k)
+
+
+def _frame_residuals(model, id_c, x, lm, sqrt_w, focal, cx, cy, exp_sqrt, fixed=None):
+    """Weighted residuals [..., F, 68*2 + E] of per-frame parameters x [..., F, 12]
+    (euler 3, trans 3, expression E). ``fixed`` = (identity shape [L, 3], expression basis
+    [L, 3, E]) of the fixed landmark vertices: with the jaw line weighted 0 (the default) only
+    those are projected, skipping the contour search that made up most of the cost."""
+    ne = model.num_exp
+    if fixed is None:
+        uv = project_landmarks(model, id_c, x[..., 6:6 + ne], x[..., :3], x[..., 3:6],
+                               torch.as_tensor(focal, dtype=x.dtype), cx, cy, lm)
+    else:
+        base, exb = fixed
+        verts = base + torch.einsum("vck,...k->...vc", exb, x[..., 6:6 + ne])
+        fixed_uv = project(transform_points(verts, x[..., :3], x[..., 3:6]), focal, cx, cy)
+        uv = lm.expand(*fixed_uv.shape[:-2], 68, 2).clone()  # unweighted points: no residual
+        uv[..., model.landmark_ibug, :] = fixed_uv
+    r = ((uv - lm) * sqrt_w[:, None]).flatten(-2)
+    return torch.cat([r, exp_sqrt * x[..., 6:6 + ne]], -1)
+
+
+def fit_frames(model: FaceModel, lms: np.ndarray, id_coeff: torch.Tensor, focal: float,
+               height: int, width: int, cfg: FaceFitConfig, shots: list | None = None,
+               chunk: int = 1024, progress=None) -> dict:
+    """Per-frame pose and expression [F] with a fixed identity: robust Gauss-Newton per frame
+    (forward-difference Jacobians, all frames batched), then one sparse solve adding the
+    temporal smoothness between consecutive frames of each shot (``shots``: [start, end)
+    ranges; None = one shot). Returns euler, trans, exp [F, .], reproj_err [F], proj."""
+    from scipy.sparse import bmat, block_diag, csr_matrix  # noqa: F401
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    dt = torch.float64
+    m64 = FaceModel(**{k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                       for k, v in model.to("cpu").__dict__.items()})
+    lm_all = torch.as_tensor(np.asarray(lms), dtype=dt)
+    nf, ne = len(lm_all), model.num_exp
+    npar = 6 + ne
+    w = landmark_weights(cfg).astype(np.float64)
+    w[[60, 64]] = 0.0  # inner mouth corners: no SFM vertex
+    wsum = float(w.sum())
+    sqrt_w = torch.as_tensor(np.sqrt(w), dtype=dt)
+    exp_sqrt = math.sqrt(cfg.exp_reg * wsum / ne)
+    idc = id_coeff.to(dt)[None]
+    cx, cy = width / 2.0, height / 2.0
+    fixed = None
+    if cfg.weight_contour == 0:  # the identity is fixed: its landmark vertices once
+        lv = m64.landmark_vertices
+        fixed = (m64.mean[lv] + torch.einsum("vck,k->vc", m64.id_basis[lv], idc[0]),
+                 m64.exp_basis[lv])
+    # start: frontal, depth from the outer-eye-corner distance, centre from eyes + nose
+    eye_m = float((m64.mean[m64.landmark_vertices[m64.landmark_ibug == EYE_CORNERS[0]]] -
+                   m64.mean[m64.landmark_vertices[m64.landmark_ibug == EYE_CORNERS[1]]]).norm())
+    eye_px = (lm_all[:, EYE_CORNERS[0]] - lm_all[:, EYE_CORNERS[1]]).norm(dim=-1).clamp_min(1.0)
+    depth = focal * eye_m / eye_px
+    centre = lm_all[:, 27:48].mean(1)
+    x = torch.zeros(nf, npar, dtype=dt)
+    x[:, 3] = (centre[:, 0] - cx) / focal * depth
+    x[:, 4] = -(centre[:, 1] - cy) / focal * depth
+    x[:, 5] = -depth
+    eps = torch.tensor([1e-5] * 3 + [1e-6] * 3 + [1e-4] * ne, dtype=dt)
+    hess = torch.zeros(nf, npar, npar, dtype=dt)
+    for a in range(0, nf, chunk):
+        b = min(a + chunk, nf)
+        lm, xc = lm_all[a:b], x[a:b].clone()
+        mu = torch.full((b - a,), 1e-3, dtype=dt)
+
+        def res(xx):
+            return _frame_residuals(m64, idc, xx, lm, sqrt_w, focal, cx, cy, exp_sqrt, fixed)
+
+        for _ in range(cfg.fit_iters):
+            r0 = res(xc)  # [F, M]
+            d = (r0[:, :136].view(-1, 68, 2) / sqrt_w.clamp_min(1e-12)[:, None]).norm(dim=-1)
+            irls = (1 + (d / cfg.huber_px) ** 2) ** -0.5  # pseudo-Huber weights
+            rw = torch.cat([irls.repeat_interleave(2, -1), torch.ones(b - a, ne, dtype=dt)], -1)
+            xp = xc[None] + torch.diag(eps)[:, None]  # [12, F, 12]
+            jac = ((res(xp) - r0[None]) / eps[:, None, None]).permute(1, 2, 0)  # [F, M, 12]
+            jtw = jac.transpose(1, 2) * rw[:, None]
+            h, g = jtw @ jac, (jtw @ r0[..., None])[..., 0]
+            cost0 = (rw * r0 * r0).sum(-1)
+            step = -torch.linalg.solve(h + torch.diag_embed(mu[:, None] * torch.diagonal(h, dim1=-2, dim2=-1) + 1e-9), g)
+            c1 = (rw * res(xc + step).pow(2)).sum(-1)
+            ok = c1 < cost0
+            xc = torch.where(ok[:, None], xc + step, xc)
+            mu = torch.where(ok, mu / 3, mu * 4)
+        r0 = res(xc)
+        d = (r0[:, :136].view(-1, 68, 2) / sqrt_w.clamp_min(1e-12)[:, None]).norm(dim=-1)
+        irls = (1 + (d / cfg.huber_px) ** 2) ** -0.5
+        rw = torch.cat([irls.repeat_interleave(2, -1), torch.ones(b - a, ne, dtype=dt)], -1)
+        xp = xc[None] + torch.diag(eps)[:, None]
+        jac = ((res(xp) - r0[None]) / eps[:, None, None]).permute(1, 2, 0)
+        hess[a:b] = (jac.transpose(1, 2) * rw[:, None]) @ jac
+        x[a:b] = xc
+        if progress is not None:
+            progress(b - a)
+    if cfg.smooth_weight > 0 and nf > 1:  # one Gauss-Newton step of the coupled problem
+        scale = torch.tensor([1 / 0.01] * 3 + [1 / 0.005] * 3 + [1.0] * ne, dtype=dt) ** 2
+        lam = cfg.smooth_weight * wsum * scale.numpy()
+        starts = sorted({int(s[0]) for s in (shots or [[0, nf]])} | {0})
+        linked = np.ones(nf - 1, bool)  # pair (t, t+1) smoothed unless t+1 starts a shot
+        linked[[s - 1 for s in starts if 0 < s < nf]] = False
+        rows, cols, vals = [], [], []
+        base = np.arange(npar)
+        hn = hess.numpy()
+        for t in range(nf):  # H_t blocks
+            rr, cc = np.meshgrid(t * npar + base, t * npar + base, indexing="ij")
+            rows.append(rr.ravel()), cols.append(cc.ravel()), vals.append(hn[t].ravel())
+        deg = np.zeros(nf)
+        deg[:-1] += linked
+        deg[1:] += linked
+        diag_idx = np.arange(nf * npar)
+        rows.append(diag_idx), cols.append(diag_idx), vals.append((deg[:, None] * lam[None]).ravel())
+        pairs = np.flatnonzero(linked)
+        for off in (0, 1):  # -lam between linked neighbours, both orders
+            r_ = (pairs[:, None] + off) * npar + base
+            c_ = (pairs[:, None] + 1 - off) * npar + base
+            rows.append(r_.ravel()), cols.append(c_.ravel()), vals.append(np.tile(-lam, len(pairs)))
+        big = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(nf * npar, nf * npar)).tocsc()
+        rhs = (hess @ x[..., None])[..., 0].numpy().ravel()  # H x_hat: the smoothed x stays near it
+        x = torch.as_tensor(spsolve(big, rhs), dtype=dt).view(nf, npar)
+    with torch.no_grad():
+        uv = project_landmarks(m64, idc, x[:, 6:], x[:, :3], x[:, 3:6], torch.tensor(focal, dtype=dt),
+                               cx, cy, lm_all)
+    rigid = torch.as_tensor(landmark_weights(cfg) >= RIGID_MIN_WEIGHT, dtype=dt)
+    err = ((uv - lm_all).norm(dim=-1) * rigid).sum(-1) / rigid.sum()
+    return {"euler": x[:, :3].float(), "trans": x[:, 3:6].float(), "exp": x[:, 6:].float(),
+            "reproj_err": err.float(), "proj": uv.float()}
 
 
 def fit_face(model: FaceModel, lms: np.ndarray, height: int, width: int, cfg: FaceFitConfig,
-             focal: float | None = None, device: str = "cpu", progress: bool = False) -> dict:
-    """Focal search on a subset (unless ``focal`` is given), then the all-frames smooth fit."""
-    n = len(lms)
-    cand, errs = np.zeros(0), np.zeros(0)
-    subset = np.unique(np.linspace(0, n - 1, min(cfg.search_frames, n)).round().astype(int))
-    if focal is None:
-        focal, cand, errs = search_focal(model, lms[subset], height, width, cfg, device)
-    # identity from a converged (Levenberg-Marquardt) fit of the subset at the chosen focal: from
-    # there the all-frames fit no longer slides along the identity/pitch valley
-    rough = fit_landmarks(model, lms[subset], [focal], height, width, replace(cfg, refine_iters=0),
-                          cfg.search_iters, False, device=device)
+             focal: float, device: str = "cpu", shots: list | None = None, progress=None) -> dict:
+    """Identity from ``identity_frames`` pose-diverse frames at ``focal``, then every frame's
+    pose (``fit_frames``). ``lms`` [F, 68, 2]."""
+    subset = pose_diverse_frames(lms, min(cfg.identity_frames, len(lms)))
+    # a short Adam run finds the basin; Levenberg-Marquardt converges the identity from there
+    # (first-order methods stall in the valley where face depth, pitch and distance trade off)
+    rough = fit_landmarks(model, lms[subset], [focal], height, width, cfg, cfg.search_iters,
+                          False, device=device)
     _, sub_fit = refine_lm(model, lms[subset], focal, height, width, cfg, rough)
-    fit = fit_landmarks(model, lms, [focal], height, width, cfg, cfg.fit_iters, True,
-                        device=device, progress=progress, id_init=sub_fit.id[0])
-    return {"focal": float(focal), "euler": fit.euler[0], "trans": fit.trans[0], "id": fit.id[0],
-            "exp": fit.exp[0], "reproj_err": fit.err[0], "proj": fit.proj[0],
-            "focal_candidates": torch.as_tensor(cand), "focal_errors": torch.as_tensor(errs)}
-
+    fit = fit_frames(model, lms, sub_fit.id[0], focal, height, width, cfg, shots, progress=progress)
+    return {"focal": float(focal), "id": sub_fit.id[0], "identity_frames": torch.as_tensor(subset),
+            **fit}
 
 # ----------------------------------------------------------------------------- the step
 
@@ -409,8 +558,31 @@ def image_size(ctx: StepContext, step: str) -> tuple[int, int]:
     return img.shape[0], img.shape[1]
 
 
+def read_landmarks478(ctx: StepContext, step: str) -> np.ndarray:
+    """``landmarks.npy`` [N, 478, 3] (pixels), checked against the frame count."""
+    path, n = ctx.path("landmarks.npy"), ctx.num_frames()
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError) as e:
+        raise StepError(step, f"cannot read MediaPipe landmarks ({e}); run the landmarks step "
+                              "first", path) from e
+    if arr.shape[:2] != (n, 478) or not np.isfinite(arr).all():
+        raise StepError(step, f"expected finite [{n}, 478, 3] landmarks, got {arr.shape}", path)
+    return arr
+
+
 def _run(ctx: StepContext) -> dict:
+    from preprocess.parallel import torch_threads
+
+    with torch_threads(1):  # small tensors: see torch_threads
+        return _run_fit(ctx)
+
+
+def _run_fit(ctx: StepContext) -> dict:
     import time
+
+    from preprocess.progress import step_progress
+    from preprocess.scenes import read_shots
 
     cfg = section(ctx.cfg, "face_fit", FaceFitConfig)
     try:
@@ -418,27 +590,48 @@ def _run(ctx: StepContext) -> dict:
     except Exception as e:  # WeightsUnavailable / FaceModelError: report under this step
         raise StepError("face_fit", str(e)) from e
     lms = read_lms(ctx, "face_fit")
+    lms478 = read_landmarks478(ctx, "face_fit")
     height, width = image_size(ctx, "face_fit")
+    shots = read_shots(ctx)
     t0 = time.time()
-    res = fit_face(model, lms, height, width, cfg, device=pick_device(cfg.device), progress=True)
+    with step_progress("face_fit", len(lms)) as bar:
+        try:
+            choice = choose_focal(lms478, height, width, cfg, getattr(ctx.cfg, "weights_dir", None))
+        except ValueError as e:
+            raise StepError("face_fit", str(e)) from e
+        t_focal = time.time() - t0
+        if choice["source"] == "default":
+            ctx.log.warning("face_fit: %s", choice["reason"])
+        res = fit_face(model, lms, height, width, cfg, choice["focal"], pick_device(cfg.device),
+                       shots=[s["frames"] for s in shots] if shots else None, progress=bar)
+    prof = choice["profile"]
+    focal_info = {"focal_source": choice["source"], "focal_reason": choice["reason"],
+                  "focal_default": choice["default_focal"]}
+    if prof is not None:
+        focal_info.update({"focal_estimate": prof.best, "focal_interval": list(prof.interval),
+                           "focal_determined": prof.determined,
+                           "focal_pose_spread_deg": prof.pose_spread_deg,
+                           "focal_tolerance_px": prof.tolerance_px})
     out = {k: v for k, v in res.items() if k != "proj"}
+    out.update(focal_info)
     out.update({"camera_convention": CAMERA_CONVENTION, "h": height, "w": width,
                 "landmark_weights": torch.as_tensor(landmark_weights(cfg))})
+    if prof is not None:
+        out.update({"focal_curve_focals": torch.as_tensor(prof.focals),
+                    "focal_curve_excess_px": torch.as_tensor(prof.excess_px),
+                    "focal_curve_rms_px": torch.as_tensor(prof.rms_px),
+                    "focal_frames": torch.as_tensor(prof.frames)})
     with atomic_path(ctx.path("track_params.pt")) as tmp:
         torch.save(out, tmp)
     from preprocess.geometry_previews import face_fit_preview
 
     proj = res["proj"].numpy().copy()
     proj[:, [60, 64]] = np.nan  # inner mouth corners have no model vertex
-    face_fit_preview(ctx.data_dir, lms, proj, res["reproj_err"].numpy(),
-                     res["focal_candidates"].numpy(), res["focal_errors"].numpy(), res["focal"])
+    face_fit_preview(ctx.data_dir, lms, proj, res["reproj_err"].numpy(), res["focal"], choice)
     err = res["reproj_err"].numpy()
-    cand = res["focal_candidates"].numpy()
-    at_edge = bool(len(cand)) and res["focal"] in (cand.min(), cand.max())
-    if at_edge:  # the landmarks did not pin the focal down (little head rotation, biased points)
-        ctx.log.warning("face_fit: focal %.0f px is at the edge of the search grid", res["focal"])
-    return {"focal": res["focal"], "focal_at_grid_edge": at_edge, "reproj_err_px_mean": float(err.mean()),
-            "reproj_err_px_max": float(err.max()), "seconds": round(time.time() - t0, 2)}
+    return {"focal": res["focal"], **focal_info, "reproj_err_px_mean": float(err.mean()),
+            "reproj_err_px_max": float(err.max()), "focal_seconds": round(t_focal, 2),
+            "shots": len(shots) if shots else 1, "seconds": round(time.time() - t0, 2)}
 
 
 def _check(ctx: StepContext) -> None:
@@ -457,11 +650,11 @@ def _check(ctx: StepContext) -> None:
 
 FACE_FIT_STEP = Step(
     name="face_fit",
-    inputs=("ori_imgs", "manifest.json"),
+    inputs=("ori_imgs", "landmarks.npy", "scenes.json", "manifest.json"),
     outputs=("track_params.pt", "previews/face_fit.png"),
     run=_run,
     check=_check,
     settings=lambda cfg: __import__("nerfhead.config", fromlist=["to_dict"]).to_dict(
         section(cfg, "face_fit", FaceFitConfig)),
-    doc="focal-length search + per-frame head pose from a Surrey Face Model landmark fit",
+    doc="focal length (rigid upper face over diverse poses) + per-frame head pose (Surrey Face Model)",
 )

@@ -38,8 +38,11 @@ def _rgb(data_dir: Path, i: int) -> np.ndarray | None:
     return None if img is None else img[:, :, ::-1]
 
 
-def face_fit_preview(data_dir, lms: np.ndarray, proj: np.ndarray, err: np.ndarray,
-                     candidates: np.ndarray, errors: np.ndarray, focal: float) -> Path:
+def face_fit_preview(data_dir, lms: np.ndarray, proj: np.ndarray, err: np.ndarray, focal: float,
+                     choice: dict) -> Path:
+    """Detected vs model landmarks on four frames, and the focal error curve: how much worse
+    (RMS pixels) each focal fits the rigid upper face than the best one, the tolerance, the
+    interval it leaves, the estimate and the focal used."""
     data_dir = Path(data_dir)
     n = len(lms)
     frames = np.unique(np.linspace(0, n - 1, 4).round().astype(int))
@@ -54,13 +57,75 @@ def face_fit_preview(data_dir, lms: np.ndarray, proj: np.ndarray, err: np.ndarra
         ax.axis("off")
     axes[0, 0].legend(loc="lower left", fontsize=8)
     ax = axes[0, -1]
-    if len(candidates):
-        ax.plot(candidates, errors, "o-", ms=3)
-        ax.axvline(focal, color="red", ls="--")
-    ax.set_title(f"focal search: {focal:.0f} px")
+    prof = choice.get("profile")
+    if prof is not None:
+        ax.semilogx(prof.focals, prof.excess_px, "o-", ms=3, label="fit excess over the best")
+        ax.axhline(prof.tolerance_px, color="grey", ls=":", label=f"tolerance {prof.tolerance_px:.2f} px")
+        ax.axvspan(*prof.interval, color="green" if prof.determined else "orange", alpha=0.15,
+                   label="interval")
+        ax.axvline(prof.best, color="blue", ls="--", label=f"estimate {prof.best:.0f}")
+        ax.set_ylim(0, max(3 * prof.tolerance_px, min(float(np.max(prof.excess_px)), 1.0)))
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ticks = [t for t in (300, 500, 1000, 2000, 4000, 8000)
+                 if prof.focals.min() <= t <= prof.focals.max()]
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.axvline(focal, color="red", lw=2, label=f"used {focal:.0f} ({choice['source']})")
+    verdict = {"user": "given by the user", "estimated": "estimated",
+               "default": "UNDETERMINED: default"}[choice["source"]]
+    ax.set_title(f"focal {focal:.0f} px, {verdict}", fontsize=10)
     ax.set_xlabel("focal (px)")
-    ax.set_ylabel("fit objective (robust px^2 + priors)")
+    ax.set_ylabel("RMS px worse than the best focal")
+    ax.legend(fontsize=7, loc="upper center")
     out = data_dir / "previews" / "face_fit.png"
+    _save(plt, fig, out)
+    return out
+
+
+def scenes_preview(data_dir, change: np.ndarray, cuts: np.ndarray, shots: list[dict],
+                   reference: dict, max_foreign: int = 5) -> Path:
+    """Top: frame-to-frame change with the detected cuts, and each shot's background / torso
+    colour difference from the main scene (foreign shots in red). Bottom: a main-scene frame
+    beside the first frame of up to ``max_foreign`` foreign shots."""
+    data_dir = Path(data_dir)
+    foreign = [s for s in shots if s["scene"] == "foreign"]
+    ncols = 1 + min(len(foreign), max_foreign)
+    plt = _figure(1)[0]
+    plt.close("all")
+    fig = plt.figure(figsize=(max(12, 2.6 * ncols), 7))
+    grid = fig.add_gridspec(2, ncols, height_ratios=[1.1, 1])
+    ax = fig.add_subplot(grid[0, :])
+    ax.plot(change, lw=0.6, color="k", label="frame-to-frame change (grey levels)")
+    for c in cuts:
+        ax.axvline(c, color="tab:blue", lw=0.4, alpha=0.6)
+    ax2 = ax.twinx()
+    for s in shots:
+        a, b = s["frames"]
+        col = "red" if s["scene"] == "foreign" else "tab:green"
+        if s["background_delta_e"] is not None:
+            ax2.hlines(s["background_delta_e"], a, b, color=col, lw=2)
+        if s["torso_delta_e"] is not None:
+            ax2.hlines(s["torso_delta_e"], a, b, color=col, lw=1, linestyle="--")
+    ax2.set_ylabel("Delta E vs main scene (bg solid, torso dashed)")
+    ax.set_title(f"{len(cuts)} cuts (blue), {len(shots)} shots, {len(foreign)} foreign (red)")
+    ax.set_xlabel("frame")
+    ax.legend(loc="upper left", fontsize=8)
+    main = next((s for s in shots if s["scene"] == "main"), shots[0])
+    tiles = [(main, "main scene")] + [(s, "foreign") for s in foreign[:max_foreign]]
+    for k, (s, label) in enumerate(tiles):
+        ax = fig.add_subplot(grid[1, k])
+        i = s["frames"][0] + (s["frames"][1] - s["frames"][0]) // 2
+        img = _rgb(data_dir, i)
+        if img is not None:
+            ax.imshow(img)
+        de = s["background_delta_e"]
+        ax.set_title(f"{label}: frames {s['frames'][0]}-{s['frames'][1] - 1}"
+                     + (f"\nbg dE {de:.0f}, scale x{s['scale']:.2f}" if de is not None else ""),
+                     fontsize=8)
+        ax.axis("off")
+    out = data_dir / "previews" / "scenes.png"
     _save(plt, fig, out)
     return out
 

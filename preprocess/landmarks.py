@@ -7,7 +7,9 @@ motion the way a causal filter would), and ``ori_imgs/<i>.lms``, the 68 iBUG poi
 per line) taken from the 478 through ``IBUG68_FROM_MEDIAPIPE``.
 
 The landmarker runs in VIDEO mode (it tracks between frames, faster and steadier than
-per-image detection). Frames without a face: runs of up to ``max_gap`` frames are filled by
+per-image detection) over fixed chunks of ``chunk_frames`` frames, each with its own landmarker,
+spread over ``workers`` processes; the chunks do not depend on the number of workers, so the
+outputs do not either. Frames without a face: runs of up to ``max_gap`` frames are filled by
 linear interpolation between the neighbouring detections (or copied from the nearest one at
 the clip's ends) and listed in the manifest; a longer run fails with its frame range.
 
@@ -38,6 +40,7 @@ class LandmarksConfig:
     smooth_order: int = 2  #: Savitzky-Golay polynomial order
     min_detection_confidence: float = 0.5  #: MediaPipe face detection threshold
     min_tracking_confidence: float = 0.5  #: MediaPipe landmark tracking threshold
+    chunk_frames: int = 250  #: frames per work unit (a fresh landmarker starts each one)
     max_roll_degrees: float = 50.0  #: a face tilted more than this (or upside down) is implausible
     max_implausible_fraction: float = 0.05  #: fail when more detected faces than this are implausible
 
@@ -158,22 +161,21 @@ def smooth_blendshapes(bs: np.ndarray, window: int, order: int) -> np.ndarray:
     return np.clip(savgol_filter(bs, window, order, axis=0, mode="interp"), 0.0, 1.0).astype(np.float32)
 
 
-def run(ctx: StepContext) -> dict:
+def detect_frames(data_dir: str, weights_dir, cfg: LandmarksConfig, fps: float, a: int, b: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Landmarks [b-a, 478, 3], blendshapes [b-a, 52], found [b-a] and the blendshape names
+    for frames a..b-1, with a landmarker of their own (a work unit of ``run``)."""
     import cv2
     import mediapipe as mp
-    from tqdm import tqdm
 
-    cfg: LandmarksConfig = ctx.cfg.landmarks
-    n = ctx.num_frames()
-    fps = float(ctx.manifest["video"].get("fps", 25.0))
-    img_dir = ctx.path("ori_imgs")
-    lms = np.zeros((n, 478, 3), np.float32)
-    bs = np.zeros((n, 52), np.float32)
-    found = np.zeros(n, bool)
-    bs_names: list[str] = []
-    with make_landmarker(getattr(ctx.cfg, "weights_dir", None), True, True,
-                         cfg.min_detection_confidence, cfg.min_tracking_confidence) as lm:
-        for i in tqdm(range(n), desc="landmarks", unit="frame", leave=False):
+    img_dir = Path(data_dir) / "ori_imgs"
+    lms = np.zeros((b - a, 478, 3), np.float32)
+    bs = np.zeros((b - a, 52), np.float32)
+    found = np.zeros(b - a, bool)
+    names: list[str] = []
+    with make_landmarker(weights_dir, True, True, cfg.min_detection_confidence,
+                         cfg.min_tracking_confidence) as lm:
+        for k, i in enumerate(range(a, b)):
             bgr = cv2.imread(str(img_dir / f"{i}.jpg"))
             if bgr is None:
                 raise StepError(STEP, "frame missing or unreadable", img_dir / f"{i}.jpg")
@@ -183,12 +185,31 @@ def run(ctx: StepContext) -> dict:
             res = lm.detect_for_video(image, int(round(i * 1000 / fps)))
             if not res.face_landmarks:
                 continue
-            found[i] = True
-            lms[i] = [(p.x * w, p.y * h, p.z * w) for p in res.face_landmarks[0][:478]]
+            found[k] = True
+            lms[k] = [(p.x * w, p.y * h, p.z * w) for p in res.face_landmarks[0][:478]]
             cats = res.face_blendshapes[0]
-            bs[i] = [c.score for c in cats]
-            if not bs_names:
-                bs_names = [c.category_name for c in cats]
+            bs[k] = [c.score for c in cats]
+            if not names:
+                names = [c.category_name for c in cats]
+    return lms, bs, found, names
+
+
+def run(ctx: StepContext) -> dict:
+    from preprocess.parallel import chunk_ranges, num_workers, run_chunks
+    from preprocess.progress import step_progress
+
+    cfg: LandmarksConfig = ctx.cfg.landmarks
+    n = ctx.num_frames()
+    fps = float(ctx.manifest["video"].get("fps", 25.0))
+    img_dir = ctx.path("ori_imgs")
+    with step_progress(STEP, n) as advance:
+        parts = run_chunks(detect_frames, chunk_ranges(n, cfg.chunk_frames),
+                           (str(ctx.data_dir), getattr(ctx.cfg, "weights_dir", None), cfg, fps),
+                           num_workers(ctx.cfg), advance)
+    lms = np.concatenate([p[0] for p in parts])
+    bs = np.concatenate([p[1] for p in parts])
+    found = np.concatenate([p[2] for p in parts])
+    bs_names = next((p[3] for p in parts if p[3]), [])
     odd = np.flatnonzero(found & implausible_frames(lms[:, IBUG68_FROM_MEDIAPIPE, :2],
                                                     cfg.max_roll_degrees))
     if len(odd) > cfg.max_implausible_fraction * max(1, found.sum()):

@@ -115,13 +115,22 @@ def write_transforms(data_dir: str | Path, c2w: np.ndarray, focal: float, height
     return counts
 
 
-def pose_jitter(euler: np.ndarray, trans: np.ndarray) -> dict:
+def pose_jitter(euler: np.ndarray, trans: np.ndarray, cuts=()) -> dict:
     """Frame-to-frame jitter: mean norm of the second temporal difference of the rotation
-    (degrees) and the translation (millimetres). Smooth motion scores ~0."""
+    (degrees) and the translation (millimetres). Smooth motion scores ~0. Triples of frames that
+    span a cut (``cuts``: first frames of shots) are left out: a jump between shots is not
+    jitter, and counting it rewarded fits that smear poses across cuts."""
     euler, trans = np.asarray(euler, np.float64), np.asarray(trans, np.float64)
     if len(euler) < 3:
         return {"rot_deg": 0.0, "trans_mm": 0.0}
-    d2r = np.degrees(euler[2:] - 2 * euler[1:-1] + euler[:-2])
-    d2t = 1000.0 * (trans[2:] - 2 * trans[1:-1] + trans[:-2])
+    keep = np.ones(len(euler) - 2, bool)
+    for c in cuts:  # triples centred on c-1 and c hold the jump
+        for t in (c - 1, c):
+            if 1 <= t <= len(euler) - 2:
+                keep[t - 1] = False
+    if not keep.any():
+        return {"rot_deg": 0.0, "trans_mm": 0.0}
+    d2r = np.degrees(euler[2:] - 2 * euler[1:-1] + euler[:-2])[keep]
+    d2t = 1000.0 * (trans[2:] - 2 * trans[1:-1] + trans[:-2])[keep]
     return {"rot_deg": float(np.linalg.norm(d2r, axis=-1).mean()),
             "trans_mm": float(np.linalg.norm(d2t, axis=-1).mean())}

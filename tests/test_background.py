@@ -132,3 +132,78 @@ def test_neck_fill_bridges_a_gap_to_the_chin():
     assert out[0, 1, 3] == 0  # 3 rows into the head and no further
     assert (out[:10, [0, 2], 3] == 0).all()  # columns without neck: untouched
     assert (out[10:, :, 3] == 255).all()
+
+
+def _torso_rgba_loop(bgr, region, neck_fill_px):
+    """The column-by-column definition of the neck fill (the original implementation)."""
+    body = (region == NECK) | (region == TORSO)
+    out = np.zeros((*region.shape, 4), np.uint8)
+    out[body, :3] = bgr[body]
+    out[body, 3] = 255
+    neck, head = region == NECK, region == HEAD
+    for x in np.unique(np.nonzero(neck)[1]):
+        top = int(np.argmax(neck[:, x]))
+        above = np.flatnonzero(head[:top, x])
+        if above.size == 0 or top - 1 - above[-1] > neck_fill_px:
+            continue
+        y0 = max(above[-1] + 1 - neck_fill_px, 0)
+        out[y0:top, x, :3] = bgr[top, x]
+        out[y0:top, x, 3] = 255
+    return out
+
+
+def test_vectorized_torso_matches_the_column_loop():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        region = rng.choice([BG, HEAD, NECK, TORSO], size=(40, 30), p=[0.4, 0.3, 0.15, 0.15])
+        region = region.astype(np.uint8)
+        bgr = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+        for fill in (0, 3, 12):
+            assert np.array_equal(torso_rgba(bgr, region, fill), _torso_rgba_loop(bgr, region, fill))
+
+
+def test_foreign_scene_frames_stay_out_of_the_plate(clip):
+    """Two frames from 'another session' (another background colour, a person elsewhere):
+    listed in scenes.json, they give the plate nothing; without it, they leak into it."""
+    ctx, bg, centres = clip
+    d = ctx.data_dir
+    other = np.full((S, S, 3), (40, 40, 40), np.uint8)
+    for i in (2, 5):
+        region = np.full((S, S), BG, np.uint8)  # the person sat elsewhere: a corner of torso
+        region[-10:, -10:] = TORSO
+        img = other.copy()
+        img[region != BG] = (200, 200, 200)
+        cv2.imwrite(str(d / "ori_imgs" / f"{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+        cv2.imwrite(str(d / "parsing" / f"{i}.png"), REGION_RGB[region][:, :, ::-1])
+
+    def plate_error():
+        BACKGROUND_STEP.run(ctx)
+        return np.abs(cv2.imread(str(d / "bc.jpg")).astype(int) - bg.astype(int)).mean()
+
+    leaked = plate_error()
+    (d / "scenes.json").write_text(json.dumps({
+        "num_frames": N, "cuts": [2, 3, 5, 6], "foreign_frames": [[2, 3], [5, 6]],
+        "excluded_frames": [], "shots": []}))
+    stats = BACKGROUND_STEP.run(ctx)
+    assert stats["plate_excluded_frames"] == 2 and stats["plate_samples"] == N - 2
+    assert plate_error() < 0.25 * leaked and leaked > 10
+
+
+def test_one_and_two_workers_write_the_same_files(clip, tmp_path_factory):
+    import filecmp
+    import shutil
+
+    ctx, _, _ = clip
+    copy = tmp_path_factory.mktemp("bg2")
+    shutil.copytree(ctx.data_dir, copy, dirs_exist_ok=True)
+    ctx.cfg.background.chunk_frames = 3
+    ctx.cfg.workers = 1
+    BACKGROUND_STEP.run(ctx)
+    ctx2 = StepContext(copy, copy / "none.mp4", ctx.cfg, ctx.manifest)
+    ctx2.cfg.workers = 2
+    BACKGROUND_STEP.run(ctx2)
+    for sub, ext in (("gt_imgs", "jpg"), ("torso_imgs", "png")):
+        for i in range(N):
+            assert filecmp.cmp(ctx.data_dir / sub / f"{i}.{ext}", copy / sub / f"{i}.{ext}",
+                               shallow=False), (sub, i)
+    assert filecmp.cmp(ctx.data_dir / "bc.jpg", copy / "bc.jpg", shallow=False)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from preprocess.bundle import BundleConfig, init_points, stage1_points, stage2_joint
+from preprocess.bundle import (BundleConfig, init_points, smooth_triples, stage1_points,
+                               stage2_joint)
 from preprocess.transforms import (c2w_to_pose, euler_to_matrix, pose_jitter, pose_to_c2w,
                                    project, split_frames, transform_points, write_transforms)
 
@@ -62,6 +63,29 @@ def test_bundle_adjustment_reduces_pose_error_of_perturbed_init():
     assert rot_after < 0.4 * rot_before, (rot_before, rot_after)
     assert tr_after < 0.5 * tr_before, (tr_before, tr_after)
     assert pose_jitter(euler2, trans2)["rot_deg"] < 0.3 * pose_jitter(euler0, trans0)["rot_deg"]
+
+
+def test_no_smoothing_across_a_cut():
+    """A second shot starts at frame 30 with the head 25 mm to the side: with the cut given the
+    jump survives bundle adjustment; smoothed across, the frames beside it are pulled together."""
+    torch.set_num_threads(1)
+    pts, euler_gt, trans_gt, tracks, valid = _synthetic_tracks(seed=3)
+    trans_gt = trans_gt.clone()
+    trans_gt[30:, 0] += 0.025
+    tracks = project(transform_points(pts[None], euler_gt, trans_gt), FOCAL, SIZE / 2, SIZE / 2)
+    valid = torch.ones(tracks.shape[:2])
+    g = torch.Generator().manual_seed(2)
+    trans0 = trans_gt + 0.004 * torch.randn(trans_gt.shape, generator=g)
+    cfg = BundleConfig(stage1_iters=50, stage2_iters=300, smooth_weight=5.0)
+    assert smooth_triples(6, [3]).tolist() == [1, 0, 0, 1]  # triples centred on 2 and 3 broken
+    c = SIZE / 2
+    jumps = {}
+    for name, cuts in (("cut", [30]), ("none", [])):
+        _, _, tr, _ = stage2_joint(pts, euler_gt, trans0, tracks, valid, FOCAL, c, c, cfg, cuts=cuts)
+        jumps[name] = float(tr[30, 0] - tr[29, 0])
+    truth = float(trans_gt[30, 0] - trans_gt[29, 0])
+    assert abs(jumps["cut"] - truth) < 0.002, jumps
+    assert abs(jumps["none"] - truth) > 3 * abs(jumps["cut"] - truth), (jumps, truth)
 
 
 def test_init_points_back_projects_onto_the_mesh():
@@ -145,13 +169,16 @@ def _grid_dataset(video, out, weights_dir, seconds=3.0, size=512):
     x0 = int(np.clip(pts[:, 0].mean() - box / 2, 0, 360 - box))
     y0 = int(np.clip(pts[:, 1].mean() - box / 2 - 10, 0, 288 - box))
     (out / "ori_imgs").mkdir(parents=True)
+    mesh = []
     for i, f in enumerate(frames):
         crop = cv2.resize(f[y0:y0 + box, x0:x0 + box], (size, size), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(out / "ori_imgs" / f"{i}.jpg"), crop[:, :, ::-1])
         res = det.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(crop)))
-        lm = np.array([[p.x * size, p.y * size] for p in res.face_landmarks[0]], np.float32)
-        np.savetxt(out / "ori_imgs" / f"{i}.lms", lm[MP_TO_IBUG68], "%.2f")
+        lm = np.array([[p.x * size, p.y * size, p.z * size] for p in res.face_landmarks[0]], np.float32)
+        np.savetxt(out / "ori_imgs" / f"{i}.lms", lm[MP_TO_IBUG68, :2], "%.2f")
+        mesh.append(lm[:478])
     det.close()
+    np.save(out / "landmarks.npy", np.stack(mesh))
     manifest = {"video": {"num_frames": len(frames), "fps": 25}, "crop": [x0, y0, box]}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return manifest
@@ -169,8 +196,8 @@ def test_geometry_steps_on_real_grid_clip(tmp_path, grid_video, weights_dir):
     torch.set_num_threads(1)
     manifest = _grid_dataset(grid_video, tmp_path, weights_dir)
     n = manifest["video"]["num_frames"]
-    cfg = {"face_fit": FaceFitConfig(sfm_path=str(weights_dir / "sfm"), search_frames=12,
-                                     search_iters=80, lm_max_nfev=30, fit_iters=300)}
+    cfg = {"face_fit": FaceFitConfig(sfm_path=str(weights_dir / "sfm"), search_iters=80,
+                                     lm_max_nfev=30)}
     # as if the landmarks step had found no face in frames 5-6 and interpolated them
     manifest["steps"] = {"landmarks": {"stats": {"interpolated_ranges": [[5, 6]]}}}
     ctx = StepContext(tmp_path, grid_video, cfg, manifest)
@@ -179,7 +206,8 @@ def test_geometry_steps_on_real_grid_clip(tmp_path, grid_video, weights_dir):
         stats[step.name] = step.run(ctx)
         step.check(ctx)
     fit, trk, ba = stats["face_fit"], stats["tracking"], stats["bundle_adjustment"]
-    assert 300 < fit["focal"] < 5000
+    assert 300 < fit["focal"] < 5000 and fit["focal_source"] in ("estimated", "default")
+    assert fit["focal_interval"][0] <= fit["focal"] <= fit["focal_interval"][1]
     assert fit["reproj_err_px_mean"] < 4.0  # rigid 68-point landmarks, 512-px crop
     assert trk["num_keypoints"] >= 32 and trk["dropped_frames"] <= n // 10
     assert ba["reproj_err_px_after"] < min(1.5, ba["reproj_err_px_before"])

@@ -118,6 +118,30 @@ def test_failure_leaves_no_record_and_rerun_redoes_it(setup):
     assert (setup.data / "b.txt").read_text() == "v1v1"
 
 
+def test_interrupt_closes_the_progress_line_and_keeps_no_record(setup):
+    """Ctrl-C in a step (a KeyboardInterrupt, not an Exception): the progress line is closed,
+    so a library caller (nerfhead batch) gets its logging back and no stale line is fed."""
+    import logging
+
+    from preprocess import progress
+
+    setup.go()
+    handlers = list(logging.getLogger().handlers)
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    import dataclasses
+
+    steps = [STEPS[0], dataclasses.replace(STEPS[1], run=interrupted), STEPS[2]]
+    setup.cfg.b = 3
+    with pytest.raises(KeyboardInterrupt):
+        driver.run_steps(setup.video, setup.data, setup.cfg, steps=steps, progress=True)
+    assert progress._CURRENT is None
+    assert logging.getLogger().handlers == handlers
+    assert "b" not in manifest(setup.data)["steps"]
+
+
 def test_steps_subset_needs_its_dependencies_done(setup):
     with pytest.raises(StepError, match=r"step 'b' needs \['a'\]"):
         setup.go(only=["b"])
@@ -167,10 +191,12 @@ def test_preset_loads_and_rejects_unknown_fields():
 
     cfg = load_preprocess_config("preprocess", {"landmarks": {"max_gap": 3}, "weights_dir": "/w"})
     assert cfg.decode.crop_size == 512 and cfg.decode.fps == 25.0
-    assert cfg.landmarks.max_gap == 3 and cfg.weights_dir == "/w"
+    assert cfg.landmarks.max_gap == 3 and cfg.weights_dir == "/w" and cfg.workers is None
+    assert load_preprocess_config(None, {"workers": 2}).workers == 2
     assert cfg.audio.kinds == ["mel", "ow"]
     assert [s.name for s in driver.default_steps()] == [
-        "decode", "speech", "landmarks", "av_sync", "parsing", "background", "face_fit", "tracking",
+        "decode", "speech", "landmarks", "av_sync", "parsing", "scenes", "background", "face_fit",
+        "tracking",
         "bundle_adjustment", "audio", "previews"]
     for step in driver.default_steps():
         step.settings(cfg)  # every step finds its section

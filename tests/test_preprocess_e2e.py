@@ -16,9 +16,8 @@ from preprocess.driver import default_steps, run_steps
 SECONDS = 3.0
 # lighter geometry fits than the defaults: this test checks that every step runs, writes the
 # contract files and resumes, not the fits' accuracy (test_face_fit / test_bundle do that)
-FAST = ["face_fit.search_frames=6", "face_fit.search_iters=30", "face_fit.fit_iters=80",
-        "face_fit.refine_iters=10", "face_fit.lm_max_nfev=10", "face_fit.focal_coarse_step=400.0",
-        "face_fit.focal_fine_step=100.0", "bundle.stage1_iters=100", "bundle.stage2_iters=200"]
+FAST = ["face_fit.identity_frames=8", "face_fit.search_iters=30", "face_fit.fit_iters=8",
+        "face_fit.lm_max_nfev=10", "bundle.stage1_iters=100", "bundle.stage2_iters=200"]
 
 
 def check_dataset(d, n_expected: int = int(SECONDS * 25)):
@@ -50,7 +49,8 @@ def check_dataset(d, n_expected: int = int(SECONDS * 25)):
         assert np.load(d / "aud_ow.npy").shape == (n, 16, 96)
     for f in ("track_params.pt", "keypoints.txt", "track_xys.npy", "bundle_adjustment.pt",
               "previews/landmarks_masks.png", "previews/face_fit.png", "previews/keypoints.png",
-              "previews/pose_curves.png", "previews/av_sync.png"):
+              "previews/pose_curves.png", "previews/av_sync.png", "scenes.json",
+              "previews/scenes.png"):
         assert (d / f).is_file() and (d / f).stat().st_size > 0, f
     train = json.loads((d / "transforms_train.json").read_text())
     val = json.loads((d / "transforms_val.json").read_text())
@@ -62,6 +62,10 @@ def check_dataset(d, n_expected: int = int(SECONDS * 25)):
     assert len(train_ids) >= 0.8 * (n - n_val)
     assert train["h"] == train["w"] == 512 and train["cx"] == train["cy"] == 256
     assert 100 < train["focal_len"] < 20000
+    fit = m["steps"]["face_fit"]["stats"]
+    assert fit["focal"] == train["focal_len"] and fit["focal_source"] in ("estimated", "default")
+    scenes = json.loads((d / "scenes.json").read_text())
+    assert scenes["shots"][0]["frames"][0] == 0 and scenes["shots"][-1]["frames"][1] == n
     c2w = np.array([f["transform_matrix"] for f in train["frames"]])
     assert c2w.shape == (len(train_ids), 4, 4) and np.isfinite(c2w).all()
     rot = c2w[:, :3, :3]

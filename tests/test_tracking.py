@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 
 from preprocess.tracking import (TrackingConfig, laplacian_scores, reference_frame,
-                                 rigid_region_mask, select_stable_points, track_candidates)
+                                 rigid_region_mask, select_stable_points, track_candidates,
+                                 walk_order, _Frames)
 
 
 def _trajectories(rng, n=80, m_rigid=100, m_jitter=100, jitter=0.8):
@@ -69,6 +70,36 @@ def test_dis_tracking_follows_known_subpixel_shifts():
     assert np.median(fb) < 0.2
 
 
+def test_walks_leave_from_the_reference():
+    assert walk_order(0, 5, 7) == [[4, 3, 2, 1, 0]]
+    assert walk_order(10, 13, 7) == [[10, 11, 12]]
+    assert walk_order(5, 10, 7) == [[8, 9], [6, 5]]
+
+
+def test_chunked_tracking_same_for_one_and_two_workers(tmp_path):
+    """Frames on disk, shifted by known amounts, cut into chunks of 5 around reference 6:
+    one worker and two give identical tracks, and they follow the shifts."""
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur((rng.random((160, 160)) * 255).astype(np.uint8), (0, 0), 2.0)
+    base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX)
+    n = 14
+    shifts = np.stack([np.linspace(-3, 4, n), np.linspace(2, -1, n)], -1)
+    (tmp_path / "ori_imgs").mkdir()
+    for i in range(n):
+        m = np.float32([[1, 0, shifts[i, 0]], [0, 1, shifts[i, 1]]])
+        img = cv2.warpAffine(base, m, (160, 160), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        cv2.imwrite(str(tmp_path / "ori_imgs" / f"{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    frames = _Frames(str(tmp_path), (160, 160), 1.0)
+    ys, xs = np.mgrid[40:120:10, 40:120:10]
+    cand = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32)
+    cfg = TrackingConfig(chunk_frames=5)
+    one = track_candidates(frames, n, 6, cand, cfg, workers=1)
+    two = track_candidates(frames, n, 6, cand, cfg, workers=2)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    err = np.abs(one[0] - cand[None] - (shifts - shifts[6])[:, None])
+    assert np.median(err) < 0.15 and err.max() < 1.0
+
+
 def test_rigid_region_excludes_mouth_and_eyes():
     # a frontal 68-point layout in a 512 crop (eyes at y=220, nose tip at 290, mouth at 350)
     lms = np.zeros((68, 2), np.float32)
@@ -93,3 +124,16 @@ def test_rigid_region_excludes_mouth_and_eyes():
 def test_reference_is_most_frontal_frame():
     euler = np.array([[0.2, 0.1, 0], [0.01, -0.02, 0.3], [0.0, 0.1, 0]])
     assert reference_frame(euler) == 1  # roll does not count against frontality
+
+
+def test_frames_kept_by_share_or_by_count_under_the_relaxed_cap():
+    from preprocess.tracking import TrackingConfig, frames_kept
+
+    cfg = TrackingConfig()  # max_bad_fraction 0.5, min_frame_keypoints 8
+    valid = np.ones((4, 20), bool)
+    valid[1, :11] = False  # 9 of 20 pass: over half fail
+    valid[2, :13] = False  # 7 pass
+    valid[3, :5] = False  # 15 pass
+    assert frames_kept(valid, cfg.max_candidate_failures, cfg).tolist() == [True, False, False, True]
+    # relaxed cap (points chosen knowing they fail on turned frames): kept while >= 8 pass
+    assert frames_kept(valid, 0.5, cfg).tolist() == [True, True, False, True]
