@@ -343,13 +343,19 @@ class Trainer:
             if self.stage == "lips":
                 loss = self._lips_loss(pred, target, head, n_patch, batch.patch)
             else:
-                use_unc = self.mcfg.uncertainty and step >= t.uncertainty_start * t.iters
-                loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
-                        else ((pred - target) ** 2).mean())
-                loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
-                if head["audio_att"].numel():
-                    loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+                loss = self._head_loss(step, pred, target, head)
         return self._optimise(step, loss, pred, target, head)
+
+    def _head_loss(self, step: int, pred, target, head) -> torch.Tensor:
+        """Head stage: MSE (uncertainty-weighted from ``uncertainty_start``) + regularisers."""
+        t = self.tcfg
+        use_unc = self.mcfg.uncertainty and step >= t.uncertainty_start * t.iters
+        loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
+                else ((pred - target) ** 2).mean())
+        loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
+        if head["audio_att"].numel():
+            loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
+        return loss
 
     def _multi_frame_step(self, step: int, g: torch.Generator) -> dict:
         """Head-stage step over ``frames_per_step`` frames: each frame's rays (random, plus
@@ -378,13 +384,7 @@ class Trainer:
         noise = torch.rand(rays_o.shape[0], generator=g).to(dev)
         head = m.render_head_rays(rays_o, rays_d, cond, noise)
         pred = head["rgb"] + (1 - head["alpha"][:, None]) * bg
-        use_unc = self.mcfg.uncertainty and step >= t.uncertainty_start * t.iters
-        loss = (losses.uncertainty_nll(pred, target, head["uncertainty"]) if use_unc
-                else ((pred - target) ** 2).mean())
-        loss = loss + t.lambda_entropy * losses.alpha_entropy(head["alpha"])
-        if head["audio_att"].numel():
-            loss = loss + t.lambda_audio_att * head["audio_att"].abs().mean()
-        return self._optimise(step, loss, pred, target, head)
+        return self._optimise(step, self._head_loss(step, pred, target, head), pred, target, head)
 
     def _optimise(self, step: int, loss, pred, target, head) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
