@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nerfhead.audio import clock
 from nerfhead.fileio import DiskFullError, make_temp_dir, require_space, write_image
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
@@ -393,84 +394,24 @@ def _write_frames(path: Path, out_dir: Path, start: float, n_frames: int, crop, 
 # ------------------------------------------------------------------------------------ audio
 AUDIO_TIMINGS = ("timestamps", "ignore_timestamps")
 MAX_LISTED = 1000  #: gaps/overlaps listed one by one in the manifest (all are counted)
-_FRAME_LOG = re.compile(r"\bn:\s*\d+\s+pts:\s*(-?\d+)\s.*?\bnb_samples:\s*(\d+)")
 
 
 def decode_audio_frames(path: Path, start: float, seconds: float, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first audio stream as mono float32 at ``sr``, and per decoded audio frame its
-    presentation time and length ``[K, 2]`` (int64, in samples at ``sr``).
-
-    Times are on the clock of the written frames (0 = ``ori_imgs/0.jpg``): ffmpeg shifts all
-    streams of an input by one amount (the container's start, plus ``-ss``), and the frame
-    writer's constant-rate output starts at that zero too (a video stream that starts late is
-    led in by repeats of its first picture), so no stream's own start needs correcting here.
-    ``ashowinfo`` logs each frame after resampling, i.e. exactly the frames whose samples
-    reach the pipe, so the log and the samples can be checked against each other.
-    """
-    af = f"aresample={sr},aformat=sample_fmts=flt:channel_layouts=mono,ashowinfo"
-    # read a little past the end: the frames' length is set by the video, timestamps may jump
-    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", *_seek(start),
-           "-t", f"{seconds + 1.0:.3f}", "-i", str(path), "-map", "0:a:0", "-vn", "-af", af,
-           "-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
-    err = proc.stderr.decode(errors="replace")
-    if proc.returncode != 0:
-        lines = [ln for ln in err.strip().splitlines() if "ashowinfo" not in ln]
-        raise StepError(STEP, f"cannot decode the audio track: {' | '.join(lines[-3:])[-300:]}", path)
-    samples = np.frombuffer(proc.stdout, "<f4")
-    frames = np.array([(int(m.group(1)), int(m.group(2))) for m in _FRAME_LOG.finditer(err)],
-                      np.int64).reshape(-1, 2)
-    if samples.size == 0:
-        raise StepError(STEP, "the audio track decodes to no samples", path)
-    if int(frames[:, 1].sum()) != samples.size:
-        raise StepError(STEP, f"ffmpeg's frame log covers {int(frames[:, 1].sum())} samples but "
-                              f"{samples.size} were decoded; cannot place the audio on the video's "
-                              "clock (rerun with --set decode.audio_timing=ignore_timestamps to "
-                              "decode it without timestamps)", path)
+    """The first audio stream from ``start`` as mono float32 at ``sr``, and per decoded audio
+    frame its presentation time and length ``[K, 2]`` in samples, on the clock of the written
+    frames (0 = ``ori_imgs/0.jpg``: the frame writer's constant-rate output starts at the same
+    zero as ffmpeg's shifted input, a late video stream being led in by repeats of its first
+    picture). See ``nerfhead.audio.clock``."""
+    try:
+        # read a little past the end: the frames' length is set by the video, timestamps may jump
+        samples, frames, _ = clock.decode_audio_frames(path, start, seconds + 1.0, sr)
+    except clock.ClockError as e:
+        raise StepError(STEP, f"{e} (rerun with --set decode.audio_timing=ignore_timestamps to "
+                              "decode it without timestamps)", path) from e
     return samples, frames
 
 
-def place_on_clock(samples: np.ndarray, frames: np.ndarray, n_out: int, jitter: int,
-                   shift: int = 0) -> tuple[np.ndarray, dict]:
-    """Samples laid out by presentation time: ``out[t]`` is the sound at sample time ``t``.
-
-    ``frames`` [K, 2] = (pts, length) per decoded frame in samples, in decode order;
-    ``shift`` is added to every pts. A frame that starts within ``jitter`` samples of where
-    the previous one ended continues it seamlessly (timestamp rounding); a later start is a
-    gap, left silent; an earlier one an overlap, whose repeated samples are dropped (the
-    audio already placed is kept). Audio before time 0 or past ``n_out`` is cut. Returns the
-    waveform [n_out] and what was found, in samples: the first frame's start, the gaps
-    ``(where, length)`` and the overlaps ``(where, samples dropped)``; consecutive frames
-    that all repeat placed audio (a muxer that squeezed an overlap into rising timestamps)
-    count as one overlap.
-    """
-    out = np.zeros(n_out, np.float32)
-    gaps: list[list[int]] = []
-    overlaps: list[list[int]] = []
-    end = written = None  # where the previous frame ended; the furthest sample placed
-    src, repeating = 0, False
-    for pts, length in frames.tolist():
-        pts += shift
-        jump = end is not None and abs(pts - end) > jitter
-        target = pts if end is None or jump else end
-        if jump and pts > end:
-            gaps.append([end, pts - end])
-        dropped = 0 if written is None else max(0, min(written, target + length) - target)
-        if dropped and (jump or repeating):
-            if repeating:
-                overlaps[-1][1] += dropped
-            else:
-                overlaps.append([target, dropped])
-        repeating = dropped > 0 and (jump or repeating)
-        first = target + dropped
-        lo, hi = max(first, 0), min(target + length, n_out)
-        if hi > lo:
-            out[lo:hi] = samples[src + lo - target:src + hi - target]
-        src += length
-        end = target + length
-        written = end if written is None else max(written, end)
-    return out, {"start": int(frames[0, 0]) + shift if len(frames) else 0,
-                 "gaps": [tuple(g) for g in gaps], "overlaps": [tuple(o) for o in overlaps]}
+place_on_clock = clock.place_on_clock
 
 
 def _check_audio_settings(cfg: DecodeConfig) -> None:

@@ -275,3 +275,49 @@ def test_features_follow_a_redecoded_audio(grid_video, tmp_path):
     assert status == {"decode": "ran", "audio": "ran"}
     # the 3-s join at 3 s (2 s in): the old audio runs 22 ms early after it, the new does not
     assert np.abs(new[:40] - old[:40]).max() < 1e-4 and np.abs(new[60:] - old[60:]).max() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["gaps", "overlaps", "audio_late", "drift"])
+def test_driving_audio_from_a_video_is_read_on_its_clock(clips, kind):
+    """`nerfhead render/evaluate --drive` read a video's audio as a player plays it: the
+    bursts land on the flashes of the frames the renderer's reader decodes (before, read end
+    to end, they slid by every timestamp jump, as aud.wav did)."""
+    from nerfhead.audio.features import load_audio
+    from nerfhead.render.video import read_frames
+
+    video = clips(kind)
+    flashes = [i for i, f in enumerate(read_frames(video)) if f.mean() > 200]
+    assert flashes, "no flash in the decoded frames"
+    miss = misses(burst_onsets(load_audio(video)), flashes)
+    assert np.abs(miss).max() < FRAME, f"bursts off their flashes by {np.round(miss, 3)} s"
+
+
+def test_an_audio_file_with_a_gap_in_its_timestamps(tmp_path):
+    """An audio-only file joined from two pieces whose first piece is shorter than its slot:
+    the second piece is heard where its timestamps put it (silence between), and the sound
+    starts at the file's first sample."""
+    from nerfhead.audio.clock import load_on_clock
+
+    sr = 16000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
+    raw = tmp_path / "a.wav"
+    with wave.open(str(raw), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(sr)
+        w.writeframes((tone * 32767).astype("<i2").tobytes())
+    piece = tmp_path / "a.m4a"
+    ffmpeg("-i", raw, "-c:a", "aac", piece)
+    (tmp_path / "list.txt").write_text(f"file '{piece}'\nduration 1.5\nfile '{piece}'\n")
+    joined = tmp_path / "joined.m4a"
+    ffmpeg("-f", "concat", "-safe", "0", "-i", tmp_path / "list.txt", "-c", "copy", joined)
+    samples, found = load_on_clock(joined, sr)
+    assert not found["has_video"]
+    # the gap runs from the end of the first piece (1 s + the AAC padding) to 1.5 s
+    assert found["num_gaps"] == 1 and 0.35 <= found["gap_seconds"] <= 0.5
+    loud = np.abs(samples) > 0.1
+    # each piece keeps its AAC priming frame (1024 samples of near silence) through the
+    # concat demuxer: the tones start 64 ms into their slots
+    priming = 1024 / sr
+    assert np.flatnonzero(loud)[0] / sr == pytest.approx(priming, abs=0.01)  # no other lead-in
+    assert not loud[int(1.1 * sr):int(1.5 * sr)].any()  # the gap is silent
+    second = np.flatnonzero(loud[int(1.2 * sr):])[0] / sr + 1.2
+    assert second == pytest.approx(1.5 + priming, abs=0.01)

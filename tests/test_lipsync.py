@@ -213,3 +213,43 @@ def test_report_puts_lip_sync_first_and_sees_a_frozen_mouth(hdtf_frames, tmp_pat
     assert np.abs(strip[66:].astype(int) - strip[:64]).mean() > 5
     assert (tmp_path / "frozen" / "mouth_opening.png").stat().st_size > 10_000
     assert res["mouth_strip"]["frame_ids"] == sorted(res["mouth_strip"]["frame_ids"])
+
+
+def test_driving_footage_is_a_reference_for_its_audio(hdtf_video, hdtf_frames, tmp_path, caplog):
+    """`evaluate --drive VIDEO`: the driving speaker's mouth opening is measured on the frames
+    the reader decodes (the same series as on the clip's frames at another size), and a file
+    without a face or without a picture is no reference (None; a warning for the faceless
+    video). The report then carries the rows against that footage."""
+    import imageio_ffmpeg
+
+    from nerfhead.eval.drive import drive_markdown, footage_opening
+    from nerfhead.render.video import write_wav
+
+    det = lipsync.FaceLandmarks()
+    opening = footage_opening(hdtf_video, 50, det)
+    assert opening.shape == (50,) and np.isfinite(opening).all()
+    ref = np.array([lipsync.mouth_opening(det(f)) for f in hdtf_frames[0]])
+    assert np.corrcoef(opening, ref)[0, 1] > 0.95
+    assert 0.05 < np.median(opening) < 0.6
+
+    faceless = tmp_path / "testsrc.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=128x128:rate=25", "-t", "1", str(faceless)], check=True)
+    assert footage_opening(faceless, 25, det) is None
+    assert "not used as a reference" in caplog.text
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, np.zeros(SR, np.float32))
+    assert footage_opening(wav, 25, det) is None
+
+    report = {"run": "RUN", "audio": str(hdtf_video), "step": 1, "stage": "head",
+              "audio_kind": "mel", "poses": "val", "data": "DATA", "frames": 50,
+              "speech_frames": 30, "faces_missing": 0, "speaker_opening_std": 0.04,
+              "amplitude_vs_speaker": 0.5, "lipsync_proxy": {"zero_offset_correlation": 0.5},
+              "render_opening": {"std": 0.02, "mean_speech": 0.3, "mean_silence": 0.2},
+              "footage": {"frames_with_face": 50, "opening_correlation": 0.612,
+                          "amplitude_vs_footage": 0.8,
+                          "footage_proxy": {"zero_offset_correlation": 0.1}}}
+    text = drive_markdown(report)
+    assert "correlation with the driving footage's speaker (50 frames) ↑ | 0.612" in text
+    del report["footage"]
+    assert "driving footage" not in drive_markdown(report)

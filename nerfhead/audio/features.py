@@ -22,13 +22,15 @@ works; no librosa/torchaudio (both are heavy or pull another torch here).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger("nerfhead.audio")
 
 SAMPLE_RATE = 16000
 MEL_RATE = 100.0  #: mel frames per second (hop 160 at 16 kHz)
@@ -40,28 +42,25 @@ class AudioError(RuntimeError):
     """Audio could not be read or featurised; the message names the file."""
 
 
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of any audio/video file to float32 mono in [-1, 1]."""
+    """Decode the first audio stream of any audio/video file to float32 mono in [-1, 1], on
+    the file's clock (``nerfhead.audio.clock``): gaps in its timestamps are silence, repeated
+    audio is dropped, and in a video file sample ``t`` goes with the picture at time ``t``,
+    as a player plays it. Timestamp jumps are logged as a warning."""
+    from nerfhead.audio.clock import ClockError, load_on_clock
+
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
-    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
-           "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sr), "-f", "s16le", "-acodec",
-           "pcm_s16le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip()
-        if "matches no streams" in err or "does not contain any stream" in err:
-            raise AudioError(f"{path} has no audio stream")
-        reason = err.splitlines()[-1] if err else "ffmpeg failed"
-        raise AudioError(f"cannot decode audio from {path}: {reason}")
-    samples = np.frombuffer(proc.stdout, dtype="<i2").astype(np.float32) / 32768.0
+    try:
+        samples, found = load_on_clock(path, sr)
+    except ClockError as e:
+        raise AudioError(str(e)) from e
+    if found["num_gaps"] or found["num_overlaps"]:
+        log.warning("%s: its audio timestamps jump (%d gaps, %.2f s; %d overlaps, %.2f s): "
+                    "placed by timestamp, as players play it (gaps are silence)", path,
+                    found["num_gaps"], found["gap_seconds"], found["num_overlaps"],
+                    found["overlap_seconds"])
     if samples.size == 0:
         raise AudioError(f"{path}: audio stream is empty")
     return samples

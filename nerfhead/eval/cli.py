@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drive", default=None, metavar="AUDIO",
                    help="instead of comparing with GT frames: render the run speaking AUDIO "
                         "(any speaker) and report how its mouth follows it (energy proxy, "
-                        "opening spread against the speaker's footage); writes drive.mp4")
+                        "opening spread against the speaker's footage); a video of someone "
+                        "speaking is also a reference: the rendered mouth opening is "
+                        "correlated with that speaker's; writes drive.mp4")
     p.add_argument("--drive-poses", default="val", choices=["train", "val", "smooth"],
                    help="--drive: pose source of the run's dataset (default val)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval, or "
@@ -289,6 +291,10 @@ def run(args) -> int:
         print(f"{r['frames']} frames driven by {args.drive}: energy proxy at offset 0 "
               f"{'n/a' if z is None else f'{z:.3f}'}, opening spread "
               f"{r['render_opening']['std']} (speaker {r['speaker_opening_std']})")
+        if r.get("footage"):
+            c = r["footage"]["opening_correlation"]
+            print(f"mouth-opening correlation with the driving footage's speaker: "
+                  f"{'n/a' if c is None else f'{c:.3f}'}")
         return 0
     try:
         result = evaluate(args)

@@ -10,6 +10,13 @@ dataset's ``landmarks.npy`` (all its frames); the report gives the render's
 spread over it, and the mean opening on speech and on silence frames (a mouth that follows
 speech opens more on speech).
 
+When the driving file is a video of someone speaking (another speaker's footage, say), the
+footage is a reference for this very audio: MediaPipe measures that speaker's mouth opening
+frame by frame, on the same clock as the audio (``nerfhead.audio.clock``), and the report adds
+the correlation of the rendered opening with it, the ratio of their spreads (both are
+normalised by the inter-ocular distance, but they are two faces), and the energy proxy of
+the footage itself, the proxy's ceiling for this audio.
+
 Writes into ``--out``: ``drive.mp4`` (the render with the driving audio), ``metrics.json``,
 ``report.md``, ``mouth_opening.png`` (opening and audio energy against time) and
 ``mouth_strip.png`` (rendered mouth over one second of speech).
@@ -39,6 +46,23 @@ def dataset_opening(data_dir: Path) -> np.ndarray | None:
         return None
     lm = np.load(p, mmap_mode="r")
     return np.array([L.mouth_opening(np.asarray(lm[i])[:, :2]) for i in range(len(lm))])
+
+
+def footage_opening(video_path, num_frames: int, detector) -> np.ndarray | None:
+    """Mouth opening per frame of a driving video (25 fps, on the audio's clock), nan where no
+    face is found; None when the file has no picture or no face in half of its frames."""
+    from nerfhead.render.video import probe, read_frames
+
+    if detector is None or not probe(video_path)["has_video"]:
+        return None
+    opening = np.full(num_frames, np.nan)
+    for i, rgb in enumerate(read_frames(video_path, max_frames=num_frames)):
+        opening[i] = L.mouth_opening(detector(rgb))
+    if np.isfinite(opening).sum() < num_frames / 2:
+        log.warning("%s: a face in only %d of %d frames; its footage is not used as a reference",
+                    video_path, int(np.isfinite(opening).sum()), num_frames)
+        return None
+    return opening
 
 
 def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: int | None = None,
@@ -88,6 +112,16 @@ def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: in
                       "audio_energy": energy.tolist()}}
     ro, ref = result["render_opening"], result["speaker_opening_std"]
     result["amplitude_vs_speaker"] = ro["std"] / ref if ro["std"] is not None and ref else None
+    driver = footage_opening(audio_path, n, detector)
+    if driver is not None:
+        agree = L.opening_agreement(opening, driver)
+        energy_ref = L.offset_correlation(driver, energy)
+        result["footage"] = {
+            "frames_with_face": int(np.isfinite(driver).sum()),
+            "opening_correlation": agree["correlation"],
+            "amplitude_vs_footage": agree["amplitude_ratio"],
+            "footage_proxy": energy_ref,
+            "per_frame_opening": driver.tolist()}
     img = mouth_strip(strip) if strip else None
     if img is not None:  # one row only: the two rows of mouth_strip are the same render
         img = img[: (img.shape[0] - 2) // 2]
@@ -124,12 +158,28 @@ def drive_markdown(r: dict) -> str:
         f"{fmt(r['amplitude_vs_speaker'], 2)} |",
         f"| mean opening on speech / silence frames | {fmt(ro['mean_speech'], 4)} / "
         f"{fmt(ro['mean_silence'], 4)} |",
-        f"| frames without a detected face | {r['faces_missing']} |", "",
+        f"| frames without a detected face | {r['faces_missing']} |",
+        *footage_rows(r), "",
         "The energy proxy is the Pearson r of the rendered mouth opening with the log energy of "
         "the driving audio's 300-3000 Hz band; on the speaker's own held-out speech the real "
         "footage scores about 0.6-0.7 at offset 0 (GRID s1), the reference for these values.", "",
         "![rendered mouth over one second of speech](mouth_strip.png)", "",
         "![mouth opening and audio energy](mouth_opening.png)", ""])
+
+
+def footage_rows(r: dict) -> list[str]:
+    """Report rows measured against the driving video's own speaker, when there is one."""
+    f = r.get("footage")
+    if not f:
+        return []
+    fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    return [
+        f"| mouth-opening correlation with the driving footage's speaker ({f['frames_with_face']} "
+        f"frames) ↑ | {fmt(f['opening_correlation'])} |",
+        f"| amplitude against the driving footage (ratio of spreads; two faces) | "
+        f"{fmt(f['amplitude_vs_footage'], 2)} |",
+        f"| energy proxy at offset 0 of the driving footage itself (this audio's reference) | "
+        f"{fmt(f['footage_proxy'].get('zero_offset_correlation'))} |"]
 
 
 def plot_drive(result: dict, path: Path) -> None:
@@ -145,6 +195,9 @@ def plot_drive(result: dict, path: Path) -> None:
     ax.fill_between(t, 0, 1, where=np.asarray(pf["speech"], bool), transform=ax.get_xaxis_transform(),
                     color="0.9", step="mid", label="speech (audio energy)")
     ax.plot(t, o, color="tab:red", lw=1, label="rendered mouth opening")
+    if result.get("footage"):
+        d = np.array([np.nan if v is None else v for v in result["footage"]["per_frame_opening"]], float)
+        ax.plot(t[:len(d)], d[:len(t)], color="tab:blue", lw=1, label="driving footage's mouth opening")
     ax2 = ax.twinx()
     ax2.plot(t, pf["audio_energy"], color="0.4", lw=0.7, alpha=0.7, label="audio log energy")
     ax.set_xlabel("time (s)")
