@@ -482,7 +482,8 @@ def grid_motion(grid_video):
 @pytest.mark.slow
 def test_generated_head_motion_against_held_out_grid(grid_motion, tmp_path):
     """Fit on 272 s of GRID s1, generate for the held-out 27 s of audio: statistics close to the
-    real held-out motion, more motion in speech, not a copy, inside the trained range."""
+    real held-out motion, as much more (or less) motion in speech as the speaker's training
+    poses, not a copy, inside the trained range."""
     from nerfhead.motion.bench import evaluate_generator, markdown, write_report
 
     train, heldout, audio = grid_motion
@@ -493,7 +494,8 @@ def test_generated_head_motion_against_held_out_grid(grid_motion, tmp_path):
         # close: within 0.3 of the mean, and far closer than a static head
         assert d["generated"][k]["w1_relative"] <= 0.3, (k, d["generated"][k])
         assert d["generated"][k]["w1"] < 0.35 * d["static"][k]["w1"]
-    assert result["speech_over_silence"]["generated_mean"] > 1.0
+    so = result["speech_over_silence"]  # GRID s1: about 1.05 in training, 0.84 held out
+    assert so["generated_mean"] == pytest.approx(so["train"], rel=0.25)
     near = result["nearest_train_window_deg"]
     assert near["replay_of_train"]["median"] == pytest.approx(0.0, abs=1e-6)
     assert near["generated"]["min"] > 0.05

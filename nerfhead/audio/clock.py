@@ -62,7 +62,8 @@ def decode_audio_frames(path, start: float, seconds: float | None, sr: int,
         lines = [ln for ln in err.strip().splitlines() if "ashowinfo" not in ln]
         if any("matches no streams" in ln or "does not contain any stream" in ln for ln in lines):
             raise ClockError(f"{path} has no audio stream")
-        raise ClockError(f"cannot decode the audio of {path}: {' | '.join(lines[-3:])[-300:]}")
+        raise ClockError(f"cannot decode audio from {path}: "
+                         f"{lines[-1][-300:] if lines else f'ffmpeg exit {proc.returncode}'}")
     samples = np.frombuffer(proc.stdout, "<f4")
     frames = np.array([(int(m.group(1)), int(m.group(2))) for m in _FRAME_LOG.finditer(err)],
                       np.int64).reshape(-1, 2)

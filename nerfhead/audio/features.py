@@ -63,7 +63,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
                     found["overlap_seconds"])
     if samples.size == 0:
         raise AudioError(f"{path}: audio stream is empty")
-    return samples
+    # decoded as float, a lossy codec's overshoot passes 1.0 (the 16-bit decode clipped it)
+    return np.clip(samples, -1.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------- mel
