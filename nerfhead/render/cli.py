@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores not busy with other processes, "
+                        "from the 1-minute load average, at least 1; 0: torch's default)")
     from nerfhead.motion.cli import add_render_arguments
 
     add_render_arguments(p)
@@ -74,9 +77,11 @@ def render_video(args) -> Path:
     from nerfhead.render.compositing import paste_back
     from nerfhead.fileio import check_output_file, clean_stale_temps, require_space
     from nerfhead.render.video import SourceFrames, VideoWriter
+    from nerfhead.threads import set_torch_threads
 
     if args.out:  # before any work: a folder or an unwritable place fails now, not at the end
         check_output_file(args.out, "nerfhead render --out")
+    set_torch_threads(getattr(args, "threads", None), pick_device(args.device), "nerfhead render")
     renderer = Renderer.load(args.run_dir, args.device, args.checkpoint, args.data)
     run, frames, data_dir = renderer.run, renderer.frames, renderer.data_dir
     gt_torso = getattr(args, "gt_torso", False)

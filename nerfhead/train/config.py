@@ -76,7 +76,8 @@ class TrainConfig:
     log_every: int = 50
     """Steps between TensorBoard scalars."""
     cpu_threads: int = 0
-    """torch CPU threads when training on the CPU (0: torch's default). On a machine shared
+    """torch CPU threads when training on the CPU (0: chosen from the cores not busy with other
+    processes, ``nerfhead.threads.choose_threads``; ``--threads 0``: torch's default). On a machine shared
     with other jobs 1 thread is far faster than oversubscribed cores (measured 6x on tiny).
     Exact resumption needs the same thread count (reductions change order)."""
     prefetch_frames: int = 2
