@@ -99,7 +99,7 @@ def time_frame(model, c2w, feats, index: int, camera, times: dict, original=None
                                      inference=inf, buffers=model._render_buffers)
         t = mark("march+composite", t)
         if use_torso:
-            rgba = model.torso_rgba(u, v, pose, model.torso_latent(None), camera)
+            rgba = model.torso_where_visible(u, v, pose, model.torso_latent(None), camera, head["alpha"])
     back = model.background.reshape(-1, 3) if model.background.shape[:2] == (H, W) else \
         torch.ones(H * W, 3, device=dev)
     if rgba is not None:
@@ -163,7 +163,7 @@ def old_and_new() -> dict:
     from nerfhead.models.config import InferenceConfig
 
     return {"old": InferenceConfig(loop="compact", fused_heads=False, precision="float32",
-                                   fused_mlp=False, cuda_graph=False),
+                                   fused_mlp=False, cuda_graph=False, torso_alpha_eps=0.0),
             "new": InferenceConfig()}
 
 
