@@ -2,7 +2,9 @@
 
 Steps: load the run into a ``nerfhead.render.renderer.Renderer``; decode the driving audio and
 compute its features of the run's kind (``nerfhead.audio.features.extract``); build the pose
-sequence (``nerfhead.render.poses``); render every frame with ``Renderer.sequence``;
+sequence (``nerfhead.render.poses``); render every frame with ``Renderer.sequence`` (in a
+background thread two frames ahead, converted to uint8 on the device, so that blending,
+paste-back and encoding of a frame overlap the next renders: ``nerfhead.render.ahead``);
 optionally blend into the original crop (``--portrait``) and paste back into the full source
 video (``--paste-back``); write H.264 + AAC through the bundled ffmpeg (temp file, renamed).
 
