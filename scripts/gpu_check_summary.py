@@ -101,6 +101,14 @@ def _train(run: Path, log: Path) -> dict | None:
     return out
 
 
+def _bench_train(path: Path) -> dict | None:
+    r = _json(path)
+    if not r:
+        return None
+    return {k: r.get(k) for k in ("device", "stage", "iters_per_s", "ms_per_step", "ms_per_phase",
+                                  "rays_per_step", "model")}
+
+
 def collect(out: Path) -> dict:
     steps = _steps(out)
     env = _json(out / "env.json") or {}
@@ -121,6 +129,7 @@ def collect(out: Path) -> dict:
             "bench_render_synthetic": _render(out / "bench_render_synthetic.json"),
             "train": _train(out / "run", out / "train.log"),
             "bench_render_run": _render(out / "bench_render_run.json"),
+            "bench_train": _bench_train(out / "bench_train.json"),
         },
     }
     return summary
@@ -162,6 +171,10 @@ def brief(summary: dict) -> str:
     if r["train"]:
         t = r["train"]
         lines.append(f"  train: {t['steps']} steps, {t.get('iters_per_s')} it/s, val PSNR {t['val_psnr']:.2f} dB")
+    if r.get("bench_train"):
+        b = r["bench_train"]
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in b["ms_per_phase"].items())
+        lines.append(f"  bench_train: {b['iters_per_s']:.1f} it/s; ms per step: {phases}")
     return "\n".join(lines)
 
 

@@ -342,3 +342,34 @@ def test_bench_render_compare_old_and_new(tmp_path, capsys):
     assert comp["new"]["host_syncs"] < comp["old"]["host_syncs"]
     assert res["fps_head"] == comp["new"]["fps_head"] > 0  # top level: the new path
     assert "loop='compact'" in comp["old"]["inference"] and "loop='fixed'" in comp["new"]["inference"]
+
+
+@pytest.mark.cuda
+def test_cuda_render_ahead_and_torso_skip():
+    """On CUDA: frames rendered ahead in a thread, converted to uint8 on the device and copied
+    through pinned memory, are the frames of the synchronous conversion; the torso skip
+    holds its tolerance there too."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from nerfhead.render.ahead import HostFrame, render_ahead, to_uint8_device
+    from nerfhead.render.renderer import to_uint8
+
+    m = _model().cuda()
+    m.inference = InferenceConfig(cuda_graph=False)
+    every = _render(m, InferenceConfig(cuda_graph=False, torso_alpha_eps=0.0))
+    skip = _render(m, InferenceConfig(cuda_graph=False, torso_alpha_eps=TOL_TORSO_SKIP))
+    assert _maxdiff(skip, every, "rgb") <= TOL_TORSO_SKIP
+
+    m.inference = InferenceConfig()  # the graph path, as `nerfhead render` runs it
+    for i in (0, 1):  # first frame eager, second captures: every frame below is a replay
+        m.render_frame(synthetic_pose(), FEATS, i, EXPR, latent_index=1)
+    inline = [to_uint8(m.render_frame(synthetic_pose(), FEATS, i, EXPR, latent_index=1)["rgb"])
+              for i in range(4)]
+
+    def produce():
+        for i in range(4):
+            yield i, HostFrame(to_uint8_device(
+                m.render_frame(synthetic_pose(), FEATS, i, EXPR, latent_index=1)["rgb"]))
+
+    ahead = [h.numpy().copy() for _, h in render_ahead(produce, depth=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(ahead, inline))

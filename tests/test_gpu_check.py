@@ -34,7 +34,8 @@ def test_cpu_dry_run_passes_and_summarises(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["mode"] == "cpu" and summary["failed_steps"] == []
     assert [s["name"] for s in summary["steps"]] == ["env", "build", "extension", "tests", "bench_kernels",
-                                                     "bench_render_synthetic", "train", "bench_render_run"]
+                                                     "bench_render_synthetic", "train", "bench_render_run",
+                                                     "bench_train"]
     assert all((out / s["log"]).is_file() for s in summary["steps"])
     r = summary["results"]
     assert r["backends"]["hashgrid"]["cpu"] == "" and r["backends"]["raymarch"]["cpu"] == ""
@@ -49,6 +50,9 @@ def test_cpu_dry_run_passes_and_summarises(tmp_path):
         assert comp["new"]["host_syncs"] < comp["old"]["host_syncs"] and comp["speedup"]["fps_head"] > 0
     assert r["train"]["steps"] == 4 and 5 < r["train"]["val_psnr"] < 60 and r["train"]["iters_per_s"] > 0
     assert [v["step"] for v in r["train"]["validations"]] == [2, 4]
+    bt = r["bench_train"]  # nerfhead bench train of the run: it/s and where a step's time goes
+    assert bt["iters_per_s"] > 0 and bt["stage"] == "head"
+    assert bt["ms_per_phase"]["forward"] > 0 and bt["ms_per_phase"]["backward"] > 0
     assert "gpu_check PASSED (cpu mode)" in proc.stdout
     # a second run into the same folder is refused (no run overwrites another's work)
     again = _run(out, "--cpu", "--skip-build")
