@@ -23,6 +23,9 @@
 #   bench_train              nerfhead bench train of that run: iterations/s and ms per phase
 #                            of a step (data, grid update, forward, backward, optimizer), and
 #                            on a GPU the torch.profiler table of 5 steps
+#   render_video             nerfhead render of that run (val poses, the clip's audio,
+#                            --render-frames x 10 frames) with --ahead 2 and --ahead 0: FPS
+#                            with frames rendered ahead of the encoder and in turn
 # After every part OUTDIR/summary.json is rewritten with the status and seconds of each part
 # and every figure measured so far (scripts/gpu_check_summary.py), so a failing or killed
 # part never loses the earlier ones. Every part runs even when an earlier one failed; the
@@ -227,6 +230,10 @@ if [ -n "$DATA" ]; then
     [ "$MODE" = gpu ] && TRAIN_PROFILE=(--profile "$OUT_DIR/profile_train.txt")
     step bench_train 240 $PY -m nerfhead bench train "$RUN" --device "$DEV" --steps "$B_TRAIN_STEPS" \
       --json "$OUT_DIR/bench_train.json" ${TRAIN_PROFILE[@]+"${TRAIN_PROFILE[@]}"}
+    # offline rendering: frames rendered ahead of the encoder (--ahead 2) against in turn (0)
+    [ -f "$DATA/aud.wav" ] && step render_video 300 bash -c 'for a in 2 0; do "$0" -m nerfhead render "$1" --audio "$2/aud.wav" \
+      --poses val --max-frames "$3" --device "$4" --ahead $a --out "$5/render_ahead$a.mp4" || exit 1; done' \
+      "$PY" "$RUN" "$DATA" $(( R_FRAMES * 10 )) "$DEV" "$OUT_DIR"
   fi
 fi
 

@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
+    p.add_argument("--ahead", type=int, default=2,
+                   help="frames rendered ahead of the video encoder, in a background thread "
+                        "(default 2; 0: render and encode in turn)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the cores not busy with other processes, "
                         "from the 1-minute load average, at least 1; 0: torch's default)")
@@ -124,7 +127,8 @@ def render_video(args) -> Path:
         for i, _, crop in renderer.sequence(feats, seq, args.portrait, not args.no_torso,
                                             times=times, gt_torso=gt_torso,
                                             expressions=inputs.expressions,
-                                            mean_latent=inputs.mean_latent):
+                                            mean_latent=inputs.mean_latent,
+                                            ahead=getattr(args, "ahead", 2)):
             t0 = time.perf_counter()
             if source is not None:
                 frame = source[int(seq.frame_ids[i])]
