@@ -40,7 +40,7 @@ class HostFrame:
             self._host = torch.empty(frame.shape, dtype=frame.dtype, pin_memory=True)
             self._host.copy_(frame, non_blocking=True)
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(frame.device))
         else:
             self._host, self._event = frame, None
 
@@ -68,6 +68,8 @@ def render_ahead(produce: Callable[[], Iterator[Any]], depth: int = 2) -> Iterat
         return
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    # a new thread starts on CUDA device 0: it renders on the caller's current device
+    cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -80,6 +82,8 @@ def render_ahead(produce: Callable[[], Iterator[Any]], depth: int = 2) -> Iterat
 
     def work() -> None:
         try:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
             # no_grad is per thread: the renders below must not record autograd graphs
             with torch.no_grad():
                 for item in produce():
