@@ -54,9 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the cores not busy with other processes, "
-                        "from the 1-minute load average, at least 1; 0: torch's default, far "
-                        "slower on a CPU shared with other jobs: 17 s against 0.5 s per 128-px "
-                        "frame with 1 thread)")
+                        "from the 1-minute load average, at least 1; 0: torch's default, one "
+                        "per core whoever else runs)")
     from nerfhead.motion.jitter import add_arguments as add_jitter_arguments
 
     add_jitter_arguments(p)
