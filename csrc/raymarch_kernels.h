@@ -244,6 +244,21 @@ struct MarchTrain {
     }
 };
 
+// One sample composited front to back into a ray's running sums (weights_sum ws, depth
+// dep, image img[C]) at transmittance T, which it updates; returns the sample's weight.
+// The per-sample body of the training forward and of both inference composites: one
+// arithmetic, so their images agree bit for bit.
+NH_HD NH_INLINE float composite_sample(float sigma, float delta, float t, const float* rgb, int C,
+                                       float& T, float& ws, float& dep, float* img) {
+    const float alpha = 1.f - expf(-sigma * delta);
+    const float w = alpha * T;
+    ws += w;
+    dep += w * t;
+    for (int c = 0; c < C; ++c) img[c] += w * rgb[c];
+    T *= 1.f - alpha;
+    return w;
+}
+
 // Composite of one ray's packed samples [off, off + cnt).
 struct CompositeTrainForward {
     int C;
@@ -261,13 +276,7 @@ struct CompositeTrainForward {
         float* img = image + n * C;
         for (int i = 0; i < cnt; ++i) {
             const int64_t s = off + i;
-            const float alpha = 1.f - expf(-sigmas[s] * deltas[s]);
-            const float w = alpha * T;
-            weights[s] = w;
-            ws += w;
-            dep += w * ts[s];
-            for (int c = 0; c < C; ++c) img[c] += w * rgbs[s * C + c];
-            T *= 1.f - alpha;
+            weights[s] = composite_sample(sigmas[s], deltas[s], ts[s], rgbs + s * C, C, T, ws, dep, img);
             if (T < T_thresh) break;
         }
         weights_sum[n] = ws;
@@ -380,12 +389,7 @@ struct CompositeInference {
                 is_dead = true;
                 break;
             }
-            const float alpha = 1.f - expf(-sigmas[s] * deltas[s]);
-            const float w = alpha * T;
-            ws += w;
-            dep += w * ts[s];
-            for (int c = 0; c < C; ++c) img[c] += w * rgbs[s * C + c];
-            T *= 1.f - alpha;
+            composite_sample(sigmas[s], deltas[s], ts[s], rgbs + s * C, C, T, ws, dep, img);
             if (T < T_thresh) {
                 is_dead = true;
                 break;
@@ -459,7 +463,7 @@ struct MarchCompact {
 // [ends[r] - n[r], ends[r]) into its running outputs and is marked finished in place
 // (alive[r] = false) when its march ended (fewer than k samples) or T fell below T_thresh.
 // Rays not alive, or deferred (range beyond `capacity`), are left alone. The arithmetic
-// is CompositeInference's, sample for sample.
+// is CompositeInference's, sample for sample (composite_sample).
 struct CompositeCompact {
     int k, C;
     bool* alive;
@@ -485,12 +489,7 @@ struct CompositeCompact {
         float* img = image + r * C;
         bool is_dead = n < k;  // the march ended (far or max_steps) within this step
         for (int64_t s = end - n; s < end; ++s) {
-            const float alpha = 1.f - expf(-sigmas[s] * deltas[s]);
-            const float w = alpha * T;
-            ws += w;
-            dep += w * ts[s];
-            for (int c = 0; c < C; ++c) img[c] += w * rgbs[s * C + c];
-            T *= 1.f - alpha;
+            composite_sample(sigmas[s], deltas[s], ts[s], rgbs + s * C, C, T, ws, dep, img);
             if (T < T_thresh) {
                 is_dead = true;
                 break;

@@ -1,9 +1,11 @@
-"""``nerfhead bench kernels|render|serve|motion``.
+"""``nerfhead bench kernels|render|train|serve|motion``.
 
 ``kernels``: the op micro-benchmarks of ``nerfhead.ops.bench_kernels`` (hash grid, marching).
 ``render``: frames per second and ms per stage of a trained run (``RUN``) or of an untrained
 model of a preset (``--synthetic``), see ``nerfhead.render.bench``; prints a table and, with
 ``--json``, writes the numbers.
+``train``: training iterations per second and milliseconds per phase of a step
+(``nerfhead.train.bench``).
 ``serve``: the live server end to end with WebRTC clients in the same process
 (``nerfhead.serve.bench``).
 ``motion``: head motion generated from audio against the held-out poses
@@ -46,6 +48,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--profile", default=None, metavar="FILE",
                    help="also profile 3 frames with torch.profiler and write the top operators "
                         "(by device time on CUDA, else CPU time) to FILE")
+    t = sub.add_parser("train", help="training iterations per second and where a step's time "
+                                      "goes (data, grid update, forward, backward, optimizer)")
+    t.add_argument("run_or_data", metavar="RUN_OR_DATA",
+                   help="a run folder (its dataset, settings and weights) or a dataset folder")
+    t.add_argument("--config", default=None,
+                   help="dataset: preset or YAML of the training settings (default tiny)")
+    t.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.FIELD=VALUE", help="override a setting (repeatable)")
+    t.add_argument("--data", default=None, help="run: dataset folder (default: the run's)")
+    t.add_argument("--steps", type=int, default=20, help="steps per pass (plain, then timed) [20]")
+    t.add_argument("--warmup", type=int, default=3, help="warm-up steps [3]")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: chosen from the free cores; 0: torch's)")
+    t.add_argument("--profile", default=None, metavar="FILE",
+                   help="also write torch.profiler's operator table of 5 steps to FILE")
+    t.add_argument("--json", default=None, help="also write the results here")
     from nerfhead.serve.bench import add_arguments as add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="the live server end to end: FPS, A/V "
@@ -73,6 +92,18 @@ def run(args) -> int:
 
         main(args)
         return 0
+    if args.target == "train":
+        from nerfhead.train.bench import main as train_main
+        from nerfhead.train.checkpoint import CheckpointError
+        from nerfhead.data.dataset import DatasetError
+        from nerfhead.config import ConfigError
+
+        try:
+            train_main(args)
+        except (DatasetError, CheckpointError, ConfigError, FileNotFoundError) as e:
+            print(f"nerfhead bench train: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.target == "motion":
         from nerfhead.motion.cli import run as motion_run
 
@@ -82,5 +113,5 @@ def run(args) -> int:
         from nerfhead.serve.bench import run as serve_run
 
         return serve_run(args)
-    print("nerfhead bench: choose a target: kernels, render, serve or motion", file=sys.stderr)
+    print("nerfhead bench: choose a target: kernels, render, train, serve or motion", file=sys.stderr)
     return 2

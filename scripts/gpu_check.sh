@@ -20,6 +20,12 @@
 #   train       (--data DIR) nerfhead train DIR --config head for --train-minutes
 #               (iterations/s and validation PSNR from run/metrics.jsonl)
 #   bench_render_run         nerfhead bench render --compare of that run at 512x512
+#   bench_train              nerfhead bench train of that run: iterations/s and ms per phase
+#                            of a step (data, grid update, forward, backward, optimizer), and
+#                            on a GPU the torch.profiler table of 5 steps
+#   render_video             nerfhead render of that run (val poses, the clip's audio,
+#                            --render-frames x 10 frames) with --ahead 2 and --ahead 0: FPS
+#                            with frames rendered ahead of the encoder and in turn
 # After every part OUTDIR/summary.json is rewritten with the status and seconds of each part
 # and every figure measured so far (scripts/gpu_check_summary.py), so a failing or killed
 # part never loses the earlier ones. Every part runs even when an earlier one failed; the
@@ -93,12 +99,12 @@ rm -rf "$OUT_DIR/run" "$OUT_DIR/steps.tsv" "$OUT_DIR/summary.json" "$OUT_DIR/tes
 
 if [ "$CPU" = 1 ]; then
   MODE=cpu DEV=cpu
-  PRESET=${PRESET:-tiny} TRAIN_ITERS=${TRAIN_ITERS:-40} R_RES=${R_RES:-64}
+  PRESET=${PRESET:-tiny} TRAIN_ITERS=${TRAIN_ITERS:-40} R_RES=${R_RES:-64} B_TRAIN_STEPS=4
   TEST_FILES="tests/test_kernels_exact.py tests/test_kernel_defects.py"
   TEST_MARK="not cuda and not slow"
 else
   MODE=gpu DEV=cuda
-  PRESET=${PRESET:-head} R_RES=${R_RES:-512}
+  PRESET=${PRESET:-head} R_RES=${R_RES:-512} B_TRAIN_STEPS=50
   TEST_FILES="tests/test_kernels_exact.py tests/test_kernel_defects.py tests/test_hashgrid.py tests/test_raymarch.py
               tests/test_raymarch_fixed.py tests/test_fast_render.py"
   TEST_MARK="cuda"
@@ -220,6 +226,14 @@ if [ -n "$DATA" ]; then
     [ "$MODE" = gpu ] && RUN_PROFILE=(--profile "$OUT_DIR/profile_render_run.txt")
     step bench_render_run 240 $PY -m nerfhead bench render "$RUN" --resolution "$R_RES" --frames "$R_FRAMES" \
       --device "$DEV" --json "$OUT_DIR/bench_render_run.json" --compare ${RUN_PROFILE[@]+"${RUN_PROFILE[@]}"}
+    TRAIN_PROFILE=()
+    [ "$MODE" = gpu ] && TRAIN_PROFILE=(--profile "$OUT_DIR/profile_train.txt")
+    step bench_train 240 $PY -m nerfhead bench train "$RUN" --device "$DEV" --steps "$B_TRAIN_STEPS" \
+      --json "$OUT_DIR/bench_train.json" ${TRAIN_PROFILE[@]+"${TRAIN_PROFILE[@]}"}
+    # offline rendering: frames rendered ahead of the encoder (--ahead 2) against in turn (0)
+    [ -f "$DATA/aud.wav" ] && step render_video 300 bash -c 'for a in 2 0; do "$0" -m nerfhead render "$1" --audio "$2/aud.wav" \
+      --poses val --max-frames "$3" --device "$4" --ahead $a --out "$5/render_ahead$a.mp4" || exit 1; done' \
+      "$PY" "$RUN" "$DATA" $(( R_FRAMES * 10 )) "$DEV" "$OUT_DIR"
   fi
 fi
 

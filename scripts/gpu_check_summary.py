@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -101,6 +102,22 @@ def _train(run: Path, log: Path) -> dict | None:
     return out
 
 
+def _render_video(log: Path) -> dict | None:
+    """FPS of `nerfhead render --ahead 2` and `--ahead 0` from render_video.log."""
+    if not log.is_file():
+        return None
+    fps = re.findall(r"render_ahead(\d+)\.mp4: (\d+) frames in [\d.]+ s \(([\d.]+) FPS\)", log.read_text())
+    return {f"fps_ahead{a}": float(f) for a, _, f in fps} or None
+
+
+def _bench_train(path: Path) -> dict | None:
+    r = _json(path)
+    if not r:
+        return None
+    return {k: r.get(k) for k in ("device", "stage", "iters_per_s", "ms_per_step", "ms_per_phase",
+                                  "rays_per_step", "model")}
+
+
 def collect(out: Path) -> dict:
     steps = _steps(out)
     env = _json(out / "env.json") or {}
@@ -121,6 +138,8 @@ def collect(out: Path) -> dict:
             "bench_render_synthetic": _render(out / "bench_render_synthetic.json"),
             "train": _train(out / "run", out / "train.log"),
             "bench_render_run": _render(out / "bench_render_run.json"),
+            "bench_train": _bench_train(out / "bench_train.json"),
+            "render_video": _render_video(out / "render_video.log"),
         },
     }
     return summary
@@ -162,6 +181,12 @@ def brief(summary: dict) -> str:
     if r["train"]:
         t = r["train"]
         lines.append(f"  train: {t['steps']} steps, {t.get('iters_per_s')} it/s, val PSNR {t['val_psnr']:.2f} dB")
+    if r.get("bench_train"):
+        b = r["bench_train"]
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in b["ms_per_phase"].items())
+        lines.append(f"  bench_train: {b['iters_per_s']:.1f} it/s; ms per step: {phases}")
+    if r.get("render_video"):
+        lines.append("  nerfhead render: " + ", ".join(f"{k} {v:.1f}" for k, v in r["render_video"].items()))
     return "\n".join(lines)
 
 

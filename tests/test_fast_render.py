@@ -181,9 +181,45 @@ def test_render_frame_host_syncs(monkeypatch):
     monkeypatch.setattr(renderer, "render_rays_fixed", spy)
     with HostSyncCounter() as new:
         _render(m, InferenceConfig())
-    # render_frame itself reads has_torso once (bool of a buffer)
-    assert new.total <= stats["steps"] + 1, new.by_op
+    # render_frame itself reads has_torso once (bool of a buffer); the torso's visible
+    # pixels are counted once (nonzero: InferenceConfig.torso_alpha_eps)
+    assert new.total <= stats["steps"] + 2, new.by_op
+    assert new.by_op["nonzero"] == 1, new.by_op
     assert old.total >= 3 * new.total, (old.by_op, new.by_op)
+
+
+TOL_TORSO_SKIP = 1e-3  # = InferenceConfig.torso_alpha_eps: a hidden pixel's torso share is
+#                        (1 - head alpha) * torso alpha * (torso - bg), at most eps
+
+
+def test_torso_only_where_the_head_leaves_it_visible(monkeypatch):
+    """The torso field runs only on pixels whose head alpha is below 1 - eps; the image is
+    the one with the torso everywhere within eps, and the same on the visible pixels."""
+    m = _model()
+    assert m.torso is not None and bool(m.has_torso)
+    rows: list[int] = []
+    real = m.torso.forward
+
+    def spy(coords, pose, latent):
+        rows.append(coords.shape[0])
+        return real(coords, pose, latent)
+
+    monkeypatch.setattr(m.torso, "forward", spy)
+    everywhere = _render(m, InferenceConfig(torso_alpha_eps=0.0))
+    skipped = _render(m, InferenceConfig(torso_alpha_eps=TOL_TORSO_SKIP))
+    R = m.camera.height * m.camera.width
+    hidden = everywhere["head_alpha"] >= 1 - TOL_TORSO_SKIP
+    assert 0.2 * R < int(hidden.sum()) < 0.9 * R  # the test model has both kinds of pixels
+    assert rows == [R, R - int(hidden.sum())]
+    assert torch.equal(skipped["head_alpha"], everywhere["head_alpha"])
+    assert _maxdiff(skipped, everywhere, "rgb") <= TOL_TORSO_SKIP
+    vis = ~hidden
+    diff_visible = (skipped["rgb"][vis] - everywhere["rgb"][vis]).abs().max()
+    assert float(diff_visible) <= 1e-6
+    assert float((skipped["torso_alpha"][vis] - everywhere["torso_alpha"][vis]).abs().max()) <= 1e-6
+    assert float(skipped["torso_alpha"][hidden].abs().max()) == 0.0
+    # the bound is what the test checks, not a vacuous zero: the hidden pixels did move
+    assert float((skipped["rgb"][hidden] - everywhere["rgb"][hidden]).abs().max()) > 0
 
 
 def test_fixed_loop_buffers_are_reused_frame_to_frame():
@@ -243,7 +279,8 @@ def test_frame_runner_static_inputs_and_same_image(graph_steps):
     from nerfhead.models.frame_graph import FrameRunner
 
     m = _model()
-    m.inference = InferenceConfig(graph_steps=graph_steps, capacity=8192)
+    # torso everywhere in the reference too: the graph path does not skip hidden pixels
+    m.inference = InferenceConfig(graph_steps=graph_steps, capacity=8192, torso_alpha_eps=0.0)
     ref = _render(m, m.inference)
     runner = FrameRunner(m, m.camera, with_torso=True, use_graph=True)  # CPU: eager
     assert not runner.use_graph
@@ -275,7 +312,9 @@ def test_cuda_graph_frames_match_eager_frames(caplog):
 
     fg._said.clear()
     m = _model().cuda()
-    eager = [_render(m, InferenceConfig(cuda_graph=False), index=i) for i in (1, 2, 3)]
+    # torso on every pixel eagerly too: inside the graph it runs everywhere
+    eager = [_render(m, InferenceConfig(cuda_graph=False, torso_alpha_eps=0.0), index=i)
+             for i in (1, 2, 3)]
     with caplog.at_level(logging.INFO, logger="nerfhead.render"):
         graphed = [_render(m, InferenceConfig(graph_steps=2), index=i) for i in (1, 2, 3)]
     assert "CUDA graph: captured" in caplog.text, caplog.text
@@ -303,3 +342,34 @@ def test_bench_render_compare_old_and_new(tmp_path, capsys):
     assert comp["new"]["host_syncs"] < comp["old"]["host_syncs"]
     assert res["fps_head"] == comp["new"]["fps_head"] > 0  # top level: the new path
     assert "loop='compact'" in comp["old"]["inference"] and "loop='fixed'" in comp["new"]["inference"]
+
+
+@pytest.mark.cuda
+def test_cuda_render_ahead_and_torso_skip():
+    """On CUDA: frames rendered ahead in a thread, converted to uint8 on the device and copied
+    through pinned memory, are the frames of the synchronous conversion; the torso skip
+    holds its tolerance there too."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from nerfhead.render.ahead import HostFrame, render_ahead, to_uint8_device
+    from nerfhead.render.renderer import to_uint8
+
+    m = _model().cuda()
+    m.inference = InferenceConfig(cuda_graph=False)
+    every = _render(m, InferenceConfig(cuda_graph=False, torso_alpha_eps=0.0))
+    skip = _render(m, InferenceConfig(cuda_graph=False, torso_alpha_eps=TOL_TORSO_SKIP))
+    assert _maxdiff(skip, every, "rgb") <= TOL_TORSO_SKIP
+
+    m.inference = InferenceConfig()  # the graph path, as `nerfhead render` runs it
+    for i in (0, 1):  # first frame eager, second captures: every frame below is a replay
+        m.render_frame(synthetic_pose(), FEATS, i, EXPR, latent_index=1)
+    inline = [to_uint8(m.render_frame(synthetic_pose(), FEATS, i, EXPR, latent_index=1)["rgb"])
+              for i in range(4)]
+
+    def produce():
+        for i in range(4):
+            yield i, HostFrame(to_uint8_device(
+                m.render_frame(synthetic_pose(), FEATS, i, EXPR, latent_index=1)["rgb"]))
+
+    ahead = [h.numpy().copy() for _, h in render_ahead(produce, depth=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(ahead, inline))

@@ -7,9 +7,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nerfhead.data.synthetic import make_dataset
+from nerfhead.render.video import write_wav
 from nerfhead.ops._loader import extension_available, extension_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +29,7 @@ def _run(*args, timeout=600):
 
 def test_cpu_dry_run_passes_and_summarises(tmp_path):
     data = make_dataset(tmp_path / "syn", num_frames=20, size=32)
+    write_wav(data / "aud.wav", 0.2 * np.sin(2 * np.pi * 180 * np.arange(20 * 640) / 16000), 16000)
     out = tmp_path / "check"
     proc = _run(out, "--cpu", "--data", data, "--tests", "morton or packbits", "--train-iters", 4,
                 "--train-set", "data.image_size=32", "--train-set", "data.num_rays=128", *TINY)
@@ -34,7 +37,8 @@ def test_cpu_dry_run_passes_and_summarises(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["mode"] == "cpu" and summary["failed_steps"] == []
     assert [s["name"] for s in summary["steps"]] == ["env", "build", "extension", "tests", "bench_kernels",
-                                                     "bench_render_synthetic", "train", "bench_render_run"]
+                                                     "bench_render_synthetic", "train", "bench_render_run",
+                                                     "bench_train", "render_video"]
     assert all((out / s["log"]).is_file() for s in summary["steps"])
     r = summary["results"]
     assert r["backends"]["hashgrid"]["cpu"] == "" and r["backends"]["raymarch"]["cpu"] == ""
@@ -49,6 +53,11 @@ def test_cpu_dry_run_passes_and_summarises(tmp_path):
         assert comp["new"]["host_syncs"] < comp["old"]["host_syncs"] and comp["speedup"]["fps_head"] > 0
     assert r["train"]["steps"] == 4 and 5 < r["train"]["val_psnr"] < 60 and r["train"]["iters_per_s"] > 0
     assert [v["step"] for v in r["train"]["validations"]] == [2, 4]
+    bt = r["bench_train"]  # nerfhead bench train of the run: it/s and where a step's time goes
+    assert bt["iters_per_s"] > 0 and bt["stage"] == "head"
+    assert bt["ms_per_phase"]["forward"] > 0 and bt["ms_per_phase"]["backward"] > 0
+    assert set(r["render_video"]) == {"fps_ahead2", "fps_ahead0"}  # nerfhead render, both ways
+    assert all(v > 0 for v in r["render_video"].values())
     assert "gpu_check PASSED (cpu mode)" in proc.stdout
     # a second run into the same folder is refused (no run overwrites another's work)
     again = _run(out, "--cpu", "--skip-build")

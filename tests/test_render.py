@@ -323,3 +323,86 @@ def test_render_of_a_head_only_run_warns_and_takes_the_gt_torso(tiny_run, caplog
     with pytest.raises(SystemExit, match="gt-torso"):
         main(["render", str(run), "--audio", str(drive), "--out", str(root / "y.mp4"),
               "--poses", "static", "--max-frames", "2", "--device", "cpu", "--gt-torso"])
+
+
+def test_uint8_on_the_device_is_the_host_conversion_byte_for_byte():
+    import torch
+
+    from nerfhead.render.ahead import to_uint8_device
+    from nerfhead.render.renderer import to_uint8
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 64, 3, generator=g) * 1.2 - 0.1
+    # exact halves between two levels (round half to even on both sides) and the ends
+    x.view(-1)[:256] = (torch.arange(256, dtype=torch.float32) + 0.5) / 255.0
+    x.view(-1)[256:260] = torch.tensor([0.0, 1.0, -0.0, 1.0 + 1e-7])
+    dev = to_uint8_device(x)
+    assert dev.dtype == torch.uint8 and dev.shape == x.shape
+    assert np.array_equal(dev.numpy(), to_uint8(x))
+
+
+def test_render_ahead_keeps_order_raises_and_stops_its_thread():
+    import threading
+
+    from nerfhead.render.ahead import render_ahead
+
+    assert list(render_ahead(lambda: iter(range(7)), depth=2)) == list(range(7))
+    assert list(render_ahead(lambda: iter(range(3)), depth=0)) == [0, 1, 2]
+
+    def failing():
+        yield 1
+        raise ValueError("frame 2 failed")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 2 failed"):
+        for x in render_ahead(failing, depth=2):
+            got.append(x)
+    assert got == [1]
+    made = []
+
+    def endless():
+        i = 0
+        while True:
+            made.append(i)
+            yield i
+            i += 1
+
+    gen = render_ahead(endless, depth=2)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()  # the consumer stops: the thread ends, at most depth + 2 frames were made
+    assert not any(t.name == "nerfhead-render-ahead" for t in threading.enumerate())
+    assert len(made) <= 3 + 2 + 1
+
+
+def test_render_ahead_writes_the_same_video_as_frame_by_frame(tiny_run, tmp_path):
+    """`nerfhead render` (frames rendered ahead in a thread, uint8 on the device) encodes the
+    frames the earlier loop made (render_frame -> to_uint8 on the host, one after the other):
+    the same frames byte for byte, and the same decoded video."""
+    from nerfhead.cli import main
+    from nerfhead.render.poses import build_sequence
+    from nerfhead.render.renderer import Renderer, driving_features, to_uint8
+    from nerfhead.render.video import read_frames
+
+    root, data, run, drive = tiny_run
+    out = tmp_path / "ahead.mp4"
+    assert main(["render", str(run), "--audio", str(drive), "--out", str(out), "--poses", "train",
+                 "--max-frames", "5", "--device", "cpu", "--no-torso", "--threads", "1"]) == 0
+    r = Renderer.load(run, "cpu")
+    feats, samples = driving_features(r.run, drive, max_frames=5)
+    seq = build_sequence(data, len(feats), "train")
+    before = [to_uint8(r.model.render_frame(seq.c2w[i], feats, i, r.frames.expression(int(f)),
+                                            latent_index=r.latent_index(int(f)),
+                                            with_torso=False)["rgb"])
+              for i, f in enumerate(seq.frame_ids[:5])]
+    ahead = [rgb for _, rgb, _ in r.sequence(feats, seq, with_torso=False, progress=False, ahead=2)]
+    inline = [rgb for _, rgb, _ in r.sequence(feats, seq, with_torso=False, progress=False, ahead=0)]
+    assert len(ahead) == 5
+    for a, b, c in zip(before, ahead, inline):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    ref = tmp_path / "before.mp4"
+    with VideoWriter(ref, fps=25, audio=samples, sr=16000) as vw:
+        for f in before:
+            vw.write(f)
+    got, want = list(read_frames(out)), list(read_frames(ref))
+    assert len(got) == len(want) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))

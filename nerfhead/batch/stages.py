@@ -204,6 +204,9 @@ def _preprocess_accepts(flag: str) -> bool:
 def _threads(n: int) -> None:
     """Torch and OpenCV threads = the cores declared for the task (a shared machine stalls
     when every library takes every core)."""
+    from nerfhead.threads import declare_cores
+
+    declare_cores(n)  # render / evaluate / train keep these instead of choosing their own
     if n <= 0:  # not declared: leave the libraries' defaults
         return
     import torch

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nerfhead.threads import set_torch_threads
+
 log = logging.getLogger("nerfhead.eval")
 #: what ``nerfhead`` prints after Ctrl-C (results are written at the end only)
 ON_INTERRUPT = "interrupted; nothing was written, so rerunning the command evaluates from the start"
@@ -52,9 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-torso", action="store_true", help="render without the torso")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default); 1 is far faster on a CPU "
-                        "shared with other jobs (measured 0.5 s against 17 s per 128-px frame)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores not busy with other processes, "
+                        "from the 1-minute load average, at least 1; 0: torch's default, one "
+                        "per core whoever else runs)")
     from nerfhead.motion.jitter import add_arguments as add_jitter_arguments
 
     add_jitter_arguments(p)
@@ -165,10 +168,7 @@ def evaluate(args) -> dict:
     if args.out:  # before any work: an unwritable place fails now, not after every frame
         check_output_dir(args.out, "nerfhead evaluate --out")
     device = pick_device(args.device)
-    if getattr(args, "threads", 0) > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_torch_threads(getattr(args, "threads", None), device, "nerfhead evaluate")
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
     check_output_dir(Path(args.out) if args.out else Path(run.run_dir) / "eval", "nerfhead evaluate --out")
     model = run.model
@@ -260,10 +260,7 @@ def drive_run(args) -> dict:
     from nerfhead.train.checkpoint import load_run
 
     device = pick_device(args.device)
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_torch_threads(getattr(args, "threads", None), device, "nerfhead evaluate --drive")
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
     detector, reason = load_detector()
     if detector is None:

@@ -121,6 +121,21 @@ class TalkingHead(nn.Module):
         coords = torch.stack([(u.float() + 0.5) / camera.width, (v.float() + 0.5) / camera.height], -1)
         return self.torso(coords.to(self.device) * 2.0 - 1.0, pose, latent)
 
+    def torso_where_visible(self, u: Tensor, v: Tensor, pose: Tensor, latent: Tensor, camera: Camera,
+                            head_alpha: Tensor) -> Tensor:
+        """``torso_rgba`` [R, 4] on the pixels the head leaves visible (head alpha below
+        ``1 - inference.torso_alpha_eps``), zeros (transparent) elsewhere: the torso's share
+        of such a pixel, ``(1 - head_alpha) * torso_alpha * (torso - bg)``, is at most eps.
+        One host sync (the count of visible pixels); ``torso_alpha_eps = 0``: every pixel."""
+        eps = float(self.inference.torso_alpha_eps)
+        if eps <= 0:
+            return self.torso_rgba(u, v, pose, latent, camera)
+        visible = torch.nonzero(head_alpha < 1.0 - eps).squeeze(1)
+        rgba = head_alpha.new_zeros(head_alpha.shape[0], 4)
+        if visible.numel():
+            rgba[visible] = self.torso_rgba(u[visible], v[visible], pose, latent, camera)
+        return rgba
+
     @torch.no_grad()
     def update_grid(self, sample_conditions, generator: torch.Generator | None = None,
                     decay: float = 0.95) -> None:
@@ -145,7 +160,8 @@ class TalkingHead(nn.Module):
 
         Returns float tensors on the model's device: ``rgb`` [H, W, 3] final composite,
         ``head_rgb`` [H, W, 3] head colour premultiplied by its alpha (over black),
-        ``head_alpha`` [H, W], ``torso_alpha`` [H, W] (zeros without torso), ``depth`` [H, W]
+        ``head_alpha`` [H, W], ``torso_alpha`` [H, W] (zeros without torso, and where the
+        head hides the torso: ``inference.torso_alpha_eps``), ``depth`` [H, W]
         (model units along the ray, 0 where empty).
         """
         cam = camera or self.camera
@@ -166,7 +182,8 @@ class TalkingHead(nn.Module):
             head = render_head_inference(self.field, self.grid, self.cfg, rays_o, rays_d, cond,
                                          inference=inf, buffers=self._render_buffers)
             if use_torso:
-                rgba = self.torso_rgba(u, v, pose, self.torso_latent(latent_index), cam)
+                rgba = self.torso_where_visible(u, v, pose, self.torso_latent(latent_index), cam,
+                                                head["alpha"])
         if bg is None:
             back = self.background
             if back.shape[:2] != (H, W):

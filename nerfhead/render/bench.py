@@ -7,7 +7,8 @@ Stages of one frame, timed separately (CUDA is synchronised around each):
 - ``march+composite``: occupancy-grid ray marching, field queries and compositing of the head
   (``render_head_inference``);
 - ``torso``: the 2D torso field and its composite over the background;
-- ``compositing``: to uint8 + Portrait-Sync blend into an original frame;
+- ``compositing``: to uint8 (on the device) + copy to the host + Portrait-Sync blend into an
+  original frame;
 - ``encode``: H.264 encoding of the frame (``VideoWriter``, measured per frame in a batch).
 
 FPS is reported for the head only (audio + rays + march) and for head + torso + compositing
@@ -65,6 +66,7 @@ def time_frame(model, c2w, feats, index: int, camera, times: dict, original=None
     """One frame through every stage, adding seconds per stage to ``times``."""
     from nerfhead.models.rays import full_frame_pixels, nerf_matrix_to_ngp, pixel_rays
     from nerfhead.models.renderer import render_head_inference
+    from nerfhead.render.ahead import to_uint8_device
     from nerfhead.render.compositing import portrait_blend
 
     dev = model.device
@@ -99,25 +101,23 @@ def time_frame(model, c2w, feats, index: int, camera, times: dict, original=None
                                      inference=inf, buffers=model._render_buffers)
         t = mark("march+composite", t)
         if use_torso:
-            rgba = model.torso_rgba(u, v, pose, model.torso_latent(None), camera)
+            rgba = model.torso_where_visible(u, v, pose, model.torso_latent(None), camera, head["alpha"])
     back = model.background.reshape(-1, 3) if model.background.shape[:2] == (H, W) else \
         torch.ones(H * W, 3, device=dev)
     if rgba is not None:
         back = rgba[:, :3] * rgba[:, 3:] + back * (1 - rgba[:, 3:])
     rgb = (head["rgb"] + (1 - head["alpha"][:, None]) * back).reshape(H, W, 3).clamp(0, 1)
     t = mark("torso", t)
-    frame = np.clip(np.rint(rgb.cpu().numpy() * 255), 0, 255).astype(np.uint8)
+    frame = to_uint8_device(rgb).cpu().numpy()  # as Renderer.sequence: uint8 on the device
     if original is not None:
         frame = portrait_blend(frame, original, mask)
     mark("compositing", t)
     return frame
 
 
-def run_bench(model, camera, num_frames: int = 10, warmup: int = 2, feats=None, c2w=None) -> dict:
-    """Time ``num_frames`` frames (after ``warmup``); returns the result dict."""
-    from nerfhead.render.video import VideoWriter
-
-    dev = model.device
+def _bench_inputs(camera, num_frames: int, warmup: int, feats, c2w):
+    """Default features and pose, and the original frame and face mask of the Portrait-Sync
+    blend that ``compositing`` times."""
     if feats is None:
         feats = np.random.default_rng(0).normal(size=(num_frames + warmup, 16, 80)).astype(np.float32)
     c2w = synthetic_pose() if c2w is None else c2w
@@ -125,35 +125,58 @@ def run_bench(model, camera, num_frames: int = 10, warmup: int = 2, feats=None, 
     original = rng.integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
     mask = np.zeros((camera.height, camera.width), np.uint8)
     mask[camera.height // 4:camera.height * 3 // 4, camera.width // 4:camera.width * 3 // 4] = 255
-    times: dict = {}
-    for i in range(warmup):
-        time_frame(model, c2w, feats, i % len(feats), camera, {}, original, mask)
-    frames = [time_frame(model, c2w, feats, (warmup + i) % len(feats), camera, times, original, mask)
-              for i in range(num_frames)]
+    return feats, c2w, original, mask
+
+
+def time_variants(model, camera, variants: dict, num_frames: int = 10, warmup: int = 2, feats=None,
+                  c2w=None) -> tuple[dict, dict]:
+    """The one timing loop of ``run_bench`` and ``run_compare``: each variant (name ->
+    ``InferenceConfig``, or None for ``model.inference`` as it is) warms up, then the timed
+    frames run interleaved (a, b, a, b, ...) so every variant sees the same machine load.
+    Returns ({name: seconds per stage}, {name: the timed frames, uint8})."""
+    feats, c2w, original, mask = _bench_inputs(camera, num_frames, warmup, feats, c2w)
+    keep = model.inference
+    times: dict = {name: {} for name in variants}
+    frames: dict = {name: [] for name in variants}
+    try:
+        for name, inf in variants.items():
+            model.inference = keep if inf is None else inf
+            for i in range(warmup):
+                time_frame(model, c2w, feats, i % len(feats), camera, {}, original, mask)
+        for i in range(num_frames):
+            for name, inf in variants.items():
+                model.inference = keep if inf is None else inf
+                frames[name].append(time_frame(model, c2w, feats, (warmup + i) % len(feats), camera,
+                                               times[name], original, mask))
+    finally:
+        model.inference = keep
+    return times, frames
+
+
+def run_bench(model, camera, num_frames: int = 10, warmup: int = 2, feats=None, c2w=None) -> dict:
+    """Time ``num_frames`` frames (after ``warmup``) and their H.264 encoding; the result dict."""
+    from nerfhead.render.video import VideoWriter
+
+    times, frames = time_variants(model, camera, {"current": None}, num_frames, warmup, feats, c2w)
+    times, frames = times["current"], frames["current"]
     encode_error = ""
     try:
         import imageio_ffmpeg  # noqa: F401  (the encoder ships its ffmpeg in this package)
     except ImportError as e:
         encode_error = f"encode not timed: imageio-ffmpeg is not installed ({e})"
+    result = _summarise(times, num_frames, model.device, camera, model)
+    ms = result["ms_per_stage"]
+    ms["encode"] = None
     if not encode_error:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             with VideoWriter(Path(tmp) / "bench.mp4", fps=25, audio=None) as vw:
                 for f in frames:
                     vw.write(f)
-            times["encode"] = time.perf_counter() - t0
-    ms = {k: 1000.0 * times.get(k, 0.0) / num_frames for k in STAGES}
-    head_ms = ms["audio"] + ms["rays"] + ms["march+composite"]
-    full_ms = head_ms + ms["torso"] + ms["compositing"]
-    if encode_error:
-        ms["encode"] = None
-    return {"device": str(dev), "resolution": [camera.height, camera.width], "frames": num_frames,
-            "ms_per_stage": ms, "fps_head": 1000.0 / head_ms if head_ms else None,
-            "fps_head_torso_compositing": 1000.0 / full_ms if full_ms else None,
-            "fps_with_encode": 1000.0 / (full_ms + ms["encode"]) if full_ms and ms["encode"] else None,
-            "encode_error": encode_error,
-            "torch_threads": torch.get_num_threads(),
-            "backend": getattr(model.cfg, "backend", "auto")}
+            ms["encode"] = 1000.0 * (time.perf_counter() - t0) / num_frames
+    full_ms = sum(ms[k] for k in STAGES if k != "encode")
+    return {**result, "fps_with_encode": 1000.0 / (full_ms + ms["encode"]) if full_ms and ms["encode"] else None,
+            "encode_error": encode_error}
 
 
 def old_and_new() -> dict:
@@ -163,7 +186,7 @@ def old_and_new() -> dict:
     from nerfhead.models.config import InferenceConfig
 
     return {"old": InferenceConfig(loop="compact", fused_heads=False, precision="float32",
-                                   fused_mlp=False, cuda_graph=False),
+                                   fused_mlp=False, cuda_graph=False, torso_alpha_eps=0.0),
             "new": InferenceConfig()}
 
 
@@ -203,30 +226,14 @@ def run_compare(model, camera, num_frames: int = 10, warmup: int = 2, feats=None
     frames interleaved (old, new, old, new, ...) so both see the same machine load. Returns
     {"old": result, "new": result, "speedup": new over old}; each result as
     :func:`run_bench`'s without encode, plus host syncs (and CUDA kernel launches) per frame."""
-    dev = model.device
-    if feats is None:
-        feats = np.random.default_rng(0).normal(size=(num_frames + warmup, 16, 80)).astype(np.float32)
-    c2w = synthetic_pose() if c2w is None else c2w
-    rng = np.random.default_rng(1)
-    original = rng.integers(0, 256, (camera.height, camera.width, 3), dtype=np.uint8)
-    mask = np.zeros((camera.height, camera.width), np.uint8)
-    mask[camera.height // 4:camera.height * 3 // 4, camera.width // 4:camera.width * 3 // 4] = 255
-    variants, keep = old_and_new(), model.inference
-    times: dict = {name: {} for name in variants}
-    out: dict = {}
+    variants = old_and_new()
+    times, _ = time_variants(model, camera, variants, num_frames, warmup, feats, c2w)
+    feats, c2w, _, _ = _bench_inputs(camera, num_frames, warmup, feats, c2w)
+    keep, out = model.inference, {}
     try:
         for name, inf in variants.items():
             model.inference = inf
-            for i in range(warmup):
-                time_frame(model, c2w, feats, i % len(feats), camera, {}, original, mask)
-        for i in range(num_frames):
-            for name, inf in variants.items():
-                model.inference = inf
-                time_frame(model, c2w, feats, (warmup + i) % len(feats), camera, times[name],
-                           original, mask)
-        for name, inf in variants.items():
-            model.inference = inf
-            out[name] = {**_summarise(times[name], num_frames, dev, camera, model),
+            out[name] = {**_summarise(times[name], num_frames, model.device, camera, model),
                          **frame_counts(model, camera, c2w, feats), "inference": repr(inf)}
     finally:
         model.inference = keep

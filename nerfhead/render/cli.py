@@ -2,7 +2,9 @@
 
 Steps: load the run into a ``nerfhead.render.renderer.Renderer``; decode the driving audio and
 compute its features of the run's kind (``nerfhead.audio.features.extract``); build the pose
-sequence (``nerfhead.render.poses``); render every frame with ``Renderer.sequence``;
+sequence (``nerfhead.render.poses``); render every frame with ``Renderer.sequence`` (in a
+background thread two frames ahead, converted to uint8 on the device, so that blending,
+paste-back and encoding of a frame overlap the next renders: ``nerfhead.render.ahead``);
 optionally blend into the original crop (``--portrait``) and paste back into the full source
 video (``--paste-back``); write H.264 + AAC through the bundled ffmpeg (temp file, renamed).
 
@@ -65,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's latest)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
+    p.add_argument("--ahead", type=int, default=2,
+                   help="frames rendered ahead of the video encoder, in a background thread "
+                        "(default 2; 0: render and encode in turn)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores not busy with other processes, "
+                        "from the 1-minute load average, at least 1; 0: torch's default)")
     from nerfhead.motion.cli import add_render_arguments
 
     add_render_arguments(p)
@@ -74,9 +82,11 @@ def render_video(args) -> Path:
     from nerfhead.render.compositing import paste_back
     from nerfhead.fileio import check_output_file, clean_stale_temps, require_space
     from nerfhead.render.video import SourceFrames, VideoWriter
+    from nerfhead.threads import set_torch_threads
 
     if args.out:  # before any work: a folder or an unwritable place fails now, not at the end
         check_output_file(args.out, "nerfhead render --out")
+    set_torch_threads(getattr(args, "threads", None), pick_device(args.device), "nerfhead render")
     renderer = Renderer.load(args.run_dir, args.device, args.checkpoint, args.data)
     run, frames, data_dir = renderer.run, renderer.frames, renderer.data_dir
     gt_torso = getattr(args, "gt_torso", False)
@@ -117,7 +127,8 @@ def render_video(args) -> Path:
         for i, _, crop in renderer.sequence(feats, seq, args.portrait, not args.no_torso,
                                             times=times, gt_torso=gt_torso,
                                             expressions=inputs.expressions,
-                                            mean_latent=inputs.mean_latent):
+                                            mean_latent=inputs.mean_latent,
+                                            ahead=getattr(args, "ahead", 2)):
             t0 = time.perf_counter()
             if source is not None:
                 frame = source[int(seq.frame_ids[i])]

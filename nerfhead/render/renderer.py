@@ -196,6 +196,17 @@ class Renderer:
         per-frame latent unless ``mean_latent``; ``gt_torso`` puts the head over that frame's
         torso image.
         """
+        return self.render_device(c2w, audio_feats, index, expression, frame_id=frame_id,
+                                  mean_latent=mean_latent, with_torso=with_torso,
+                                  gt_torso=gt_torso, camera=camera).cpu().numpy()
+
+    def render_device(self, c2w, audio_feats, index: int, expression=None, *,
+                      frame_id: int | None = None, mean_latent: bool = False,
+                      with_torso: bool = True, gt_torso: bool = False, camera=None):
+        """``render``'s frame as a uint8 [H, W, 3] tensor on the model's device (converted
+        there: the same bytes as ``to_uint8`` on the host, a quarter of float32's to copy)."""
+        from nerfhead.render.ahead import to_uint8_device
+
         if expression is None:
             if frame_id is None:
                 raise ValueError("Renderer.render: give an expression or a frame_id to take it from")
@@ -204,7 +215,7 @@ class Renderer:
         out = self.model.render_frame(c2w, audio_feats, index, expression,
                                       latent_index=self.latent_index(frame_id, mean_latent), bg=bg,
                                       with_torso=with_torso, camera=camera)
-        return to_uint8(out["rgb"])
+        return to_uint8_device(out["rgb"])
 
     def portrait(self, rgb: np.ndarray, frame_id: int) -> np.ndarray:
         """Portrait-Sync: ``rgb`` blended into dataset frame ``frame_id``'s original crop."""
@@ -215,32 +226,47 @@ class Renderer:
 
     def sequence(self, audio_feats, seq, portrait: bool = False, with_torso: bool = True,
                  camera=None, times: StageTimes | None = None, progress: bool = True,
-                 gt_torso: bool = False, expressions=None, mean_latent: bool = False):
+                 gt_torso: bool = False, expressions=None, mean_latent: bool = False,
+                 ahead: int = 2):
         """Yield (frame index, rendered uint8 [H, W, 3], composited uint8 crop) for ``seq``.
 
         Without ``portrait`` the composited crop is the render itself. ``expressions``
         [N, 52] replaces the frames' blendshapes; ``mean_latent`` the frames' latents
-        (``nerfhead.motion.controls``).
+        (``nerfhead.motion.controls``). Frames are rendered in a background thread up to
+        ``ahead`` frames ahead of the caller (``nerfhead.render.ahead``; 0: none), so what
+        the caller does with a frame (encode, paste back) overlaps the next renders; the
+        frames are the same either way. ``times``: "render" (seconds of the rendering
+        thread), "copy" (waiting for a frame to reach the host), "composite" (Portrait-Sync).
         """
-        import torch
         from tqdm import tqdm
+
+        from nerfhead.render.ahead import HostFrame, render_ahead
 
         times = times or StageTimes()
         n = min(len(seq), len(audio_feats))
-        for i in tqdm(range(n), desc="render", unit="frame", disable=not progress):
-            fid = int(seq.frame_ids[i])
-            t0 = time.perf_counter()
-            rgb = self.render(seq.c2w[i], audio_feats, i,
-                              None if expressions is None else expressions[i], frame_id=fid,
-                              mean_latent=mean_latent, with_torso=with_torso, gt_torso=gt_torso,
-                              camera=camera)
-            if self.model.device.type == "cuda":
-                torch.cuda.synchronize()
-            t1 = time.perf_counter()
-            times.add("render", t1 - t0)
-            crop = self.portrait(rgb, fid) if portrait else rgb
-            times.add("composite", time.perf_counter() - t1)
-            yield i, rgb, crop
+
+        def produce():
+            for i in range(n):
+                fid = int(seq.frame_ids[i])
+                t0 = time.perf_counter()
+                frame = self.render_device(seq.c2w[i], audio_feats, i,
+                                           None if expressions is None else expressions[i],
+                                           frame_id=fid, mean_latent=mean_latent,
+                                           with_torso=with_torso, gt_torso=gt_torso, camera=camera)
+                host = HostFrame(frame)
+                times.add("render", time.perf_counter() - t0)
+                yield i, fid, host
+
+        with tqdm(total=n, desc="render", unit="frame", disable=not progress) as bar:
+            for i, fid, host in render_ahead(produce, ahead):
+                t0 = time.perf_counter()
+                rgb = host.numpy()
+                t1 = time.perf_counter()
+                times.add("copy", t1 - t0)
+                crop = self.portrait(rgb, fid) if portrait else rgb
+                times.add("composite", time.perf_counter() - t1)
+                bar.update(1)
+                yield i, rgb, crop
 
 
 def render_sequence(run, audio_feats, seq, frames: DatasetFrames, portrait=False, with_torso=True,

@@ -41,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="start a new run: move an existing --out run aside "
                              "(OUT.replaced-<time>) instead of resuming or refusing it")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: train.cpu_threads; 1 is fastest on a "
-                        "machine shared with other jobs)")
+                   help="CPU threads for torch (default: train.cpu_threads, and where that is 0 "
+                        "the cores not busy with other processes, from the 1-minute load "
+                        "average; 1 is fastest on a machine shared with other jobs)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop after this much wall time (checkpoint + validation at the stop; "
                         "rerunning the command resumes)")
@@ -93,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
             size = read_checkpoint(args.init)["configs"]["data"]["image_size"]
             overrides.insert(0, f"data.image_size={size}")
         configs = load_configs(args.config, overrides)
-        threads = args.threads or configs["train"].cpu_threads
-        if threads and device.startswith("cpu"):
-            torch.set_num_threads(threads)
+        from nerfhead.threads import set_torch_threads
+
+        # --threads, else the preset's train.cpu_threads, else (0) chosen from the free cores
+        threads = args.threads if args.threads is not None else (configs["train"].cpu_threads or None)
+        set_torch_threads(threads, device, "nerfhead train")
         trainer = Trainer(args.data, configs, args.out, device=device, init=args.init,
                           force_new=args.force_new)
         log.info("stage %s on %s: %d train frames at %dx%d, audio %s %s, device %s",

@@ -76,9 +76,11 @@ class TrainConfig:
     log_every: int = 50
     """Steps between TensorBoard scalars."""
     cpu_threads: int = 0
-    """torch CPU threads when training on the CPU (0: torch's default). On a machine shared
-    with other jobs 1 thread is far faster than oversubscribed cores (measured 6x on tiny).
-    Exact resumption needs the same thread count (reductions change order)."""
+    """torch CPU threads when training on the CPU (0: chosen at start from the cores not busy
+    with other processes, ``nerfhead.threads.choose_threads``; ``--threads 0``: torch's
+    default). On a machine shared with other jobs 1 thread is far faster than oversubscribed
+    cores (measured 6x on tiny). Exact resumption needs the same thread count (reductions
+    change order): a chosen count follows the load, so set it for bit-exact resumes."""
     prefetch_frames: int = 2
     """Steps ahead whose frames a background thread decodes into the dataset cache while
     the current step runs (0: off; the results are the same either way)."""
