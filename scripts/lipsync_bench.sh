@@ -3,14 +3,17 @@
 #
 # 1. preprocess the 300-s GRID s1 clip as two clips: the first TRAIN_SENTENCES sentences
 #    (default 80, i.e. the first 240 s) to train, the rest (the last 60 s) held out;
-# 2. per audio feature kind (--kind mel|ow|both): train the `tiny` preset (+ a `lips` stage
+# 2. per audio feature kind (--kind mel+ow|mel|ow|all; mel+ow is what data.audio=auto picks
+#    where both feature files exist): train the `tiny` preset (+ a `lips` stage
 #    with --lips-iters > 0);
 # 3. `nerfhead evaluate --audio-from HELD_OUT`: render every held-out frame from its own audio
 #    and pose and compare the mouth with the real one (report.md leads with lip sync: render/GT
 #    mouth-opening correlation, amplitude ratio, energy proxy of render and GT, LMD on speech
 #    and silence; mouth_strip.png and mouth_opening.png beside it);
 # 4. `nerfhead evaluate --drive OTHER_SPEECH`: the same model driven by another speaker
-#    (no GT video: energy proxy and opening spread);
+#    (no GT video: energy proxy and opening spread), and `--drive OTHER_VIDEO` (another
+#    speaker's footage, by default the 8-s HDTF clip: the rendered mouth opening correlated
+#    with that speaker's, a reference the energy proxy cannot give on fluent speech);
 # 5. OUT/summary.md: one row per kind and stage.
 #
 # Targets at this scale (issue 9): opening correlation >= 0.8, energy proxy at offset 0 >= 90%
@@ -27,8 +30,9 @@ shared="${NERFHEAD_SHARED:-$here/../shared}"
 video="$shared/data/video/grid_s1_300s.mp4"
 clips="$shared/data/video/grid_s1_300s.clips.txt"
 drive_audio="$shared/data/audio/eng_60s.wav"
+drive_video="$shared/data/video/hdtf_katiehill_8s.mp4"
 out="runs/lipsync_bench"
-kind="both"
+kind="mel+ow"
 iters=16000
 lips_iters=0
 train_sentences=80
@@ -40,8 +44,8 @@ nerfhead="${NERFHEAD:-python3 -m nerfhead}"
 usage() {
   sed -n '2,/^set /p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
   cat <<EOF
-usage: $0 [--kind mel|ow|both] [--iters N] [--lips-iters N] [--out DIR] [--video MP4]
-          [--clips TXT] [--train-sentences K] [--drive WAV] [--device cpu|cuda]
+usage: $0 [--kind mel+ow|mel|ow|all] [--iters N] [--lips-iters N] [--out DIR] [--video MP4]
+          [--clips TXT] [--train-sentences K] [--drive WAV] [--drive-video MP4] [--device cpu|cuda]
           [--threads N] [--max-eval-frames N]
 defaults: --kind $kind --iters $iters --lips-iters $lips_iters --out $out
 EOF
@@ -57,6 +61,7 @@ while [ $# -gt 0 ]; do
     --clips) clips="$2"; shift 2 ;;
     --train-sentences) train_sentences="$2"; shift 2 ;;
     --drive) drive_audio="$2"; shift 2 ;;
+    --drive-video) drive_video="$2"; shift 2 ;;
     --device) device="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --max-eval-frames) max_eval_frames="$2"; shift 2 ;;
@@ -65,10 +70,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$kind" in
-  mel) kinds=(mel) ;; ow) kinds=(ow) ;; both) kinds=(mel ow) ;;
-  *) echo "lipsync_bench: --kind must be mel, ow or both (got $kind)" >&2; exit 2 ;;
+  mel|ow|mel+ow) kinds=("$kind") ;; all) kinds=(mel+ow mel ow) ;;
+  *) echo "lipsync_bench: --kind must be mel+ow, mel, ow or all (got $kind)" >&2; exit 2 ;;
 esac
-for f in "$video" "$clips" "$drive_audio"; do
+for f in "$video" "$clips" "$drive_audio" "$drive_video"; do
   [ -f "$f" ] || { echo "lipsync_bench: $f not found (set NERFHEAD_SHARED or pass the path)" >&2; exit 2; }
 done
 export NERFHEAD_WEIGHTS="${NERFHEAD_WEIGHTS:-$shared/weights}"
@@ -102,16 +107,20 @@ maxf=()
 [ -n "$max_eval_frames" ] && maxf=(--max-frames "$max_eval_frames")
 runs=()
 for k in "${kinds[@]}"; do
-  if [ ! -f "$out/data_train/aud_$k.npy" ]; then
-    echo "== skipping $k: $out/data_train/aud_$k.npy missing (feature not installed?)" >&2
+  missing=""
+  for part in ${k/+/ }; do  # mel+ow reads aud_mel.npy and aud_ow.npy
+    [ -f "$out/data_train/aud_$part.npy" ] || missing="$missing aud_$part.npy"
+  done
+  if [ -n "$missing" ]; then
+    echo "== skipping $k:$missing missing in $out/data_train (feature not installed?)" >&2
     continue
   fi
-  head="$out/runs/${k}_head"
+  head="$out/runs/${k/+/_}_head"
   $nerfhead train "$out/data_train" --config tiny --out "$head" --iters "$iters" \
     --device "$device" --threads "$threads" --set data.audio="$k" --no-progress
   runs+=("$head")
   if [ "$lips_iters" -gt 0 ]; then
-    lips="$out/runs/${k}_lips"
+    lips="$out/runs/${k/+/_}_lips"
     $nerfhead train "$out/data_train" --config lips --init "$head" --out "$lips" \
       --iters "$lips_iters" --device "$device" --threads "$threads" --set data.audio="$k" \
       --set data.image_size=128 --set data.patch_size=16 --set data.num_rays=512 \
@@ -125,23 +134,30 @@ for r in "${runs[@]}"; do
   ev="$out/eval/$name"
   [ -f "$ev/metrics.json" ] || $nerfhead evaluate "$r" --audio-from "$out/data_heldout" \
     --out "$ev" --device "$device" --threads "$threads" "${maxf[@]}"
-  dr="$out/eval/${name}_drive_$(basename "${drive_audio%.*}")"
-  [ -f "$dr/metrics.json" ] || $nerfhead evaluate "$r" --drive "$drive_audio" \
-    --out "$dr" --device "$device" --threads "$threads" "${maxf[@]}"
+  for d in "$drive_audio" "$drive_video"; do
+    dr="$out/eval/${name}_drive_$(basename "${d%.*}")"
+    [ -f "$dr/metrics.json" ] || $nerfhead evaluate "$r" --drive "$d" \
+      --out "$dr" --device "$device" --threads "$threads" "${maxf[@]}"
+  done
 done
 
-python3 - "$out" "${runs[@]}" <<'EOF'
+python3 - "$out" "$(basename "${drive_audio%.*}")" "$(basename "${drive_video%.*}")" "${runs[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
-out, runs = Path(sys.argv[1]), sys.argv[2:]
+out, audio_name, video_name, runs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"
 rows = ["| run | opening r (≥0.8) | amplitude ratio (0.8-1.2) | proxy @0 render / GT | "
-        "LMD speech / silence | PSNR / mouth PSNR | PSNR as delivered | driven: proxy @0, amplitude |",
-        "|---|---|---|---|---|---|---|---|"]
+        "LMD speech / silence | PSNR / mouth PSNR | PSNR as delivered | "
+        f"driven by {audio_name}: proxy @0, amplitude | driven by {video_name}: opening r with "
+        "its speaker, proxy @0 render / footage |",
+        "|---|---|---|---|---|---|---|---|---|"]
+read = lambda p: json.loads(p.read_text()) if p.is_file() else {}
 for r in runs:
     name = Path(r).name
     m = json.loads((out / "eval" / name / "metrics.json").read_text())
-    d = next((json.loads(p.read_text()) for p in (out / "eval").glob(f"{name}_drive_*/metrics.json")), {})
+    d = read(out / "eval" / f"{name}_drive_{audio_name}" / "metrics.json")
+    v = read(out / "eval" / f"{name}_drive_{video_name}" / "metrics.json")
+    ft = v.get("footage") or {}
     mo, px, full = m.get("mouth_opening", {}), m.get("lipsync_proxy", {}), m["modes"]["full"]
     pr, pg = px.get("render", {}), px.get("gt", {})
     zr, zg = pr.get("zero_offset_correlation"), pg.get("zero_offset_correlation")
@@ -152,9 +168,11 @@ for r in runs:
         f"{f(zr)} / {f(zg)}{share} | {f(full.get('lmd_speech', {}).get('mean'), 2)} / "
         f"{f(full.get('lmd_silence', {}).get('mean'), 2)} | {f(full['psnr'].get('mean'), 2)} / "
         f"{f(full['mouth_psnr'].get('mean'), 2)} | {f(m.get('delivered', {}).get('psnr', {}).get('mean'), 2)} | "
-        f"{f(dz)}, {f(d.get('amplitude_vs_speaker'), 2)} |")
+        f"{f(dz)}, {f(d.get('amplitude_vs_speaker'), 2)} | {f(ft.get('opening_correlation'))}, "
+        f"{f(v.get('lipsync_proxy', {}).get('zero_offset_correlation'))} / "
+        f"{f((ft.get('footage_proxy') or {}).get('zero_offset_correlation'))} |")
 text = "# Lip-sync benchmark\n\n" + "\n".join(rows) + "\n\nPer run: eval/<run>/report.md (held-out " \
-       "sentences), eval/<run>_drive_*/report.md (another speaker).\n"
+       "sentences), eval/<run>_drive_*/report.md (other speakers).\n"
 (out / "summary.md").write_text(text)
 print(text)
 EOF

@@ -143,3 +143,28 @@ def test_audio_ids_out_of_range_are_rejected(ours, tmp_path):
     np.save(d / "aud_mel.npy", np.zeros((10, 16, 80), np.float32))
     with pytest.raises(DatasetError, match="aud_id"):
         TalkingHeadDataset(d)
+
+
+def test_auto_audio_prefers_mel_and_ow_side_by_side(tmp_path):
+    """data.audio = auto reads aud_mel.npy and aud_ow.npy concatenated along the channels when
+    both exist (the best kind on held-out speech), else mel; a part of the wrong length is
+    refused with both files named."""
+    from nerfhead.data.dataset import load_audio_features
+
+    root = make_dataset(tmp_path / "d", num_frames=23, size=24)
+    mel = np.load(root / "aud_mel.npy")
+    assert load_audio_features(root, "auto")[1] == "mel"
+    ow = np.random.default_rng(0).normal(size=(len(mel), 16, 96)).astype(np.float32)
+    np.save(root / "aud_ow.npy", ow)
+    feats, kind = load_audio_features(root, "auto")
+    assert kind == "mel+ow" and feats.shape == (len(mel), 16, 176)
+    assert np.array_equal(feats[..., :80], mel) and np.array_equal(feats[..., 80:], ow)
+    assert load_audio_features(root, "mel")[1] == "mel"
+    ds = TalkingHeadDataset(root, DataConfig(image_size=24))
+    assert ds.audio_kind == "mel+ow" and ds.audio.shape[2] == 176
+    np.save(root / "aud_ow.npy", ow[:-1])
+    with pytest.raises(DatasetError, match="aud_mel.npy.*aud_ow.npy"):
+        load_audio_features(root, "mel+ow")
+    (root / "aud_mel.npy").unlink()
+    with pytest.raises(DatasetError, match="no audio features.*aud_mel.npy"):
+        load_audio_features(root, "mel+ow")

@@ -92,3 +92,26 @@ def test_streamed_ow_close_to_offline(speech):
     w = np.stack([g.windows[0] for g in got])
     assert np.abs(w - off).mean() < 0.05 * off.std()
     assert np.corrcoef(w.ravel(), off.ravel())[0, 1] > 0.995
+
+
+@pytest.mark.skipif(not F.ow_available(), reason="openwakeword/onnxruntime not installed")
+def test_streamed_mel_ow_is_its_parts_side_by_side(speech):
+    """The combined kind streams as its parts do, concatenated along the channels as offline
+    (mel channels first, to the mel tolerance; the ow ones as close as the ow stream), with the
+    slower part's latency and the model's smoother context."""
+    from nerfhead.audio.stream import streaming_features
+
+    off = F.extract(speech, kind="mel+ow")
+    assert off.shape[2] == 80 + F.OW_DIM
+    s = streaming_features("mel+ow", smoother_window=4)
+    got = []
+    for a in range(0, len(speech), 320):
+        got += s.push(speech[a:a + 320])
+    got += s.finish()
+    assert [g.index for g in got] == list(range(len(off))) and s.next_frame == len(off)
+    w = np.stack([g.windows[g.centre] for g in got])
+    assert np.abs(w[..., :80] - off[..., :80]).max() < MEL_TOL
+    assert np.corrcoef(w[..., 80:].ravel(), off[..., 80:].ravel())[0, 1] > 0.995
+    assert all(g.windows.shape == (4, 16, 176) for g in got)
+    assert s.lookahead_seconds == max(StreamingFeatures(k, smoother_window=4).lookahead_seconds
+                                      for k in ("mel", "ow"))

@@ -205,3 +205,27 @@ def test_init_from_a_run_trained_on_other_audio_features_is_refused(head_run, tm
     st = make_dataset(tmp_path / "st", num_frames=23, size=32, layout="synctalk")
     with pytest.raises(ConfigError, match="mel audio features.*precomputed"):
         Trainer(st, configs(stage="lips"), tmp_path / "run", init=run)
+
+
+def test_auto_audio_keeps_the_kind_of_the_run_it_resumes_or_starts_from(tmp_path, monkeypatch):
+    """data.audio = auto picks mel+ow where a dataset has both files, but a run trained when
+    auto picked mel keeps mel: resumed (twice: the saved settings then name mel), and as the
+    --init of the next stage; a new run takes mel+ow."""
+    from nerfhead.data import dataset
+
+    data = make_dataset(tmp_path / "d", num_frames=23, size=32)
+    n = len(np.load(data / "aud_mel.npy"))
+    np.save(data / "aud_ow.npy", np.random.default_rng(0).normal(size=(n, 16, 96)).astype(np.float32))
+    with monkeypatch.context() as m:  # auto before mel+ow existed
+        m.setattr(dataset, "AUTO_AUDIO_ORDER", ("mel", "ow", "precomputed"))
+        first = Trainer(data, configs(iters=2, checkpoint_every=2), tmp_path / "run")
+        assert first.train_set.audio_kind == "mel"
+        first.fit(progress=False)
+    for iters in (4, 6):
+        tr = Trainer(data, configs(iters=iters, checkpoint_every=2), tmp_path / "run")
+        assert tr.step == iters - 2 and tr.train_set.audio_kind == "mel"
+        tr.fit(progress=False)
+    lips = Trainer(data, configs(stage="lips", iters=1), tmp_path / "lips", init=tmp_path / "run")
+    assert lips.train_set.audio_kind == "mel"
+    new = Trainer(data, configs(iters=1), tmp_path / "new")
+    assert new.train_set.audio_kind == "mel+ow" and new.model.audio_encoder.in_channels == 176

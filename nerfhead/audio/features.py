@@ -1,6 +1,6 @@
 """Audio features per video frame, shaped [N, T, C] (dataset contract, COMMON.md).
 
-Two kinds:
+Two kinds, and their combination:
 
 * ``mel``: 80-band log-mel spectrogram at 100 frames/s (n_fft 800, hop 160, window 800 at
   16 kHz, 55-7600 Hz, Slaney mel scale: the Wav2Lip/SyncTalk front end), scaled to [-4, 4];
@@ -9,6 +9,11 @@ Two kinds:
   run with onnxruntime from the ONNX files that the ``openwakeword`` package ships (no
   download). Embeddings are linearly resampled to 50/s (two per video frame, the rate of the
   DeepSpeech/wav2vec features of ER-NeRF) and windowed 16 per frame -> [N, 16, 96].
+* ``mel+ow``: both, each windowed on its own clock, concatenated per window row ->
+  [N, 16, 176] (the encoder standardises every channel with the training clip's statistics,
+  so the two scales need no matching). The best of the three on held-out GRID speech
+  (docs/benchmarks.md, "Lip sync on held-out speech"): the spectrum gives the timing, the
+  embedding the articulation.
 
 Video frame ``i`` is taken to be at time ``i / fps`` seconds; feature frame ``j`` of a stream
 at ``rate`` frames/s is at ``j / rate``. The window for frame ``i`` covers feature frames
@@ -229,6 +234,11 @@ def _ow_stream(samples: np.ndarray, sr: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- extract
+#: kinds made of others, concatenated along the channels in this order
+COMBINED = {"mel+ow": ("mel", "ow")}
+KINDS = ("mel", "ow", *COMBINED)
+
+
 def extract(path_or_samples, kind: str = "mel", num_frames: int | None = None,
             fps: float = 25.0, window: int = 16, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Audio features for ``num_frames`` video frames: float32 [N, window, C].
@@ -242,10 +252,13 @@ def extract(path_or_samples, kind: str = "mel", num_frames: int | None = None,
         samples = np.asarray(path_or_samples, dtype=np.float32)
     if num_frames is None:
         num_frames = default_num_frames(len(samples), sr, fps)
+    if kind in COMBINED:
+        return np.concatenate([extract(samples, k, num_frames, fps, window, sr)
+                               for k in COMBINED[kind]], axis=2)
     if kind == "mel":
         feat, rate = log_mel(samples, sr), sr / 160.0
     elif kind == "ow":
         feat, rate = _ow_stream(samples, sr), OW_RATE
     else:
-        raise ValueError(f"unknown audio feature kind {kind!r}; use 'mel' or 'ow'")
+        raise ValueError(f"unknown audio feature kind {kind!r}; use one of {', '.join(KINDS)}")
     return frame_windows(feat, num_frames, fps, window, rate).astype(np.float32)

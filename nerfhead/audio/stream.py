@@ -367,3 +367,51 @@ class StreamingFeatures:
         n = F.default_num_frames(self.front.total, F.SAMPLE_RATE, self.fps)
         self._windows(self.rows_total, n)
         return self._frames(final=True)
+
+
+class CombinedStreamingFeatures:
+    """The streaming windows of a combined kind (``mel+ow``): one ``StreamingFeatures`` per
+    part, each on its own clock, and each frame's windows concatenated along the channels as
+    ``features.extract`` concatenates them. A frame is handed out when every part has it, so
+    the latency is the slowest part's."""
+
+    def __init__(self, kinds, fps: float = 25.0, window: int = 16, smoother_window: int = 1):
+        self.parts = [StreamingFeatures(k, fps, window, smoother_window) for k in kinds]
+        self.ready: list[list[FrameAudio]] = [[] for _ in self.parts]
+        self.next_frame = 0  #: next FrameAudio to hand out
+
+    @property
+    def lookahead_seconds(self) -> float:
+        return max(p.lookahead_seconds for p in self.parts)
+
+    @property
+    def samples_in(self) -> int:
+        return self.parts[0].samples_in
+
+    def _joined(self) -> list[FrameAudio]:
+        n = min(len(r) for r in self.ready)
+        out = [FrameAudio(self.ready[0][i].index,
+                          np.concatenate([r[i].windows for r in self.ready], axis=2),
+                          self.ready[0][i].centre) for i in range(n)]
+        for r in self.ready:
+            del r[:n]
+        self.next_frame += n
+        return out
+
+    def push(self, samples: np.ndarray) -> list[FrameAudio]:
+        for part, ready in zip(self.parts, self.ready):
+            ready.extend(part.push(samples))
+        return self._joined()
+
+    def finish(self) -> list[FrameAudio]:
+        for part, ready in zip(self.parts, self.ready):
+            ready.extend(part.finish())
+        return self._joined()
+
+
+def streaming_features(kind: str, fps: float = 25.0, window: int = 16, smoother_window: int = 1):
+    """``StreamingFeatures`` for a run's ``audio_kind``, or the combined stream of a combined
+    kind; ValueError for a kind that cannot be computed from live audio."""
+    if kind in F.COMBINED:
+        return CombinedStreamingFeatures(F.COMBINED[kind], fps, window, smoother_window)
+    return StreamingFeatures(kind, fps, window, smoother_window)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nerfhead.audio.features import COMBINED
 from nerfhead.data.cache import LRUCache
 from nerfhead.models.rays import Camera, nerf_matrix_to_ngp
 
@@ -40,6 +41,10 @@ MEDIAPIPE_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 2
                   310, 311, 312, 13, 82, 81, 80, 191)
 IBUG_MOUTH = tuple(range(48, 68))
 AUDIO_FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy", "precomputed": "aud.npy"}
+#: kinds read as several files concatenated along the channels
+COMBINED_AUDIO = COMBINED
+#: what data.audio = auto picks: the first whose files all exist
+AUTO_AUDIO_ORDER = ("mel+ow", "mel", "ow", "precomputed")
 
 
 class DatasetError(RuntimeError):
@@ -52,8 +57,10 @@ class DataConfig:
 
     image_size: int = 0
     """Resize frames so the longer side has this many pixels (0: native resolution)."""
-    audio: Literal["auto", "mel", "ow", "precomputed"] = "auto"
-    """Audio feature: auto = aud_mel.npy, else aud_ow.npy, else SyncTalk's aud.npy."""
+    audio: Literal["auto", "mel+ow", "mel", "ow", "precomputed"] = "auto"
+    """Audio feature: auto = mel+ow (aud_mel.npy and aud_ow.npy side by side, the best on
+    held-out speech) where both exist, else aud_mel.npy, else aud_ow.npy, else SyncTalk's
+    aud.npy. A run resumed, or a stage started with --init, keeps its checkpoint's kind."""
     cache_size: int = 256
     """Decoded frames kept in memory (LRU; each is H*W*3 bytes per image kind)."""
     num_rays: int = 4096
@@ -146,23 +153,41 @@ def read_transforms(path) -> tuple[np.ndarray, Camera, np.ndarray, np.ndarray]:
     return c2w, Camera(focal=focal, cx=cx, cy=cy, height=h, width=w), img_ids, aud_ids
 
 
+def _load_audio_file(p: Path) -> np.ndarray:
+    try:
+        arr = np.load(p, mmap_mode="r")
+    except ValueError as e:
+        raise DatasetError(f"dataset: cannot read audio features {p}: {e}") from e
+    if arr.ndim == 2:
+        arr = arr[:, None, :]
+    if arr.ndim != 3 or arr.shape[0] == 0:
+        raise DatasetError(f"dataset: {p} must be [N, T, C] or [N, C], got {arr.shape}")
+    return arr
+
+
+def audio_files(kind: str) -> list[str]:
+    """The feature files a kind reads (one, or one per part of a combined kind)."""
+    return [AUDIO_FILES[k] for k in COMBINED_AUDIO.get(kind, (kind,))]
+
+
 def load_audio_features(root: Path, kind: str = "auto") -> tuple[np.ndarray, str]:
-    """Memory-mapped audio features [N, T, C] (a [N, C] file becomes [N, 1, C]) and their kind."""
-    order = ["mel", "ow", "precomputed"] if kind == "auto" else [kind]
+    """Audio features [N, T, C] (memory-mapped; a [N, C] file becomes [N, 1, C]; a combined
+    kind is its parts concatenated along C, in memory) and their kind."""
+    order = AUTO_AUDIO_ORDER if kind == "auto" else [kind]
     for k in order:
-        p = root / AUDIO_FILES[k]
-        if p.exists():
-            try:
-                arr = np.load(p, mmap_mode="r")
-            except ValueError as e:
-                raise DatasetError(f"dataset: cannot read audio features {p}: {e}") from e
-            if arr.ndim == 2:
-                arr = arr[:, None, :]
-            if arr.ndim != 3 or arr.shape[0] == 0:
-                raise DatasetError(f"dataset: {p} must be [N, T, C] or [N, C], got {arr.shape}")
-            return arr, k
-    raise DatasetError(f"dataset: no audio features in {root} (looked for "
-                       f"{[AUDIO_FILES[k] for k in order]})")
+        paths = [root / f for f in audio_files(k)]
+        if not all(p.exists() for p in paths):
+            continue
+        parts = [_load_audio_file(p) for p in paths]
+        if len(parts) == 1:
+            return parts[0], k
+        if len({(a.shape[0], a.shape[1]) for a in parts}) != 1:
+            raise DatasetError(f"dataset: {k} needs {', '.join(map(str, paths))} with the same "
+                               f"frames and window, got {[a.shape for a in parts]} (rerun "
+                               "preprocess's audio step)")
+        return np.concatenate([np.asarray(a, np.float32) for a in parts], axis=2), k
+    looked = sorted({f for k in order for f in audio_files(k)})
+    raise DatasetError(f"dataset: no audio features in {root} for {kind} (looked for {looked})")
 
 
 def _read_rgb(path: Path, size: tuple[int, int], flags=cv2.IMREAD_COLOR) -> np.ndarray:

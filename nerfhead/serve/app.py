@@ -79,7 +79,7 @@ class Server:
     def __init__(self, renderer, cfg: ServeConfig, motion_model=None, clock=None):
         import time
 
-        from nerfhead.audio.stream import StreamingFeatures
+        from nerfhead.audio.stream import streaming_features
 
         self.renderer, self.cfg, self.motion_model = renderer, cfg, motion_model
         self.clock = clock or time.monotonic
@@ -93,7 +93,7 @@ class Server:
         # warm-up: one frame of silence at the start of the motion, timed (three times: the
         # first calls pay one-off costs), which is also the picture before a session's first
         # frame; sessions then refine the estimate with every frame they render
-        feats = StreamingFeatures(renderer.audio_kind, FPS, smoother_window=renderer.audio_window)
+        feats = streaming_features(renderer.audio_kind, FPS, smoother_window=renderer.audio_window)
         fa = (feats.push(np.zeros(SAMPLE_RATE, np.float32)) or feats.finish())[0]
         motion = self._motion(0)
         c2w, expr = motion.frame(0, np.zeros(640, np.float32))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nerfhead.audio.features import SAMPLE_RATE
-from nerfhead.audio.stream import FrameAudio, StreamingFeatures
+from nerfhead.audio.stream import FrameAudio, streaming_features
 from nerfhead.serve.schedule import FrameScheduler
 
 FPS = 25.0
@@ -107,8 +107,8 @@ class LiveSession:
         self.limits = limits or SessionLimits()
         self.clock = clock
         self.t0 = clock()
-        self.features = StreamingFeatures(renderer.audio_kind, FPS,
-                                          smoother_window=renderer.audio_window)
+        self.features = streaming_features(renderer.audio_kind, FPS,
+                                           smoother_window=renderer.audio_window)
         self.lookahead = self.features.lookahead_seconds
         lim = self.limits
         self.delay = lim.jitter + self.lookahead + expected_render + lim.margin

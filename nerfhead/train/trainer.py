@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ import torch
 import yaml
 
 from nerfhead.config import ConfigError, to_dict
-from nerfhead.data.dataset import (RayBatch, TalkingHeadDataset, check_dataset_dir,
+from nerfhead.data.dataset import (RayBatch, TalkingHeadDataset, audio_files, check_dataset_dir,
                                    dataset_fingerprint)
 from nerfhead.fileio import atomic_path, clean_stale_temps, move_aside, write_image
 from nerfhead.models.rays import pixel_rays
@@ -98,6 +99,9 @@ class Trainer:
         if init_ckpt is not None:
             configs = dict(configs, model=configs_from_checkpoint(init_ckpt)["model"])
         if resume_ckpt is not None:
+            if configs["data"].audio == "auto":  # auto resumes whatever kind the run has
+                had = configs_from_checkpoint(resume_ckpt)["data"].audio
+                configs = dict(configs, data=replace(configs["data"], audio=had))
             self._check_resumable(resume_ckpt, configs)
             wanted = configs
             configs = configs_from_checkpoint(resume_ckpt)
@@ -113,6 +117,13 @@ class Trainer:
                 log.warning("--init %s was trained on another dataset (%s), not %s: this stage "
                             "starts from a model of other frames", init_ckpt["path"],
                             init_ckpt["dataset"].get("path"), self.data_dir)
+        pinned = resume_ckpt or init_ckpt
+        if pinned is not None and configs["data"].audio == "auto":
+            # auto's choice may have changed since (mel -> mel+ow): the weights fix the kind,
+            # where this dataset has it (else auto's pick meets the mismatch error below)
+            kind = pinned["meta"]["audio_kind"]
+            if all((self.data_dir / f).is_file() for f in audio_files(kind)):
+                configs = dict(configs, data=replace(configs["data"], audio=kind))
         self.configs = configs
         self.mcfg, self.dcfg, self.tcfg = configs["model"], configs["data"], configs["train"]
         self.stage = self.tcfg.stage
