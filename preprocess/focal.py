@@ -22,7 +22,10 @@ Poses follow ``preprocess.transforms.CAMERA_CONVENTION`` (OpenGL camera, metres)
 
 from __future__ import annotations
 
+import json
+
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +48,12 @@ class FaceFitConfig:
     #: the focal in pixels of the crop, given by the user (e.g. ``--set face_fit.focal=1200``):
     #: no search; None = estimate it (see ``preprocess.rigid_focal``)
     focal: float | None = None
+    #: another dataset folder of the same person filmed by the same camera (e.g. the training
+    #: clip, when this clip is held out for evaluation or gives poses to its model): its face
+    #: shape (identity) and focal are used instead of fitted, the focal rescaled by the two
+    #: clips' crop sizes, so both clips' head poses share one scale and `--audio-from` /
+    #: `--pose-from` render this clip's frames where its head is. None: fit them here
+    reference: str | None = None
     focal_min: float = 300.0  #: shortest focal tried, pixels at a 512-px crop (scaled with W)
     focal_max: float = 8000.0  #: longest focal tried (same units); ~ a flat, orthographic look
     focal_grid_points: int = 13  #: log-spaced focals over [focal_min, focal_max]
@@ -594,16 +603,27 @@ def _run_fit(ctx: StepContext) -> dict:
     height, width = image_size(ctx, "face_fit")
     shots = read_shots(ctx)
     t0 = time.time()
+    shot_frames = [s["frames"] for s in shots] if shots else None
     with step_progress("face_fit", len(lms)) as bar:
-        try:
-            choice = choose_focal(lms478, height, width, cfg, getattr(ctx.cfg, "weights_dir", None))
-        except ValueError as e:
-            raise StepError("face_fit", str(e)) from e
-        t_focal = time.time() - t0
-        if choice["source"] == "default":
-            ctx.log.warning("face_fit: %s", choice["reason"])
-        res = fit_face(model, lms, height, width, cfg, choice["focal"], pick_device(cfg.device),
-                       shots=[s["frames"] for s in shots] if shots else None, progress=bar)
+        if cfg.reference:
+            choice, identity = reference_fit(ctx, cfg.reference, width)
+            ctx.log.info("face_fit: %s", choice["reason"])
+            t_focal = time.time() - t0
+            res = fit_frames(model, lms, identity, choice["focal"], height, width, cfg, shot_frames,
+                             progress=bar)
+            res.update({"focal": choice["focal"], "id": identity,
+                        "identity_frames": torch.zeros(0, dtype=torch.long)})
+        else:
+            try:
+                choice = choose_focal(lms478, height, width, cfg,
+                                      getattr(ctx.cfg, "weights_dir", None))
+            except ValueError as e:
+                raise StepError("face_fit", str(e)) from e
+            t_focal = time.time() - t0
+            if choice["source"] == "default":
+                ctx.log.warning("face_fit: %s", choice["reason"])
+            res = fit_face(model, lms, height, width, cfg, choice["focal"], pick_device(cfg.device),
+                           shots=shot_frames, progress=bar)
     prof = choice["profile"]
     focal_info = {"focal_source": choice["source"], "focal_reason": choice["reason"],
                   "focal_default": choice["default_focal"]}
@@ -632,6 +652,33 @@ def _run_fit(ctx: StepContext) -> dict:
     return {"focal": res["focal"], **focal_info, "reproj_err_px_mean": float(err.mean()),
             "reproj_err_px_max": float(err.max()), "focal_seconds": round(t_focal, 2),
             "shots": len(shots) if shots else 1, "seconds": round(time.time() - t0, 2)}
+
+
+def _crop_side(data_dir: Path) -> float:
+    """The source pixels one side of a dataset's crop covers (manifest, decode step)."""
+    m = json.loads((Path(data_dir) / "manifest.json").read_text())
+    return float(m["steps"]["decode"]["stats"]["crop_box"][2])
+
+
+def reference_fit(ctx: StepContext, reference: str, width: int) -> tuple[dict, torch.Tensor]:
+    """(focal choice, identity [63]) taken from another dataset of the same person and camera
+    (``face_fit.reference``): its identity as is, its focal times its crop side over this
+    clip's (a focal in crop pixels scales with the crop), and over the widths if they differ."""
+    ref = Path(reference).expanduser()
+    path = ref / "track_params.pt"
+    try:
+        tp = torch.load(path, weights_only=True)
+        ref_side, side = _crop_side(ref), _crop_side(ctx.data_dir)
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise StepError("face_fit", f"face_fit.reference {ref}: cannot read its face fit and crop "
+                                    f"({e}); give a dataset folder preprocessed from the same "
+                                    "camera (its face_fit step done)", path) from e
+    focal = float(tp["focal"]) * ref_side / side * width / float(tp["w"])
+    reason = (f"face shape and focal from {ref}: {float(tp['focal']):.0f} px at its "
+              f"{ref_side:.0f}-px crop = {focal:.0f} px at this clip's {side:.0f}-px crop")
+    choice = {"focal": focal, "source": "reference", "profile": None, "reason": reason,
+              "default_focal": focal}
+    return choice, tp["id"].float()
 
 
 def _check(ctx: StepContext) -> None:

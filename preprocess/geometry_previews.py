@@ -74,6 +74,7 @@ def face_fit_preview(data_dir, lms: np.ndarray, proj: np.ndarray, err: np.ndarra
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(focal, color="red", lw=2, label=f"used {focal:.0f} ({choice['source']})")
     verdict = {"user": "given by the user", "estimated": "estimated",
+               "reference": "from face_fit.reference",
                "default": "UNDETERMINED: default"}[choice["source"]]
     ax.set_title(f"focal {focal:.0f} px, {verdict}", fontsize=10)
     ax.set_xlabel("focal (px)")

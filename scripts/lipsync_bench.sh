@@ -95,13 +95,15 @@ EOF
 )"
 echo "== $video: $total sentences in ${duration}s; train on the first ${split}s, hold out the rest"
 
-prep() {  # prep DIR START LENGTH
+prep() {  # prep DIR START LENGTH [--set ...]
   local args=(preprocess "$video" --out "$1" --start-seconds "$2" --max-seconds "$3"
-              --set landmarks.max_gap=16)  # frames 3375-3386 of the GRID clip are corrupt
+              --set landmarks.max_gap=16 "${@:4}")  # frames 3375-3386 of the GRID clip are corrupt
   $nerfhead "${args[@]}"
 }
 prep "$out/data_train" 0 "$split"
-prep "$out/data_heldout" "$split" "$(python3 -c "print($duration - $split)")"
+# the held-out clip takes the training clip's face shape and focal: one head scale for both
+prep "$out/data_heldout" "$split" "$(python3 -c "print($duration - $split)")" \
+  --set face_fit.reference="$out/data_train"
 
 maxf=()
 [ -n "$max_eval_frames" ] && maxf=(--max-frames "$max_eval_frames")

@@ -103,3 +103,37 @@ def test_focal_matrix(canonical, focal, yaw):
         assert abs(prof.best - focal) / focal < RECOVERY_TOL, (prof.best, prof.reason)
     if yaw == 20 and focal <= 1200:
         assert prof.determined, prof.reason
+
+
+def test_reference_gives_the_face_shape_and_the_focal_rescaled_by_the_crops(tmp_path):
+    """face_fit.reference: another clip's identity as is and its focal times its crop side over
+    this clip's (a focal in crop pixels scales with the crop): the two clips' head poses then
+    share one scale (on the GRID clip split 240 s / 60 s, the held-out frames rendered by the
+    training clip's model went from 22.4 to 30.5 dB, docs/benchmarks.md). A folder without a
+    face fit is refused with the step, the file and the way forward."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from preprocess.focal import reference_fit
+    from preprocess.steps import StepError
+
+    def dataset(d, side):
+        d.mkdir()
+        manifest = {"steps": {"decode": {"stats": {"crop_box": [20, 22, side]}}}}
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        return d
+
+    ref = dataset(tmp_path / "train", 266)
+    identity = torch.linspace(-1, 1, 63)
+    torch.save({"focal": 1404.0, "id": identity, "w": 512, "h": 512}, ref / "track_params.pt")
+    this = SimpleNamespace(data_dir=dataset(tmp_path / "heldout", 256))
+    choice, got = reference_fit(this, str(ref), 512)
+    assert choice["focal"] == pytest.approx(1404.0 * 266 / 256)
+    assert choice["source"] == "reference" and "266-px crop" in choice["reason"]
+    assert torch.equal(got, identity)
+    # written at another width (e.g. crop_size 256): the focal follows the pixels
+    assert reference_fit(this, str(ref), 256)[0]["focal"] == pytest.approx(1404.0 * 266 / 256 / 2)
+    with pytest.raises(StepError, match="face_fit.*track_params.pt.*same camera"):
+        reference_fit(this, str(dataset(tmp_path / "empty", 256)), 512)
