@@ -383,11 +383,12 @@ at::Tensor composite_rays(const at::Tensor& alive, const at::Tensor& T, const at
 }
 
 namespace {
-// Checks shared by the fixed-shape march passes; returns R.
-int64_t check_compact_state(const char* op, const at::Device& dev, const at::Tensor& alive,
-                            const at::Tensor& rays_t, const at::Tensor& counts, const at::Tensor& rays_o,
-                            const at::Tensor& rays_d, const at::Tensor& fars, const at::Tensor& bitfield,
-                            const MarchParams& p, int64_t k) {
+// Checks shared by the fixed-shape march passes (count and fill), and the body with the
+// fields they share; R (rays, from alive) in *R_out.
+MarchCompact compact_march(const char* op, const at::Device& dev, const at::Tensor& alive,
+                           const at::Tensor& rays_t, const at::Tensor& counts, const at::Tensor& rays_o,
+                           const at::Tensor& rays_d, const at::Tensor& fars, const at::Tensor& bitfield,
+                           const MarchParams& p, int64_t k, int64_t max_steps, int64_t* R_out) {
     NERFHEAD_CHECK(k >= 1 && k <= INT_MAX, "nerfhead::", op, ": k (samples per ray and step) must be >= 1, got ", k);
     check_tensor(op, "alive", alive, kBool, {-1}, dev);
     const int64_t R = alive.size(0);
@@ -397,7 +398,19 @@ int64_t check_compact_state(const char* op, const at::Device& dev, const at::Ten
     check_tensor(op, "rays_d", rays_d, kFloat, {R, 3}, dev, "R from alive");
     check_tensor(op, "fars", fars, kFloat, {R}, dev, "R from alive");
     check_bitfield(op, bitfield, p, dev);
-    return R;
+    *R_out = R;
+    MarchCompact body{};
+    body.k = static_cast<int>(k);
+    body.alive = in<bool>(alive);
+    body.rays_t = mut<float>(rays_t);
+    body.counts = mut<int>(counts);
+    body.o = in<float>(rays_o);
+    body.d = in<float>(rays_d);
+    body.fars = in<float>(fars);
+    body.bits = in<uint8_t>(bitfield);
+    body.p = p;
+    body.max_steps = static_cast<int>(max_steps);
+    return body;
 }
 
 // CPU only: every alive ray whose range ends within `capacity` has a range
@@ -425,19 +438,10 @@ void march_compact_count(const at::Tensor& alive, const at::Tensor& rays_t, cons
     const at::Device dev = first_device(op, "alive", alive);
     const MarchParams p =
         make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
-    const int64_t R = check_compact_state(op, dev, alive, rays_t, counts, rays_o, rays_d, fars, bitfield, p, k);
+    int64_t R = 0;
+    MarchCompact body =
+        compact_march(op, dev, alive, rays_t, counts, rays_o, rays_d, fars, bitfield, p, k, max_steps, &R);
     check_tensor(op, "n_out", n_out, kInt, {R}, dev, "R from alive");
-    MarchCompact body{};
-    body.k = static_cast<int>(k);
-    body.alive = in<bool>(alive);
-    body.rays_t = mut<float>(rays_t);
-    body.counts = mut<int>(counts);
-    body.o = in<float>(rays_o);
-    body.d = in<float>(rays_d);
-    body.fars = in<float>(fars);
-    body.bits = in<uint8_t>(bitfield);
-    body.p = p;
-    body.max_steps = static_cast<int>(max_steps);
     body.n_out = mut<int>(n_out);
     launch(op, body, R, dev);
 }
@@ -452,7 +456,9 @@ void march_compact_fill(const at::Tensor& alive, const at::Tensor& rays_t, const
     const at::Device dev = first_device(op, "alive", alive);
     const MarchParams p =
         make_params(op, bound, inv_bound, dt_gamma, dt_min, dt_max, dt_to_cells, cascades, resolution, max_steps);
-    const int64_t R = check_compact_state(op, dev, alive, rays_t, counts, rays_o, rays_d, fars, bitfield, p, k);
+    int64_t R = 0;
+    MarchCompact body =
+        compact_march(op, dev, alive, rays_t, counts, rays_o, rays_d, fars, bitfield, p, k, max_steps, &R);
     check_tensor(op, "ends", ends, kLong, {R}, dev, "R from alive");
     check_tensor(op, "n", n, kInt, {R}, dev, "R from alive");
     check_tensor(op, "positions", positions, kFloat, {-1, 3}, dev);
@@ -461,17 +467,6 @@ void march_compact_fill(const at::Tensor& alive, const at::Tensor& rays_t, const
     check_tensor(op, "ts", ts, kFloat, {S}, dev, "capacity from positions");
     check_tensor(op, "ray_ids", ray_ids, kLong, {S}, dev, "capacity from positions");
     if (dev.is_cpu()) check_compact_ranges_cpu(op, alive, ends, n, S, S);
-    MarchCompact body{};
-    body.k = static_cast<int>(k);
-    body.alive = in<bool>(alive);
-    body.rays_t = mut<float>(rays_t);
-    body.counts = mut<int>(counts);
-    body.o = in<float>(rays_o);
-    body.d = in<float>(rays_d);
-    body.fars = in<float>(fars);
-    body.bits = in<uint8_t>(bitfield);
-    body.p = p;
-    body.max_steps = static_cast<int>(max_steps);
     body.ends = in<int64_t>(ends);
     body.n_in = in<int>(n);
     body.capacity = S;

@@ -153,3 +153,13 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     key, raw = text.split("=", 1)
     section, field = key.split(".", 1)
     return section, field, yaml.safe_load(raw)
+
+
+def parse_overrides(texts) -> dict[str, dict[str, Any]]:
+    """Several ``section.field=value`` strings (``--set`` options) -> ``{section: {field: value}}``,
+    a later value for the same field winning."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        section, field, value = parse_override(text)
+        out.setdefault(section, {})[field] = value
+    return out

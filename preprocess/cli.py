@@ -60,17 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nerfhead.config import ConfigError, parse_override
+    from nerfhead.config import ConfigError, parse_overrides
     from preprocess.config import load_preprocess_config
     from preprocess.driver import run_steps, summary
     from nerfhead.fileio import OutputLocationError, disk_full_cause
     from preprocess.steps import StepError
 
-    overrides: dict = {}
     try:
-        for text in args.set:
-            section, name, value = parse_override(text)
-            overrides.setdefault(section, {})[name] = value
+        overrides = parse_overrides(args.set)
         dec = overrides.setdefault("decode", {})
         if args.max_seconds is not None:
             dec["max_seconds"] = args.max_seconds

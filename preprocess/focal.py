@@ -404,7 +404,6 @@ def fit_frames(model: FaceModel, lms: np.ndarray, id_coeff: torch.Tensor, focal:
     (forward-difference Jacobians, all frames batched), then one sparse solve adding the
     temporal smoothness between consecutive frames of each shot (``shots``: [start, end)
     ranges; None = one shot). Returns euler, trans, exp [F, .], reproj_err [F], proj."""
-    from scipy.sparse import bmat, block_diag, csr_matrix  # noqa: F401
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
@@ -695,13 +694,31 @@ def _check(ctx: StepContext) -> None:
         raise StepError("face_fit", f"bad focal {tp['focal']}", path)
 
 
+def _settings(cfg) -> dict:
+    """The step's settings for its fingerprint; with ``reference``, also a stamp of that
+    dataset's face fit and crop, so a redone reference redoes this clip's fit."""
+    import hashlib
+
+    from nerfhead.config import to_dict
+
+    c = section(cfg, "face_fit", FaceFitConfig)
+    out = to_dict(c)
+    if c.reference:
+        ref = Path(c.reference).expanduser()
+        try:
+            stamp = hashlib.sha256((ref / "track_params.pt").read_bytes()).hexdigest()[:16]
+            out["reference_fit"] = {"track_params": stamp, "crop_side": _crop_side(ref)}
+        except (OSError, KeyError, ValueError):
+            out["reference_fit"] = "unreadable"  # the step itself says why
+    return out
+
+
 FACE_FIT_STEP = Step(
     name="face_fit",
     inputs=("ori_imgs", "landmarks.npy", "scenes.json", "manifest.json"),
     outputs=("track_params.pt", "previews/face_fit.png"),
     run=_run,
     check=_check,
-    settings=lambda cfg: __import__("nerfhead.config", fromlist=["to_dict"]).to_dict(
-        section(cfg, "face_fit", FaceFitConfig)),
+    settings=_settings,
     doc="focal length (rigid upper face over diverse poses) + per-frame head pose (Surrey Face Model)",
 )

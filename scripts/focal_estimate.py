@@ -31,15 +31,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import json
 
-    from nerfhead.config import parse_override
+    from nerfhead.config import parse_overrides
     from preprocess.config import load_preprocess_config
     from preprocess.focal import choose_focal
 
-    over: dict = {}
-    for text in args.set:
-        section, name, value = parse_override(text)
-        over.setdefault(section, {})[name] = value
-    cfg = load_preprocess_config(None, over).face_fit
+    cfg = load_preprocess_config(None, parse_overrides(args.set)).face_fit
     for d in map(Path, args.data):
         video = json.loads((d / "manifest.json").read_text())["video"]
         size = int(video["crop_size"])

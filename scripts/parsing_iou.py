@@ -89,14 +89,10 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=os.environ.get("NERFHEAD_WEIGHTS"))
     p.add_argument("--set", action="append", default=[], metavar="parsing.FIELD=VALUE")
     args = p.parse_args(argv)
-    from nerfhead.config import parse_override
+    from nerfhead.config import parse_overrides
     from preprocess.config import load_preprocess_config
 
-    over: dict = {}
-    for text in args.set:
-        section, name, value = parse_override(text)
-        over.setdefault(section, {})[name] = value
-    cfg = load_preprocess_config(None, over).parsing
+    cfg = load_preprocess_config(None, parse_overrides(args.set)).parsing
     res = evaluate(cfg, args.weights)
     print(f"{'frame':<12}" + "".join(f"{c:>12}" for c in CLASSES))
     for name, row in res.items():

@@ -137,3 +137,24 @@ def test_reference_gives_the_face_shape_and_the_focal_rescaled_by_the_crops(tmp_
     assert reference_fit(this, str(ref), 256)[0]["focal"] == pytest.approx(1404.0 * 266 / 256 / 2)
     with pytest.raises(StepError, match="face_fit.*track_params.pt.*same camera"):
         reference_fit(this, str(dataset(tmp_path / "empty", 256)), 512)
+
+
+def test_a_redone_reference_redoes_the_fit(tmp_path):
+    """face_fit's fingerprint follows the reference's face fit, not only its path."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from preprocess.focal import FACE_FIT_STEP
+
+    ref = tmp_path / "train"
+    ref.mkdir()
+    (ref / "manifest.json").write_text(json.dumps({"steps": {"decode": {"stats": {"crop_box": [0, 0, 266]}}}}))
+    cfg = SimpleNamespace(face_fit={"reference": str(ref)})
+    torch.save({"focal": 1404.0, "id": torch.zeros(63), "w": 512}, ref / "track_params.pt")
+    first = FACE_FIT_STEP.settings(cfg)
+    assert first["reference_fit"]["crop_side"] == 266.0
+    torch.save({"focal": 1500.0, "id": torch.zeros(63), "w": 512}, ref / "track_params.pt")
+    assert FACE_FIT_STEP.settings(cfg) != first
+    assert "reference_fit" not in FACE_FIT_STEP.settings(SimpleNamespace(face_fit={}))

@@ -133,7 +133,7 @@ def _resolve(base: Path, value: str) -> Path:
 def _check_configs(spec: SpeakerSpec, where: str) -> None:
     """Load every training stage's config and the preprocess config with the overrides, so a
     misspelt preset or field fails now, not hours later in the training task."""
-    from nerfhead.config import ConfigError, parse_override
+    from nerfhead.config import ConfigError, parse_overrides
     from nerfhead.train.config import load_configs
     from preprocess.config import load_preprocess_config
 
@@ -145,12 +145,8 @@ def _check_configs(spec: SpeakerSpec, where: str) -> None:
             load_configs(stage, over)
         except (ConfigError, FileNotFoundError) as e:
             raise SpeakersFileError(f"{where}: training stage {stage!r}: {e}") from None
-    pre: dict = {}
-    for text in spec.preprocess_overrides:
-        section, name, value = parse_override(text)
-        pre.setdefault(section, {})[name] = value
     try:
-        load_preprocess_config("preprocess", pre)
+        load_preprocess_config("preprocess", parse_overrides(spec.preprocess_overrides))
     except (ConfigError, FileNotFoundError) as e:
         raise SpeakersFileError(f"{where}: preprocess_overrides: {e}") from None
 
