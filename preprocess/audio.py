@@ -11,7 +11,10 @@ speech covers less than ``min_speech_fraction`` of the clip or the track ends mo
 
 ``audio`` writes ``aud_mel.npy`` [N, 16, 80] always and ``aud_ow.npy`` [N, 16, 96] when the
 speech embedding model (onnxruntime + openwakeword's shipped ONNX files) is installed; which
-kinds were written is recorded in the manifest so training can pick one that exists.
+kinds were written is recorded in the manifest so training can pick one that exists. Beside
+each it writes the same features of the clip's speech in other voices (``voice_shifts``,
+semitones; ``nerfhead.audio.voice``), ``aud_<kind>_voices.npy`` [V, N, 16, C] float16, which
+training mixes in (``train.voice_augment``) so that the mouth follows other speakers too.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from preprocess.steps import Step, StepContext, StepError, atomic_path
 STEP = "audio"
 SPEECH_STEP = "speech"
 FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy"}
+VOICE_FILES = {"mel": "aud_mel_voices.npy", "ow": "aud_ow_voices.npy"}
 CHANNELS = {"mel": 80, "ow": 96}
 
 
@@ -36,6 +40,9 @@ class AudioConfig:
     kinds: list[str] = field(default_factory=lambda: ["mel", "ow"])
     require_all: bool = False  #: fail instead of warning when a requested kind is not installed
     window: int = 16  #: feature frames per video frame
+    #: the clip's speech also in these other voices (pitch and formants shifted, semitones;
+    #: nerfhead.audio.voice), for train.voice_augment; [] writes none
+    voice_shifts: list[float] = field(default_factory=lambda: [-4.0, -2.0, 2.0, 4.0])
 
 
 @dataclass
@@ -137,6 +144,11 @@ def run(ctx: StepContext) -> dict:
         samples = load_audio(ctx.path("aud.wav"))
     except AudioError as e:
         raise StepError(STEP, str(e), ctx.path("aud.wav")) from e
+    shifts = _voice_shifts(cfg)
+    voices = [_shifted(ctx, samples, s) for s in shifts]
+    if not voices:  # no voices of an older aud.wav may stay beside the new features
+        for f in VOICE_FILES.values():
+            ctx.path(f).unlink(missing_ok=True)
     written = {}
     for kind in _kinds(cfg):
         feat = extract(samples, kind=kind, num_frames=n, fps=fps, window=cfg.window)
@@ -144,7 +156,33 @@ def run(ctx: StepContext) -> dict:
             np.save(tmp, feat)
         written[kind] = {"file": FILES[kind], "shape": list(feat.shape),
                          "mean": float(feat.mean()), "std": float(feat.std())}
-    return {"kinds": sorted(written), "features": written, "unavailable": missing}
+        if voices:
+            other = np.stack([extract(v, kind=kind, num_frames=n, fps=fps, window=cfg.window)
+                              for v in voices]).astype(np.float16)
+            with atomic_path(ctx.path(VOICE_FILES[kind])) as tmp:
+                np.save(tmp, other)
+            written[kind]["voices"] = {"file": VOICE_FILES[kind], "shape": list(other.shape)}
+    return {"kinds": sorted(written), "features": written, "unavailable": missing,
+            "voice_shifts": shifts, "manifest": {"audio_voices": {"shifts": shifts}}}
+
+
+def _voice_shifts(cfg: AudioConfig) -> list[float]:
+    shifts = [float(s) for s in cfg.voice_shifts]
+    bad = [s for s in shifts if s == 0 or not -12 <= s <= 12]
+    if bad:
+        raise StepError(STEP, f"audio.voice_shifts {bad}: each shift must be a non-zero number "
+                              "of semitones within +-12 (the clip's own voice is always used)")
+    return shifts
+
+
+def _shifted(ctx: StepContext, samples: np.ndarray, semitones: float) -> np.ndarray:
+    from nerfhead.audio.features import AudioError
+    from nerfhead.audio.voice import shift_voice
+
+    try:
+        return shift_voice(samples, semitones)
+    except AudioError as e:
+        raise StepError(STEP, str(e), ctx.path("aud.wav")) from e
 
 
 def check(ctx: StepContext) -> None:
@@ -159,6 +197,17 @@ def check(ctx: StepContext) -> None:
         if arr.shape != (n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float32:
             raise StepError(STEP, f"expected float32 {(n, cfg.window, CHANNELS[kind])}, "
                                   f"got {arr.dtype} {arr.shape}", p)
+        v = len(cfg.voice_shifts)
+        if not v:
+            continue
+        p = ctx.path(VOICE_FILES[kind])
+        try:
+            arr = np.load(p, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise StepError(STEP, f"unreadable: {e}", p) from e
+        if arr.shape != (v, n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float16:
+            raise StepError(STEP, f"expected float16 {(v, n, cfg.window, CHANNELS[kind])}, "
+                                  f"got {arr.dtype} {arr.shape}", p)
 
 
 def settings(cfg) -> dict:
@@ -169,7 +218,8 @@ def settings(cfg) -> dict:
     return {**to_dict(cfg.audio), "available": [k for k in FILES if _available(k)]}
 
 
-AUDIO = Step(STEP, inputs=("aud.wav",), outputs=tuple(FILES.values()), run=run, check=check,
+AUDIO = Step(STEP, inputs=("aud.wav",), outputs=(*FILES.values(), *VOICE_FILES.values()),
+             run=run, check=check,
              settings=settings, doc="log-mel (and speech-embedding) windows per frame")
 
 SPEECH = Step(SPEECH_STEP, inputs=("aud.wav",), outputs=(), run=speech_run, check=speech_check,

@@ -10,6 +10,9 @@
 #    and pose and compare the mouth with the real one (report.md leads with lip sync: render/GT
 #    mouth-opening correlation, amplitude ratio, energy proxy of render and GT, LMD on speech
 #    and silence; mouth_strip.png and mouth_opening.png beside it);
+# 3b. the same held-out frames driven by their speech in another voice (`--voice-shift`,
+#    default +4 semitones, about a man's voice towards a woman's formants), scored against the
+#    real mouth: lip sync for a voice the model never heard, with ground truth;
 # 4. `nerfhead evaluate --drive OTHER_SPEECH`: the same model driven by another speaker
 #    (no GT video: energy proxy and opening spread), and `--drive OTHER_VIDEO` (another
 #    speaker's footage, by default the 8-s HDTF clip: the rendered mouth opening correlated
@@ -39,6 +42,7 @@ train_sentences=80
 threads=1
 device="cpu"
 max_eval_frames=""
+voice_shift=4
 nerfhead="${NERFHEAD:-python3 -m nerfhead}"
 
 usage() {
@@ -46,7 +50,7 @@ usage() {
   cat <<EOF
 usage: $0 [--kind mel+ow|mel|ow|all] [--iters N] [--lips-iters N] [--out DIR] [--video MP4]
           [--clips TXT] [--train-sentences K] [--drive WAV] [--drive-video MP4] [--device cpu|cuda]
-          [--threads N] [--max-eval-frames N]
+          [--threads N] [--max-eval-frames N] [--voice-shift SEMITONES (0: none)]
 defaults: --kind $kind --iters $iters --lips-iters $lips_iters --out $out
 EOF
 }
@@ -65,6 +69,7 @@ while [ $# -gt 0 ]; do
     --device) device="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --max-eval-frames) max_eval_frames="$2"; shift 2 ;;
+    --voice-shift) voice_shift="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "lipsync_bench: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -136,6 +141,12 @@ for r in "${runs[@]}"; do
   ev="$out/eval/$name"
   [ -f "$ev/metrics.json" ] || $nerfhead evaluate "$r" --audio-from "$out/data_heldout" \
     --out "$ev" --device "$device" --threads "$threads" "${maxf[@]}"
+  if [ "$voice_shift" != 0 ]; then
+    vs="$out/eval/${name}_voice_$voice_shift"
+    [ -f "$vs/metrics.json" ] || $nerfhead evaluate "$r" --audio-from "$out/data_heldout" \
+      --voice-shift "$voice_shift" --jitter-sources "" --out "$vs" --device "$device" \
+      --threads "$threads" "${maxf[@]}"
+  fi
   for d in "$drive_audio" "$drive_video"; do
     dr="$out/eval/${name}_drive_$(basename "${d%.*}")"
     [ -f "$dr/metrics.json" ] || $nerfhead evaluate "$r" --drive "$d" \
@@ -143,22 +154,25 @@ for r in "${runs[@]}"; do
   done
 done
 
-python3 - "$out" "$(basename "${drive_audio%.*}")" "$(basename "${drive_video%.*}")" "${runs[@]}" <<'EOF'
+python3 - "$out" "$(basename "${drive_audio%.*}")" "$(basename "${drive_video%.*}")" "$voice_shift" "${runs[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
-out, audio_name, video_name, runs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+out, audio_name, video_name, shift, runs = (Path(sys.argv[1]), sys.argv[2], sys.argv[3],
+                                            sys.argv[4], sys.argv[5:])
 f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"
 rows = ["| run | opening r (≥0.8) | amplitude ratio (0.8-1.2) | proxy @0 render / GT | "
         "LMD speech / silence | PSNR / mouth PSNR | PSNR as delivered | "
+        f"held out in another voice ({shift} semitones): opening r, amplitude | "
         f"driven by {audio_name}: proxy @0, amplitude | driven by {video_name}: opening r with "
         "its speaker, proxy @0 render / footage |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|"]
 read = lambda p: json.loads(p.read_text()) if p.is_file() else {}
 for r in runs:
     name = Path(r).name
     m = json.loads((out / "eval" / name / "metrics.json").read_text())
     d = read(out / "eval" / f"{name}_drive_{audio_name}" / "metrics.json")
     v = read(out / "eval" / f"{name}_drive_{video_name}" / "metrics.json")
+    vo = read(out / "eval" / f"{name}_voice_{shift}" / "metrics.json").get("mouth_opening", {})
     ft = v.get("footage") or {}
     mo, px, full = m.get("mouth_opening", {}), m.get("lipsync_proxy", {}), m["modes"]["full"]
     pr, pg = px.get("render", {}), px.get("gt", {})
@@ -170,11 +184,12 @@ for r in runs:
         f"{f(zr)} / {f(zg)}{share} | {f(full.get('lmd_speech', {}).get('mean'), 2)} / "
         f"{f(full.get('lmd_silence', {}).get('mean'), 2)} | {f(full['psnr'].get('mean'), 2)} / "
         f"{f(full['mouth_psnr'].get('mean'), 2)} | {f(m.get('delivered', {}).get('psnr', {}).get('mean'), 2)} | "
-        f"{f(dz)}, {f(d.get('amplitude_vs_speaker'), 2)} | {f(ft.get('opening_correlation'))}, "
+        f"{f(vo.get('correlation'))}, {f(vo.get('amplitude_ratio'), 2)} | {f(dz)}, {f(d.get('amplitude_vs_speaker'), 2)} | {f(ft.get('opening_correlation'))}, "
         f"{f(v.get('lipsync_proxy', {}).get('zero_offset_correlation'))} / "
         f"{f((ft.get('footage_proxy') or {}).get('zero_offset_correlation'))} |")
 text = "# Lip-sync benchmark\n\n" + "\n".join(rows) + "\n\nPer run: eval/<run>/report.md (held-out " \
-       "sentences), eval/<run>_drive_*/report.md (other speakers).\n"
+       "sentences), eval/<run>_voice_*/report.md (the same in another voice), " \
+       "eval/<run>_drive_*/report.md (other speakers).\n"
 (out / "summary.md").write_text(text)
 print(text)
 EOF

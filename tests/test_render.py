@@ -264,6 +264,34 @@ def test_evaluate_audio_from_another_clip(tiny_run, tmp_path):
         result["modes"]["full"]["psnr"]["mean"], abs=0.5)
 
 
+def test_evaluate_in_another_voice(tiny_run, tmp_path, capsys):
+    """--voice-shift: the evaluated frames are driven by their own audio in another voice,
+    features computed from the shifted aud.wav on the clip's clock, and scored against the
+    real frames as usual; the report says so. Combined with --drive it is refused."""
+    from nerfhead.audio.features import extract, load_audio
+    from nerfhead.audio.voice import rubberband_available
+    from nerfhead.cli import main
+    from nerfhead.eval.cli import clip_audio, voice_features
+
+    if not rubberband_available():
+        pytest.skip("the bundled ffmpeg has no rubberband filter")
+    root, data, run, drive = tiny_run
+    own = extract(load_audio(data / "aud.wav"), "mel", num_frames=22)
+    up = voice_features(data, "mel", 22, clip_audio(data, 7.0))
+    assert up.shape == own.shape
+    # the 180-Hz tone moves up 7 semitones (to 270 Hz): its loudest mel band moves up too
+    assert np.argmax(up[10].mean(0)) > np.argmax(own[10].mean(0))
+    assert main(["evaluate", str(run), "--voice-shift", "4", "--out", str(tmp_path / "v"),
+                 "--max-frames", "2", "--device", "cpu", "--previews", "0",
+                 "--jitter-sources", ""]) == 0
+    result = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert "shifted +4 semitones" in result["audio"]
+    assert "+4 semitones" in (tmp_path / "v" / "report.md").read_text()
+    assert main(["evaluate", str(run), "--voice-shift", "4", "--drive", str(data / "aud.wav"),
+                 "--out", str(tmp_path / "d"), "--device", "cpu"]) == 2
+    assert "--voice-shift" in capsys.readouterr().err
+
+
 def test_bench_render_synthetic_reports_every_stage(capsys):
     from nerfhead.cli import main
 

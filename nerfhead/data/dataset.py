@@ -41,6 +41,8 @@ MEDIAPIPE_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 2
                   310, 311, 312, 13, 82, 81, 80, 191)
 IBUG_MOUTH = tuple(range(48, 68))
 AUDIO_FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy", "precomputed": "aud.npy"}
+#: the same features of the clip's speech in other voices, [V, N, T, C] (preprocess/audio.py)
+VOICE_FILES = {"mel": "aud_mel_voices.npy", "ow": "aud_ow_voices.npy"}
 #: kinds read as several files concatenated along the channels
 COMBINED_AUDIO = COMBINED
 #: what data.audio = auto picks: the first whose files all exist
@@ -190,6 +192,33 @@ def load_audio_features(root: Path, kind: str = "auto") -> tuple[np.ndarray, str
     raise DatasetError(f"dataset: no audio features in {root} for {kind} (looked for {looked})")
 
 
+def load_audio_voices(root: Path, kind: str, audio_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The features of ``kind`` in the clip's other voices, [V, N, T, C] (memory-mapped
+    float16; a combined kind concatenated in memory), or None when the dataset has none for
+    every part of the kind. Their frames, window and channels must match the clip's own
+    features (``audio_shape``): a mismatch is a stale file, an error naming it."""
+    parts = COMBINED_AUDIO.get(kind, (kind,))
+    paths = [root / VOICE_FILES[k] for k in parts if k in VOICE_FILES]
+    if len(paths) != len(parts) or not all(p.exists() for p in paths):
+        return None
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(np.load(p, mmap_mode="r"))
+        except ValueError as e:
+            raise DatasetError(f"dataset: cannot read voice features {p}: {e}") from e
+    shapes = [a.shape for a in arrays]
+    voices = arrays[0] if len(arrays) == 1 else None
+    if (any(len(s) != 4 for s in shapes) or len({s[:3] for s in shapes}) != 1
+            or (shapes[0][1:3], sum(s[3] for s in shapes)) != (tuple(audio_shape[:2]), audio_shape[2])):
+        raise DatasetError(f"dataset: {', '.join(map(str, paths))}: voice features {shapes} do "
+                           f"not match the clip's own {tuple(audio_shape)} (stale files: rerun "
+                           "preprocess's audio step)")
+    if voices is None:
+        voices = np.concatenate([np.asarray(a) for a in arrays], axis=3)
+    return voices
+
+
 def _read_rgb(path: Path, size: tuple[int, int], flags=cv2.IMREAD_COLOR) -> np.ndarray:
     img = cv2.imread(str(path), flags)
     if img is None:
@@ -240,6 +269,8 @@ class TalkingHeadDataset:
         self.poses = torch.from_numpy(nerf_matrix_to_ngp(c2w.astype(np.float64)).astype(np.float32))
         self.img_ids, self.aud_ids = img_ids, aud_ids
         self.audio, self.audio_kind = load_audio_features(self.root, self.cfg.audio)
+        #: [V, N, T, C] the same speech in other voices (train.voice_augment), or None
+        self.audio_voices = load_audio_voices(self.root, self.audio_kind, self.audio.shape)
         if aud_ids.max() >= self.audio.shape[0] or aud_ids.min() < 0:
             raise DatasetError(f"dataset: transforms_{split}.json uses aud_id up to {aud_ids.max()} "
                                f"but the audio features have {self.audio.shape[0]} frames")

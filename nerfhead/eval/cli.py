@@ -4,6 +4,9 @@ Default: the validation split (last 1/11 of the clip) of the run's dataset, driv
 dataset's own audio features for those frames and rendered with their tracked poses.
 ``--audio-from CLIP``: another preprocessed clip of the same speaker; every frame of it is
 rendered with its audio features, its poses and its camera, and compared with its frames.
+``--voice-shift SEMITONES``: the same frames driven by their speech in another voice (pitch
+and formants shifted, timing kept: ``nerfhead.audio.voice``), still scored against the real
+mouth: how well the model follows a voice other than the speaker's, with ground truth.
 
 Renders are made at the run's training resolution; GT, originals and masks are resized to it
 (INTER_AREA). Landmarks for LMD are detected on frames resized to 512x512. Outputs in
@@ -45,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "opening spread against the speaker's footage); a video of someone "
                         "speaking is also a reference: the rendered mouth opening is "
                         "correlated with that speaker's; writes drive.mp4")
+    p.add_argument("--voice-shift", type=float, default=0.0, metavar="SEMITONES",
+                   help="drive the evaluated frames by their own speech in another voice (pitch "
+                        "and formants shifted by SEMITONES, e.g. 4 or -3; timing kept) and "
+                        "score them against the real frames as usual: lip sync for other "
+                        "voices, with ground truth")
     p.add_argument("--drive-poses", default="val", choices=["train", "val", "smooth"],
                    help="--drive: pose source of the run's dataset (default val)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval, or "
@@ -107,14 +115,49 @@ def syncnet_weights_found(path) -> bool:
         return False
 
 
-def val_audio(data_dir: Path, aud_ids: np.ndarray) -> np.ndarray | None:
-    """The waveform that drives the evaluated frames (aud.wav from the first aud_id on)."""
+def clip_audio(data_dir: Path, voice_shift: float = 0.0) -> np.ndarray | None:
+    """The clip's aud.wav, in another voice when ``voice_shift`` (semitones) is not 0."""
     from nerfhead.audio.features import load_audio
 
     wav = data_dir / "aud.wav"
     if not wav.is_file():
+        if voice_shift:
+            raise SystemExit(f"nerfhead evaluate --voice-shift: {wav} not found; the shifted "
+                             "voice is made from the clip's audio track")
         return None
     samples = load_audio(wav)
+    if voice_shift:
+        from nerfhead.audio.voice import shift_voice
+
+        samples = shift_voice(samples, voice_shift)
+    return samples
+
+
+def voice_features(data_dir: Path, kind: str, num_frames: int, samples: np.ndarray) -> np.ndarray:
+    """``kind`` features [num_frames, 16, C] of ``samples`` on the clip's frame clock."""
+    import json
+
+    from nerfhead.audio.features import KINDS, extract
+
+    if kind not in KINDS:
+        raise SystemExit(f"nerfhead evaluate --voice-shift: the run reads {kind!r} audio features, "
+                         "which nerfhead cannot compute from a waveform; it works for runs on "
+                         f"{', '.join(KINDS)}")
+    fps = 25.0
+    if (data_dir / "manifest.json").is_file():
+        manifest = json.loads((data_dir / "manifest.json").read_text())
+        fps = float(manifest.get("video", {}).get("fps", fps))
+    return extract(samples, kind=kind, num_frames=num_frames, fps=fps)
+
+
+def val_audio(data_dir: Path, aud_ids: np.ndarray, samples: np.ndarray | None = None
+              ) -> np.ndarray | None:
+    """The waveform that drives the evaluated frames (aud.wav from the first aud_id on;
+    ``samples``: the clip's audio already read, e.g. in another voice)."""
+    if samples is None:
+        samples = clip_audio(data_dir)
+    if samples is None:
+        return None
     per_frame = 16000 // 25
     if not np.all(np.diff(aud_ids) == 1):
         log.warning("evaluated frames are not contiguous in the audio; lip-sync proxy uses "
@@ -176,6 +219,10 @@ def evaluate(args) -> dict:
     data_dir = check_dataset_dir(args.audio_from) if clip else run_dataset(run, args.data)
     c2w, cam, ids, aud_ids, split = eval_frames(data_dir, clip)
     feats, kind = load_audio_features(data_dir, model.audio_kind)
+    shift = float(getattr(args, "voice_shift", 0.0) or 0.0)
+    samples = clip_audio(data_dir, shift) if shift else None
+    if shift:
+        feats = voice_features(data_dir, kind, len(feats), samples)
     if args.max_frames:
         c2w, ids, aud_ids = c2w[:args.max_frames], ids[:args.max_frames], aud_ids[:args.max_frames]
     if aud_ids.max() >= len(feats):
@@ -205,7 +252,7 @@ def evaluate(args) -> dict:
         log.warning("landmark detector unavailable (%s): no LMD or lip-sync proxy", det_reason)
     k = min(args.previews, len(ids))
     preview = tuple(int(ids[j]) for j in np.linspace(0, len(ids) - 1, k).astype(int)) if k else ()
-    audio = val_audio(data_dir, aud_ids)
+    audio = val_audio(data_dir, aud_ids, samples)
     strip = strip_frame_ids(audio, ids)
     ev = SequenceEvaluator(detector, lpips, lpips_reason, preview, det_reason, strip_frames=strip)
     renders = [] if syncnet_weights_found(args.syncnet) else None  # kept only for SyncNet
@@ -236,7 +283,9 @@ def evaluate(args) -> dict:
                       else "rendered by the torso field"),
             "composite": composite_description(gt_torso, clip, args.no_torso),
             "delivered_composite": delivered_description(gt_torso, clip, args.no_torso),
-            "audio": f"{data_dir / 'aud.wav'} (features {kind}) for the evaluated frames"}
+            "audio": f"{data_dir / 'aud.wav'} (features {kind}) for the evaluated frames"
+                     + (f", in another voice: pitch and formants shifted {shift:+g} semitones "
+                        "(--voice-shift)" if shift else "")}
     result = ev.finish(audio, info)
     result["syncnet"] = syncnet_scores(renders or [], audio, args.syncnet, device,
                                        landmarks=ev.render_landmarks)
@@ -278,6 +327,11 @@ def run(args) -> int:
 
     from nerfhead.render.cli import known_errors
 
+    if args.drive and getattr(args, "voice_shift", 0.0):
+        print("nerfhead evaluate: --voice-shift changes the voice of the evaluated clip's own "
+              "speech (scored against its frames); --drive already brings another voice. Use "
+              "one of them", file=sys.stderr)
+        return 2
     if args.drive:
         try:
             r = drive_run(args)

@@ -55,6 +55,13 @@ class TrainConfig:
     """Head and lips stages: probability per step that the frame's latent is replaced by the
     mean latent, the one every unseen frame gets at render time; keeps the per-frame latents
     from explaining what the audio should (the mouth)."""
+    voice_augment: float = 0.0
+    """Head and lips stages: probability that a frame's audio comes from the clip's speech in
+    another voice (the dataset's ``aud_<kind>_voices.npy``, written by preprocessing's audio
+    step; ``nerfhead.audio.voice``) instead of its own, one of those voices at random. Same
+    words and timing, another pitch and vocal tract: the audio path learns what stays the same
+    across speakers, so the mouth follows other voices (docs/benchmarks.md, "Lip sync driven
+    by other voices"). A dataset without voices trains on its own voice, with a warning."""
     frames_per_step: int = 1
     """Head stage: frames each step draws its rays from (data.num_rays split evenly, each
     frame's rays rendered with that frame's audio, expression and latent). One frame per

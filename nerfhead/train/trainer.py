@@ -157,6 +157,7 @@ class Trainer:
             self.scheduler.load_state_dict(resume_ckpt["scheduler"])
             set_rng_state(resume_ckpt["rng"])
             self.step = int(resume_ckpt["step"])
+        self.voices = self._voices_for_augment()
         self.perceptual = (losses.PatchPerceptualLoss(self.device, self.tcfg.lambda_lpips,
                                                       self.tcfg.lambda_patch_ssim)
                            if self.stage == "lips" else None)
@@ -265,6 +266,32 @@ class Trainer:
                                self.data_dir, self.optimizer, self.scheduler,
                                keep=self.tcfg.keep_checkpoints, dataset=self.dataset)
 
+    def _voices_for_augment(self):
+        """The dataset's other voices when train.voice_augment mixes them in, else None."""
+        t, ds = self.tcfg, self.train_set
+        if t.voice_augment <= 0 or self.stage == "torso":
+            return None
+        if ds.audio_voices is None:
+            log.warning("train.voice_augment %.2f: %s has no voice-shifted %s features "
+                        "(aud_<kind>_voices.npy); training on the clip's own voice only, so "
+                        "other speakers' voices will move the mouth less. Rerun `nerfhead "
+                        "preprocess` on the video (only its audio step runs again) to add them",
+                        t.voice_augment, ds.root, ds.audio_kind)
+            return None
+        log.info("voice augmentation: %d other voices of the clip's speech, each frame's audio "
+                 "from one of them with probability %.2f", ds.audio_voices.shape[0], t.voice_augment)
+        return ds.audio_voices
+
+    def _frame_audio(self, g: torch.Generator):
+        """The features a training frame's audio code is taken from: the clip's own, or with
+        probability train.voice_augment one of its other voices (``nerfhead.audio.voice``).
+        Draws from ``g`` only when voices are mixed in, so runs without them are unchanged."""
+        if self.voices is None:
+            return self.train_set.audio
+        if float(torch.rand(1, generator=g)) >= self.tcfg.voice_augment:
+            return self.train_set.audio
+        return self.voices[int(torch.randint(0, self.voices.shape[0], (1,), generator=g))]
+
     # ------------------------------------------------------------------ one step
     def _random_conditions(self, g: torch.Generator):
         ds = self.train_set
@@ -340,7 +367,8 @@ class Trainer:
         target, bg = batch.rgb.to(dev), batch.bg.to(dev)
         drop = (self.stage != "torso" and t.latent_dropout > 0
                 and float(torch.rand(1, generator=g)) < t.latent_dropout)
-        cond = m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i), None if drop else i)
+        audio = ds.audio if self.stage == "torso" else self._frame_audio(g)
+        cond = m.conditions(audio, int(ds.aud_ids[i]), ds.expression(i), None if drop else i)
         if self.stage == "torso":
             with torch.no_grad():
                 head = m.render_head_rays(rays_o, rays_d, cond, noise)
@@ -382,7 +410,7 @@ class Trainer:
                 batch = self._with_mouth_rays(batch, i, g)
             o, d = pixel_rays(ds.poses[i].to(dev), ds.camera, batch.u, batch.v)
             drop = t.latent_dropout > 0 and float(torch.rand(1, generator=g)) < t.latent_dropout
-            conds.append(m.conditions(ds.audio, int(ds.aud_ids[i]), ds.expression(i),
+            conds.append(m.conditions(self._frame_audio(g), int(ds.aud_ids[i]), ds.expression(i),
                                       None if drop else i))
             origins.append(o), dirs.append(d), targets.append(batch.rgb), bgs.append(batch.bg)
             owner.append(torch.full((batch.u.shape[0],), j, dtype=torch.long))
