@@ -163,7 +163,7 @@ def run(ctx: StepContext) -> dict:
                 np.save(tmp, other)
             written[kind]["voices"] = {"file": VOICE_FILES[kind], "shape": list(other.shape)}
     return {"kinds": sorted(written), "features": written, "unavailable": missing,
-            "voice_shifts": shifts, "manifest": {"audio_voices": {"shifts": shifts}}}
+            "voice_shifts": shifts}
 
 
 def _voice_shifts(cfg: AudioConfig) -> list[float]:

@@ -11,7 +11,8 @@
 #    mouth-opening correlation, amplitude ratio, energy proxy of render and GT, LMD on speech
 #    and silence; mouth_strip.png and mouth_opening.png beside it);
 # 3b. the same held-out frames driven by their speech in another voice (`--voice-shift`,
-#    default +4 semitones, about a man's voice towards a woman's formants), scored against the
+#    default +3 semitones, a shift the preprocessed voices of train.voice_augment do not
+#    contain, about a man's formants towards a woman's), scored against the
 #    real mouth: lip sync for a voice the model never heard, with ground truth;
 # 4. `nerfhead evaluate --drive OTHER_SPEECH`: the same model driven by another speaker
 #    (no GT video: energy proxy and opening spread), and `--drive OTHER_VIDEO` (another
@@ -42,7 +43,7 @@ train_sentences=80
 threads=1
 device="cpu"
 max_eval_frames=""
-voice_shift=4
+voice_shift=3
 nerfhead="${NERFHEAD:-python3 -m nerfhead}"
 
 usage() {

@@ -46,6 +46,38 @@ def test_opening_agreement_hand_values():
     assert lipsync.opening_agreement(gt[:5], gt[:5])["correlation"] is None  # too few frames
 
 
+def _smooth_noise(n, seed):
+    """Frame series with a mouth's time scale: white noise smoothed over ~5 frames."""
+    x = np.random.default_rng(seed).normal(size=n + 8)
+    return np.convolve(x, np.ones(9) / 9, mode="valid")[:n]
+
+
+def test_correlation_interval_brackets_r_and_narrows_with_more_frames():
+    """Block-bootstrap interval of the opening correlation: exact for a perfect match,
+    around the point estimate otherwise, covering 0 for unrelated series, and about
+    sqrt(10) times narrower for 10x the frames."""
+    g = _smooth_noise(1500, 0)
+    assert lipsync.correlation_interval(g, 2 * g + 1) == pytest.approx([1.0, 1.0])
+    assert lipsync.correlation_interval(g[:5], g[:5]) is None
+    assert lipsync.correlation_interval(g, np.zeros_like(g)) is None
+    noisy = g + 0.8 * _smooth_noise(1500, 1)
+    r = lipsync._pearson(g, noisy)
+    lo, hi = lipsync.correlation_interval(g, noisy)
+    assert lo < r < hi and hi - lo < 0.1
+    assert lipsync.correlation_interval(g, noisy) == [lo, hi]  # deterministic
+    widths = {}
+    for n in (200, 2000):
+        a, b = _smooth_noise(n, 2), _smooth_noise(n, 3)
+        lo, hi = lipsync.correlation_interval(a, b)
+        assert lo < 0 < hi
+        widths[n] = hi - lo
+    assert 2.0 < widths[200] / widths[2000] < 5.0
+    res = lipsync.opening_agreement(noisy, g)
+    assert res["correlation_interval"] == lipsync.correlation_interval(noisy, g)
+    assert lipsync.format_interval([0.812, 0.9]) == " (90% interval 0.81 to 0.90)"
+    assert lipsync.format_interval(None) == ""
+
+
 def test_speech_frames_on_bursts_ignores_clicks_and_short_gaps():
     rng = np.random.default_rng(1)
     loud = np.zeros(120, bool)

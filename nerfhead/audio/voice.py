@@ -54,7 +54,9 @@ def shift_voice(samples: np.ndarray, semitones: float, sr: int = SAMPLE_RATE) ->
     if semitones == 0 or x.size == 0:
         return x.copy()
     if not -12.0 <= semitones <= 12.0:
-        raise ValueError(f"shift_voice: {semitones} semitones is outside the +-12 of a voice")
+        raise ValueError(f"shift_voice: {semitones} semitones is outside the +-12 of a voice; "
+                         "give a shift between -12 and 12 (a man's formants to a woman's are "
+                         "about +3)")
     ratio = 2.0 ** (semitones / 12.0)
     cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "f32le", "-ar", str(sr),
            "-ac", "1", "-i", "pipe:0", "-af", f"rubberband=pitch={ratio:.6f}",

@@ -119,6 +119,7 @@ def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: in
         result["footage"] = {
             "frames_with_face": int(np.isfinite(driver).sum()),
             "opening_correlation": agree["correlation"],
+            "opening_correlation_interval": agree["correlation_interval"],
             "amplitude_vs_footage": agree["amplitude_ratio"],
             "footage_proxy": energy_ref,
             "per_frame_opening": driver.tolist()}
@@ -175,7 +176,8 @@ def footage_rows(r: dict) -> list[str]:
     fmt = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     return [
         f"| mouth-opening correlation with the driving footage's speaker ({f['frames_with_face']} "
-        f"frames) ↑ | {fmt(f['opening_correlation'])} |",
+        f"frames) ↑ | {fmt(f['opening_correlation'])}"
+        f"{L.format_interval(f.get('opening_correlation_interval'))} |",
         f"| amplitude against the driving footage (ratio of spreads; two faces) | "
         f"{fmt(f['amplitude_vs_footage'], 2)} |",
         f"| energy proxy at offset 0 of the driving footage itself (this audio's reference) | "

@@ -255,7 +255,7 @@ def lipsync_lines(result: dict) -> list[str]:
     lines = ["## Lip sync", "",
              "| measure | render | ground truth / ideal |", "|---|---|---|",
              f"| mouth-opening correlation with the GT, per frame ↑ | "
-             f"{_num(mo.get('correlation'))} | 1 |",
+             f"{_num(mo.get('correlation'))}{L.format_interval(mo.get('correlation_interval'))} | 1 |",
              f"| mouth-opening amplitude ratio, std render / std GT | {amp} | 1 |",
              f"| mouth-opening spread (std), render vs GT | {spread} | |",
              f"| energy proxy at offset 0 ↑ | {_num(z_r)}{share} | {_num(z_g)} |",
