@@ -3,6 +3,10 @@
 
 A step is skipped when its manifest record's fingerprint (hash of its input files, its
 settings and its code) equals the current one AND its ``check`` passes on the files on disk.
+The source video is identified by its content (``source_fingerprint``: size and first and
+last MiB), so copying it anew, moving it or touching it redoes nothing (hours of work on a
+CPU); records made when it was identified by path and mtime are accepted when its content
+fingerprint in the manifest still matches, and upgraded (``_legacy_video_record``).
 Input files are hashed by content when small (<= 64 KiB) and by size + mtime otherwise, so a
 rerun of an earlier step (new frames, new mtimes) makes every step that reads its outputs run
 again, while a step whose inputs did not change stays skipped. A step's record is deleted from
@@ -110,9 +114,8 @@ def inputs_hash(step: Step, data_dir: Path, video: Path, manifest: dict | None =
             entries.append([MANIFEST, {k: v for k, v in (manifest or {}).items()
                                        if k not in BOOKKEEPING}])
             continue
-        if pattern == "@video":
-            st = video.stat() if video.is_file() else None
-            entries.append(["@video", str(video.resolve()), st and st.st_size, st and st.st_mtime_ns])
+        if pattern == "@video":  # by content: a copied, moved or touched video is the same
+            entries.append(["@video", source_fingerprint(video) if video.is_file() else None])
             continue
         files = _expand(data_dir, pattern)
         entries.append([pattern, [_file_entry(f, str(f.relative_to(data_dir))) for f in files]]
@@ -180,6 +183,16 @@ def source_fingerprint(video: Path, chunk: int = 1 << 20) -> str:
             f.seek(size - chunk)
             h.update(f.read(chunk))
     return h.hexdigest()[:16]
+
+
+def _legacy_video_record(step: Step, record: dict, fp: dict, manifest: dict, video: Path) -> bool:
+    """A record from before the video was hashed by content (its path and mtime were): still
+    valid when the step reads only the video, its settings and code are unchanged, and the
+    content fingerprint the manifest holds for the video (written by decode) is this video's."""
+    recorded = (manifest.get("video") or {}).get("source_fingerprint")
+    return (tuple(step.inputs) == ("@video",) and recorded is not None and video.is_file()
+            and _json_hash(record.get("settings")) == _json_hash(fp["settings"])
+            and record.get("code") == fp["code"] and recorded == source_fingerprint(video))
 
 
 def check_owner(data_dir: Path, video: Path, manifest: dict) -> None:
@@ -303,7 +316,15 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
             overall.start(step.name)
             fp = fingerprint(step, ctx)
             record = manifest["steps"].get(step.name)
-            if not force and record and record.get("fingerprint") == fp["fingerprint"] and _is_done(step, ctx):
+            fresh = bool(record) and record.get("fingerprint") == fp["fingerprint"]
+            legacy = (not fresh and bool(record)
+                      and _legacy_video_record(step, record, fp, manifest, video))
+            if not force and (fresh or legacy) and _is_done(step, ctx):
+                if legacy:
+                    record.update(inputs_hash=fp["inputs_hash"], fingerprint=fp["fingerprint"])
+                    write_manifest(data_dir, manifest)
+                    log.info("%s: its record identified the video by path and time; the video's "
+                             "content is unchanged, so the record now uses its content", step.name)
                 log.info("%s: up to date, skipped", step.name)
                 results.append(StepResult(step.name, "skipped", 0.0))
                 continue

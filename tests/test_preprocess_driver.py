@@ -103,6 +103,57 @@ def test_changed_source_or_deleted_output_reruns(setup):
     assert setup.go(force=True) == {"a": "ran", "b": "ran", "c": "ran"}
 
 
+def test_a_copied_moved_or_touched_video_redoes_nothing(setup, tmp_path):
+    """The video is identified by its content: a fresh copy (new mtime) or another path to
+    the same bytes keeps every step; other bytes rerun the steps that read it."""
+    import os
+    import shutil
+
+    setup.go()
+    os.utime(setup.video, ns=(1, 1))
+    assert setup.go() == {"a": "skipped", "b": "skipped", "c": "skipped"}
+    moved = tmp_path / "elsewhere" / "same.txt"
+    moved.parent.mkdir()
+    shutil.copy(setup.video, moved)
+    res = driver.run_steps(moved, setup.data, setup.cfg, steps=STEPS)
+    assert {r.name: r.status for r in res} == {"a": "skipped", "b": "skipped", "c": "skipped"}
+    setup.video.write_text("w")
+    assert setup.go() == {"a": "ran", "b": "ran", "c": "ran"}
+
+
+def test_a_record_from_path_and_mtime_days_is_upgraded_when_the_content_matches(setup, caplog):
+    """Records written when the video was hashed by its path and mtime: accepted (and
+    rewritten with the content hash) when the manifest's content fingerprint of the video is
+    this video's and settings and code are unchanged; otherwise the step reruns."""
+    import logging
+
+    setup.go()
+    m = manifest(setup.data)
+    fresh = {k: dict(m["steps"][k]) for k in ("a", "c")}
+    for k in ("a", "c"):  # what the old driver wrote: another inputs hash, so another fingerprint
+        m["steps"][k].update(inputs_hash="0123456789abcdef", fingerprint="fedcba9876543210")
+    m["video"]["source_fingerprint"] = driver.source_fingerprint(setup.video)
+    (setup.data / "manifest.json").write_text(json.dumps(m))
+    with caplog.at_level(logging.INFO, logger="preprocess"):
+        assert setup.go() == {"a": "skipped", "b": "skipped", "c": "skipped"}
+    assert "the record now uses its content" in caplog.text
+    m = manifest(setup.data)
+    assert all(m["steps"][k]["fingerprint"] == fresh[k]["fingerprint"] for k in ("a", "c"))
+    # the same old records, but the manifest knows the video by other content: rerun
+    m["steps"]["a"].update(inputs_hash="0123456789abcdef", fingerprint="fedcba9876543210")
+    m["video"]["source_fingerprint"] = "not this video"
+    (setup.data / "manifest.json").write_text(json.dumps(m))
+    assert setup.go()["a"] == "ran"
+    # ... or the step's settings changed since: rerun
+    setup.go()
+    m = manifest(setup.data)
+    m["steps"]["a"].update(inputs_hash="0123456789abcdef", fingerprint="fedcba9876543210")
+    m["video"]["source_fingerprint"] = driver.source_fingerprint(setup.video)
+    (setup.data / "manifest.json").write_text(json.dumps(m))
+    setup.cfg.a = 3
+    assert setup.go()["a"] == "ran"
+
+
 def test_failure_leaves_no_record_and_rerun_redoes_it(setup):
     setup.go()
     setup.cfg.b = 5

@@ -148,6 +148,11 @@ def test_cli_trains_saves_and_rejects_bad_config(data, tmp_path, capsys):
     assert main(args) == 0
     assert "trained head to step 3" in capsys.readouterr().out
     assert load_run(out).step == 3
+    # the same command again: nothing to train, and it says so with the run's last validation
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "already trained to step 3" in said and "nothing to do" in said
+    assert "last val PSNR" in said and "nan" not in said
     assert main(args[:-4] + ["--set", "train.nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(args + ["--no-resume"]) == 2

@@ -119,7 +119,33 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"nerfhead train: {e}", file=sys.stderr)
         return 1
-    last = result["validations"][-1]["psnr"] if result["validations"] else float("nan")
-    print(f"trained {trainer.stage} to step {result['step']}: val PSNR {last:.2f} dB; "
-          f"checkpoint {result['checkpoint']}")
+    if result["validations"]:
+        print(f"trained {trainer.stage} to step {result['step']}: val PSNR "
+              f"{result['validations'][-1]['psnr']:.2f} dB; checkpoint {result['checkpoint']}")
+        return 0
+    # nothing was trained: the run was already at train.iters
+    earlier = last_validation(trainer.run_dir)
+    print(f"{trainer.stage} already trained to step {result['step']} (train.iters "
+          f"{trainer.tcfg.iters}): nothing to do; "
+          + (f"last val PSNR {earlier['psnr']:.2f} dB at step {earlier['step']}; "
+             if earlier else "")
+          + f"checkpoint {result['checkpoint']} (raise --iters to train on)")
     return 0
+
+
+def last_validation(run_dir) -> dict | None:
+    """The last line of RUN/metrics.jsonl (one per validation), or None."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(rec, dict) and "psnr" in rec and "step" in rec:
+            return rec
+    return None
