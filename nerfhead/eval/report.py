@@ -258,7 +258,7 @@ def lipsync_lines(result: dict) -> list[str]:
              f"{_num(mo.get('correlation'))}{L.format_interval(mo.get('correlation_interval'))} | 1 |",
              f"| mouth-opening amplitude ratio, std render / std GT | {amp} | 1 |",
              f"| mouth-opening spread (std), render vs GT | {spread} | |",
-             f"| energy proxy at offset 0 ↑ | {_num(z_r)}{share} | {_num(z_g)} |",
+             f"| energy proxy at offset 0 (as the GT's is best) | {_num(z_r)}{share} | {_num(z_g)} |",
              f"| energy proxy best offset (frames, + = mouth lags) | {_offset(pr)} | {_offset(pg)} |",
              f"| LMD on speech frames (px @512) ↓ | {_fmt(full.get('lmd_speech'))} | 0 |",
              f"| LMD on silence frames (px @512) ↓ | {_fmt(full.get('lmd_silence'))} | 0 |",
