@@ -3,13 +3,13 @@
 
 A step is skipped when its manifest record's fingerprint (hash of its input files, its
 settings and its code) equals the current one AND its ``check`` passes on the files on disk.
-The source video is identified by its content (``source_fingerprint``: size and first and
-last MiB), so copying it anew, moving it or touching it redoes nothing (hours of work on a
-CPU); records made when it was identified by path and mtime are accepted when its content
-fingerprint in the manifest still matches, and upgraded (``_legacy_video_record``).
-Input files are hashed by content when small (<= 64 KiB) and by size + mtime otherwise, so a
-rerun of an earlier step (new frames, new mtimes) makes every step that reads its outputs run
-again, while a step whose inputs did not change stays skipped. A step's record is deleted from
+Inputs are identified by content: the source video by ``source_fingerprint`` (size and
+first and last MiB), dataset files by size and sha256. So copying the video anew, moving or
+touching it, or copying the dataset folder to another disk redoes nothing (hours of work on
+a CPU), while a rerun of an earlier step that writes other bytes makes every step that reads
+its outputs run again. Records made when large files and the video were identified by size
+and mtime are accepted when nothing changed since, or when the video's content fingerprint
+in the manifest still matches, and upgraded (``_legacy_record``). A step's record is deleted from
 the manifest before it runs and written back only after it finished and passed its check: an
 error or an interrupt leaves no record, so the next run redoes that step.
 
@@ -80,6 +80,22 @@ def _json_hash(obj: Any) -> str:
 
 
 def _file_entry(path: Path, rel: str) -> list:
+    """A file as an input: its name, size and content hash (sha256, about 1.7 GB/s here), so
+    a dataset copied to another disk or machine, which gives every file a new mtime, keeps
+    its finished steps."""
+    st = path.stat()
+    if st.st_size <= SMALL_FILE:
+        return [rel, st.st_size, hashlib.sha256(path.read_bytes()).hexdigest()]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return [rel, st.st_size, h.hexdigest()]
+
+
+def _legacy_file_entry(path: Path, rel: str) -> list:
+    """How ``_file_entry`` identified a file before large files were hashed by content: by
+    size and mtime. Used only to recognise records written then (``_legacy_record``)."""
     st = path.stat()
     if st.st_size <= SMALL_FILE:
         return [rel, st.st_size, hashlib.sha256(path.read_bytes()).hexdigest()]
@@ -105,20 +121,28 @@ def _expand(data_dir: Path, pattern: str) -> list[Path]:
 BOOKKEEPING = ("steps", "updated", "created", "versions", "format")  #: manifest keys not hashed
 
 
-def inputs_hash(step: Step, data_dir: Path, video: Path, manifest: dict | None = None) -> str:
+def inputs_hash(step: Step, data_dir: Path, video: Path, manifest: dict | None = None,
+                legacy: bool = False) -> str:
     """Hash of everything a step reads. ``manifest.json`` as an input stands for the
-    manifest's data sections (``video``...), not its bookkeeping, which changes every step."""
+    manifest's data sections (``video``...), not its bookkeeping, which changes every step.
+    ``legacy``: the hash as the driver computed it before files and the video were identified
+    by content (large files and the video by size and mtime; the video also by path)."""
+    entry = _legacy_file_entry if legacy else _file_entry
     entries = []
     for pattern in step.inputs:
         if pattern == MANIFEST:
             entries.append([MANIFEST, {k: v for k, v in (manifest or {}).items()
                                        if k not in BOOKKEEPING}])
             continue
+        if pattern == "@video" and legacy:
+            st = video.stat() if video.is_file() else None
+            entries.append(["@video", str(video.resolve()), st and st.st_size, st and st.st_mtime_ns])
+            continue
         if pattern == "@video":  # by content: a copied, moved or touched video is the same
             entries.append(["@video", source_fingerprint(video) if video.is_file() else None])
             continue
         files = _expand(data_dir, pattern)
-        entries.append([pattern, [_file_entry(f, str(f.relative_to(data_dir))) for f in files]]
+        entries.append([pattern, [entry(f, str(f.relative_to(data_dir))) for f in files]]
                        if files else [pattern, "missing"])
     return _json_hash(entries)
 
@@ -185,14 +209,21 @@ def source_fingerprint(video: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
-def _legacy_video_record(step: Step, record: dict, fp: dict, manifest: dict, video: Path) -> bool:
-    """A record from before the video was hashed by content (its path and mtime were): still
-    valid when the step reads only the video, its settings and code are unchanged, and the
-    content fingerprint the manifest holds for the video (written by decode) is this video's."""
-    recorded = (manifest.get("video") or {}).get("source_fingerprint")
-    return (tuple(step.inputs) == ("@video",) and recorded is not None and video.is_file()
-            and _json_hash(record.get("settings")) == _json_hash(fp["settings"])
-            and record.get("code") == fp["code"] and recorded == source_fingerprint(video))
+def _legacy_record(step: Step, record: dict, fp: dict, ctx: StepContext) -> bool:
+    """A record written before inputs were identified by content (large files and the video
+    by size and mtime, the video also by path), still valid: its settings and code are this
+    run's, and either its inputs hash is the legacy hash of the files as they are now (nothing
+    was touched since), or the step reads only the video and the content fingerprint the
+    manifest holds for it (written by decode) is this video's (a re-copied video)."""
+    if (_json_hash(record.get("settings")) != _json_hash(fp["settings"])
+            or record.get("code") != fp["code"]):
+        return False
+    if record.get("inputs_hash") == inputs_hash(step, ctx.data_dir, ctx.video, ctx.manifest,
+                                                legacy=True):
+        return True
+    recorded = (ctx.manifest.get("video") or {}).get("source_fingerprint")
+    return (tuple(step.inputs) == ("@video",) and recorded is not None and ctx.video.is_file()
+            and recorded == source_fingerprint(ctx.video))
 
 
 def check_owner(data_dir: Path, video: Path, manifest: dict) -> None:
@@ -317,14 +348,14 @@ def run_steps(video: str | os.PathLike, data_dir: str | os.PathLike, cfg: Any,
             fp = fingerprint(step, ctx)
             record = manifest["steps"].get(step.name)
             fresh = bool(record) and record.get("fingerprint") == fp["fingerprint"]
-            legacy = (not fresh and bool(record)
-                      and _legacy_video_record(step, record, fp, manifest, video))
+            legacy = (not force and not fresh and bool(record)
+                      and _legacy_record(step, record, fp, ctx))
             if not force and (fresh or legacy) and _is_done(step, ctx):
                 if legacy:
                     record.update(inputs_hash=fp["inputs_hash"], fingerprint=fp["fingerprint"])
                     write_manifest(data_dir, manifest)
-                    log.info("%s: its record identified the video by path and time; the video's "
-                             "content is unchanged, so the record now uses its content", step.name)
+                    log.info("%s: its record identified its inputs by path and time; they are "
+                             "unchanged, so the record now uses their content", step.name)
                 log.info("%s: up to date, skipped", step.name)
                 results.append(StepResult(step.name, "skipped", 0.0))
                 continue

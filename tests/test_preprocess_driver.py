@@ -136,7 +136,7 @@ def test_a_record_from_path_and_mtime_days_is_upgraded_when_the_content_matches(
     (setup.data / "manifest.json").write_text(json.dumps(m))
     with caplog.at_level(logging.INFO, logger="preprocess"):
         assert setup.go() == {"a": "skipped", "b": "skipped", "c": "skipped"}
-    assert "the record now uses its content" in caplog.text
+    assert "the record now uses their content" in caplog.text
     m = manifest(setup.data)
     assert all(m["steps"][k]["fingerprint"] == fresh[k]["fingerprint"] for k in ("a", "c"))
     # the same old records, but the manifest knows the video by other content: rerun
@@ -152,6 +152,65 @@ def test_a_record_from_path_and_mtime_days_is_upgraded_when_the_content_matches(
     (setup.data / "manifest.json").write_text(json.dumps(m))
     setup.cfg.a = 3
     assert setup.go()["a"] == "ran"
+
+
+def _run_big(ctx):
+    CALLS.append("big")
+    ctx.path("big.bin").write_bytes(ctx.video.read_bytes() * (100 << 10))  # over SMALL_FILE
+
+
+def _run_use(ctx):
+    CALLS.append("use")
+    ctx.path("use.txt").write_text(str(len(ctx.path("big.bin").read_bytes())))
+
+
+BIG_STEPS = [
+    Step("big", ("@video",), ("big.bin",), _run_big, _check_file("big.bin"), lambda cfg: {}),
+    Step("use", ("big.bin",), ("use.txt",), _run_use, _check_file("use.txt"), lambda cfg: {}),
+]
+
+
+def test_a_dataset_copied_elsewhere_keeps_its_steps_and_old_records_are_upgraded(tmp_path, caplog):
+    """Large files are identified by content: a copy of the dataset folder (every mtime new)
+    skips every step; a large file rewritten with other bytes reruns its readers. A record
+    from when large files were identified by mtime is accepted while the files are untouched
+    (and upgraded), and not once one was touched."""
+    import logging
+    import os
+    import shutil
+
+    video = tmp_path / "v.txt"
+    video.write_text("v")
+    data = tmp_path / "data"
+
+    def go(folder):
+        CALLS.clear()
+        res = driver.run_steps(video, folder, SimpleNamespace(), steps=BIG_STEPS)
+        return {r.name: r.status for r in res}
+
+    assert go(data) == {"big": "ran", "use": "ran"}
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy, copy_function=shutil.copy)  # new mtimes everywhere
+    os.utime(copy / "big.bin", ns=(10**9, 10**9))
+    assert go(copy) == {"big": "skipped", "use": "skipped"}
+    (copy / "big.bin").write_bytes(b"w" * (100 << 10))  # same size, other bytes
+    assert go(copy)["use"] == "ran"
+
+    def make_legacy():  # what the driver wrote before: big.bin by size and mtime
+        m = manifest(data)
+        h = driver.inputs_hash(BIG_STEPS[1], data, video, m, legacy=True)
+        m["steps"]["use"].update(inputs_hash=h, fingerprint="0123456789abcdef")
+        (data / "manifest.json").write_text(json.dumps(m))
+
+    make_legacy()
+    with caplog.at_level(logging.INFO, logger="preprocess"):
+        assert go(data) == {"big": "skipped", "use": "skipped"}
+    assert "use: its record identified its inputs by path and time" in caplog.text
+    fresh = driver.inputs_hash(BIG_STEPS[1], data, video, manifest(data))
+    assert manifest(data)["steps"]["use"]["inputs_hash"] == fresh  # upgraded
+    make_legacy()
+    os.utime(data / "big.bin", ns=(10**9, 10**9))  # touched since the old record: rerun
+    assert go(data)["use"] == "ran"
 
 
 def test_failure_leaves_no_record_and_rerun_redoes_it(setup):

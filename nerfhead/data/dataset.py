@@ -3,8 +3,10 @@
 What is read (DESIGN §3): ``transforms_{train,val}.json`` (focal_len, cx, cy, optional h/w,
 frames with img_id / aud_id / transform_matrix), ``gt_imgs/<img_id>.jpg`` (targets),
 ``torso_imgs/<img_id>.png`` (RGBA torso, optional), ``bc.jpg`` (background plate),
-audio features (``aud_mel.npy`` preferred, then ``aud_ow.npy``, then SyncTalk's
-``aud.npy`` [N,16,29] / [N,16,1024] / [N,512]), ``bs.npy`` [N,52] blendshapes (optional:
+audio features (``aud_mel.npy`` and ``aud_ow.npy`` side by side preferred, then either, then
+SyncTalk's ``aud.npy`` [N,16,29] / [N,16,1024] / [N,512]), the same features of the clip's
+speech in other voices (``aud_<kind>_voices.npy`` [V,N,16,C], optional: train.voice_augment),
+``bs.npy`` [N,52] blendshapes (optional:
 zeros with a warning), mouth landmarks from ``landmarks.npy`` [N,478,3] or
 ``ori_imgs/<i>.lms`` (68 iBUG points, SyncTalk).
 
