@@ -144,7 +144,7 @@ def run(ctx: StepContext) -> dict:
         samples = load_audio(ctx.path("aud.wav"))
     except AudioError as e:
         raise StepError(STEP, str(e), ctx.path("aud.wav")) from e
-    shifts = _voice_shifts(cfg)
+    shifts = _voice_shifts(cfg, ctx.log)
     voices = [_shifted(ctx, samples, s) for s in shifts]
     if not voices:  # no voices of an older aud.wav may stay beside the new features
         for f in VOICE_FILES.values():
@@ -166,12 +166,23 @@ def run(ctx: StepContext) -> dict:
             "voice_shifts": shifts}
 
 
-def _voice_shifts(cfg: AudioConfig) -> list[float]:
+def _voice_shifts(cfg: AudioConfig, log=None) -> list[float]:
+    """The shifts to write: none where the bundled ffmpeg cannot shift voices (warned about:
+    only train.voice_augment needs them, so preprocessing goes on without)."""
+    from nerfhead.audio.voice import rubberband_available
+
     shifts = [float(s) for s in cfg.voice_shifts]
     bad = [s for s in shifts if s == 0 or not -12 <= s <= 12]
     if bad:
         raise StepError(STEP, f"audio.voice_shifts {bad}: each shift must be a non-zero number "
                               "of semitones within +-12 (the clip's own voice is always used)")
+    if shifts and not rubberband_available():
+        if log is not None:
+            log.warning("audio: the clip's speech in other voices is not written: the ffmpeg "
+                        "that imageio-ffmpeg bundles has no rubberband filter, so "
+                        "train.voice_augment will train on the clip's own voice only (an "
+                        "imageio-ffmpeg whose ffmpeg has rubberband adds them on the next run)")
+        return []
     return shifts
 
 
@@ -197,7 +208,7 @@ def check(ctx: StepContext) -> None:
         if arr.shape != (n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float32:
             raise StepError(STEP, f"expected float32 {(n, cfg.window, CHANNELS[kind])}, "
                                   f"got {arr.dtype} {arr.shape}", p)
-        v = len(cfg.voice_shifts)
+        v = len(_voice_shifts(cfg))
         if not v:
             continue
         p = ctx.path(VOICE_FILES[kind])
@@ -215,7 +226,10 @@ def settings(cfg) -> dict:
 
     # which kinds can run here is part of the fingerprint: installing onnxruntime later
     # makes a rerun add aud_ow.npy instead of trusting the old record
-    return {**to_dict(cfg.audio), "available": [k for k in FILES if _available(k)]}
+    from nerfhead.audio.voice import rubberband_available
+
+    return {**to_dict(cfg.audio), "available": [k for k in FILES if _available(k)],
+            "voices_available": rubberband_available()}
 
 
 AUDIO = Step(STEP, inputs=("aud.wav",), outputs=(*FILES.values(), *VOICE_FILES.values()),

@@ -98,6 +98,32 @@ def test_the_audio_step_writes_the_voices_and_removes_them_when_none_are_asked(g
         run([0.0])
 
 
+def test_without_rubberband_the_audio_step_warns_and_writes_no_voices(grid_video, tmp_path,
+                                                                     monkeypatch, caplog):
+    """An ffmpeg without rubberband: preprocessing goes on without the voices (only
+    train.voice_augment needs them), says so, and adds them once rubberband is there."""
+    from preprocess import driver
+    from preprocess.audio import AUDIO, AudioConfig
+    from preprocess.decode import DECODE, DecodeConfig
+
+    from nerfhead.audio import voice
+
+    out = tmp_path / "data"
+    cfg = SimpleNamespace(decode=DecodeConfig(crop_size=64, probe_frames=2, max_seconds=2.0,
+                                              start_seconds=1.0),
+                          audio=AudioConfig(kinds=["mel"], voice_shifts=[3.0]), weights_dir=None)
+    with monkeypatch.context() as m:
+        m.setattr(voice, "rubberband_available", lambda: False)
+        with caplog.at_level(logging.WARNING, logger="preprocess"):
+            res = driver.run_steps(grid_video, out, cfg, steps=[DECODE, AUDIO])
+        assert {r.name: r.status for r in res}["audio"] == "ran"
+        assert (out / "aud_mel.npy").is_file() and not (out / "aud_mel_voices.npy").exists()
+        assert "no rubberband filter" in caplog.text
+    res = driver.run_steps(grid_video, out, cfg, steps=[DECODE, AUDIO])
+    assert {r.name: r.status for r in res}["audio"] == "ran"
+    assert np.load(out / "aud_mel_voices.npy").shape[0] == 1
+
+
 def _dataset_with_voices(root, shifts=2, ow=True):
     from nerfhead.data.synthetic import make_dataset
 

@@ -19,6 +19,7 @@ onset comes 12-14 ms early (the analysis window smearing it), under half a video
 from __future__ import annotations
 
 import subprocess
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,8 +36,9 @@ def _ffmpeg() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+@lru_cache(maxsize=1)
 def rubberband_available() -> bool:
-    """True when the bundled ffmpeg has the rubberband filter."""
+    """True when the bundled ffmpeg has the rubberband filter (asked once per process)."""
     try:
         out = subprocess.run([_ffmpeg(), "-hide_banner", "-h", "filter=rubberband"],
                              capture_output=True, text=True, timeout=30)
