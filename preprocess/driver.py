@@ -52,7 +52,7 @@ from preprocess.progress import OverallProgress
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 MANIFEST = "manifest.json"
-SMALL_FILE = 64 << 10  #: files up to this size (json, txt, small npy) are hashed by content
+SMALL_FILE = 64 << 10  #: before content hashing of every file: the size hashed by content
 log = logging.getLogger("preprocess")
 
 
@@ -83,22 +83,20 @@ def _file_entry(path: Path, rel: str) -> list:
     """A file as an input: its name, size and content hash (sha256, about 1.7 GB/s here), so
     a dataset copied to another disk or machine, which gives every file a new mtime, keeps
     its finished steps."""
-    st = path.stat()
-    if st.st_size <= SMALL_FILE:
-        return [rel, st.st_size, hashlib.sha256(path.read_bytes()).hexdigest()]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return [rel, st.st_size, h.hexdigest()]
+    return [rel, path.stat().st_size, h.hexdigest()]
 
 
 def _legacy_file_entry(path: Path, rel: str) -> list:
-    """How ``_file_entry`` identified a file before large files were hashed by content: by
-    size and mtime. Used only to recognise records written then (``_legacy_record``)."""
+    """How ``_file_entry`` identified a file before large files were hashed by content: small
+    ones as now, larger ones by size and mtime. Used only to recognise records written then
+    (``_legacy_record``)."""
     st = path.stat()
     if st.st_size <= SMALL_FILE:
-        return [rel, st.st_size, hashlib.sha256(path.read_bytes()).hexdigest()]
+        return _file_entry(path, rel)
     return [rel, st.st_size, st.st_mtime_ns]
 
 

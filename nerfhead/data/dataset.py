@@ -210,15 +210,16 @@ def load_audio_voices(root: Path, kind: str, audio_shape: tuple[int, ...]) -> np
         except ValueError as e:
             raise DatasetError(f"dataset: cannot read voice features {p}: {e}") from e
     shapes = [a.shape for a in arrays]
-    voices = arrays[0] if len(arrays) == 1 else None
-    if (any(len(s) != 4 for s in shapes) or len({s[:3] for s in shapes}) != 1
-            or (shapes[0][1:3], sum(s[3] for s in shapes)) != (tuple(audio_shape[:2]), audio_shape[2])):
+    # every part: [V, N, T, C_part] with the clip's N and T, the same V, channels adding up
+    n, t, c = audio_shape
+    if (any(len(s) != 4 or s[1:3] != (n, t) or s[0] != shapes[0][0] for s in shapes)
+            or sum(s[3] for s in shapes) != c):
         raise DatasetError(f"dataset: {', '.join(map(str, paths))}: voice features {shapes} do "
                            f"not match the clip's own {tuple(audio_shape)} (stale files: rerun "
                            "preprocess's audio step)")
-    if voices is None:
-        voices = np.concatenate([np.asarray(a) for a in arrays], axis=3)
-    return voices
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate([np.asarray(a) for a in arrays], axis=3)
 
 
 def _read_rgb(path: Path, size: tuple[int, int], flags=cv2.IMREAD_COLOR) -> np.ndarray:
