@@ -42,7 +42,18 @@ def collect() -> dict:
         "packages": {m: _version(m) for m in
                      ("numpy", "cv2", "mediapipe", "imageio_ffmpeg", "scipy", "tensorboard",
                       "facexlib", "lpips", "tinycudann", "nerfacc", "ray", "rich")},
+        "programs": _programs(),
     }
+
+
+def _programs() -> dict:
+    """Programs nerfhead runs when present: the speech synthesisers of ``nerfhead respeak``."""
+    import shutil
+
+    from nerfhead.audio.respeak import ENGINES
+
+    return {name: shutil.which(name) or f"unavailable (not installed: apt install {name}; "
+                                         "`nerfhead respeak` uses it)" for name in ENGINES}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,4 +72,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{fam + ' ' + name:20s} {'available' if not why else 'unavailable: ' + why}")
     for name, ver in info["packages"].items():
         print(f"{name:16s} {ver}")
+    for name, where in info["programs"].items():
+        print(f"{name:16s} {where}")
     return 0

@@ -14,6 +14,11 @@
 #    default +3 semitones, a shift the preprocessed voices of train.voice_augment do not
 #    contain, about a man's formants towards a woman's), scored against the
 #    real mouth: lip sync for a voice the model never heard, with ground truth;
+# 3c. the same held-out frames driven by their words said by other voices (`nerfhead respeak`:
+#    speech synthesisers, each word fitted into the span GRID's word timings give it;
+#    `--respeak VOICES`, default flite:slt,flite:awb,espeak-ng:en-us+f3; skipped with a note
+#    where flite/espeak-ng are not installed: apt install flite espeak-ng), scored against
+#    the real mouth: other speakers, with ground truth at the scale of words;
 # 4. `nerfhead evaluate --drive OTHER_SPEECH`: the same model driven by another speaker
 #    (no GT video: energy proxy and opening spread), and `--drive OTHER_VIDEO` (another
 #    speaker's footage, by default the 8-s HDTF clip: the rendered mouth opening correlated
@@ -33,6 +38,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${NERFHEAD_SHARED:-$here/../shared}"
 video="$shared/data/video/grid_s1_300s.mp4"
 clips="$shared/data/video/grid_s1_300s.clips.txt"
+align="$shared/data/video/grid_s1_align"
 drive_audio="$shared/data/audio/eng_60s.wav"
 drive_video="$shared/data/video/hdtf_katiehill_8s.mp4"
 out="runs/lipsync_bench"
@@ -44,6 +50,7 @@ threads=1
 device="cpu"
 max_eval_frames=""
 voice_shift=3
+respeak_voices="flite:slt,flite:awb,espeak-ng:en-us+f3"
 nerfhead="${NERFHEAD:-python3 -m nerfhead}"
 
 usage() {
@@ -52,6 +59,7 @@ usage() {
 usage: $0 [--kind mel+ow|mel|ow|all] [--iters N] [--lips-iters N] [--out DIR] [--video MP4]
           [--clips TXT] [--train-sentences K] [--drive WAV] [--drive-video MP4] [--device cpu|cuda]
           [--threads N] [--max-eval-frames N] [--voice-shift SEMITONES (0: none)]
+          [--align DIR] [--respeak ENGINE:VOICE,... ("": none)]
 defaults: --kind $kind --iters $iters --lips-iters $lips_iters --out $out
 EOF
 }
@@ -71,6 +79,8 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift 2 ;;
     --max-eval-frames) max_eval_frames="$2"; shift 2 ;;
     --voice-shift) voice_shift="$2"; shift 2 ;;
+    --align) align="$2"; shift 2 ;;
+    --respeak) respeak_voices="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "lipsync_bench: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -111,6 +121,47 @@ prep "$out/data_train" 0 "$split"
 prep "$out/data_heldout" "$split" "$(python3 -c "print($duration - $split)")" \
   --set face_fit.reference="$out/data_train"
 
+# the held-out sentences' words on the held-out clip's clock, said again by other voices
+# (train_words.txt: the training sentences' words, for `--set audio.respeak_words=` of the
+# training clip: docs/benchmarks.md, "Lip sync for other speakers")
+respeak_files=()
+if [ -n "$respeak_voices" ] && [ -d "$align" ]; then
+  words="$out/heldout_words.txt"
+  python3 - "$clips" "$align" "$train_sentences" "$duration" "$total" "$out" <<'EOF'
+import sys
+from pathlib import Path
+clips, align, split, duration, total, out = sys.argv[1:7]
+split, each = int(split), float(duration) / int(total)
+lines = {"train_words.txt": [], "heldout_words.txt": []}
+for row in open(clips):
+    if not row.strip():
+        continue
+    k, name = int(row.split()[0]), row.split()[1]
+    first, part = (0, "train_words.txt") if k < split else (split, "heldout_words.txt")
+    off = (k - first) * each  # each clip's own clock
+    # GRID .align: start end word, in 1/25000 s from the sentence's start
+    for a in (Path(align) / (Path(name).stem + ".align")).read_text().splitlines():
+        if a.strip():
+            s, e, w = a.split()
+            lines[part].append(f"{off + int(s) / 25000:.4f} {off + int(e) / 25000:.4f} {w}")
+for name, rows in lines.items():
+    (Path(out) / name).write_text("\n".join(rows) + "\n")
+EOF
+  voice_args=()
+  for v in ${respeak_voices//,/ }; do
+    voice_args+=(--voice "$v")
+    respeak_files+=("$(echo "$v" | tr ':' '_').wav")
+  done
+  missing=0
+  for f in "${respeak_files[@]}"; do [ -f "$out/respeak/$f" ] || missing=1; done
+  if [ "$missing" = 1 ] && ! $nerfhead respeak "$words" --like "$out/data_heldout" \
+      "${voice_args[@]}" --out "$out/respeak"; then
+    echo "== skipping the re-spoken voices: nerfhead respeak failed (above); install the" \
+         "synthesisers (apt install flite espeak-ng) or pass --respeak ''" >&2
+    respeak_files=()
+  fi
+fi
+
 maxf=()
 [ -n "$max_eval_frames" ] && maxf=(--max-frames "$max_eval_frames")
 runs=()
@@ -148,6 +199,12 @@ for r in "${runs[@]}"; do
       --voice-shift "$voice_shift" --jitter-sources "" --out "$vs" --device "$device" \
       --threads "$threads" "${maxf[@]}"
   fi
+  for f in "${respeak_files[@]}"; do
+    rs="$out/eval/${name}_respeak_${f%.wav}"
+    [ -f "$rs/metrics.json" ] || $nerfhead evaluate "$r" --audio-from "$out/data_heldout" \
+      --speech "$out/respeak/$f" --jitter-sources "" --out "$rs" --device "$device" \
+      --threads "$threads" "${maxf[@]}"
+  done
   for d in "$drive_audio" "$drive_video"; do
     dr="$out/eval/${name}_drive_$(basename "${d%.*}")"
     [ -f "$dr/metrics.json" ] || $nerfhead evaluate "$r" --drive "$d" \
@@ -155,18 +212,21 @@ for r in "${runs[@]}"; do
   done
 done
 
-python3 - "$out" "$(basename "${drive_audio%.*}")" "$(basename "${drive_video%.*}")" "$voice_shift" "${runs[@]}" <<'EOF'
+python3 - "$out" "$(basename "${drive_audio%.*}")" "$(basename "${drive_video%.*}")" "$voice_shift" \
+  "$(IFS=,; echo "${respeak_files[*]}")" "${runs[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
-out, audio_name, video_name, shift, runs = (Path(sys.argv[1]), sys.argv[2], sys.argv[3],
-                                            sys.argv[4], sys.argv[5:])
+out, audio_name, video_name, shift, respoken, runs = (Path(sys.argv[1]), sys.argv[2], sys.argv[3],
+                                                      sys.argv[4], sys.argv[5], sys.argv[6:])
+voices = [v[:-4] for v in respoken.split(",") if v]
 f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"
 rows = ["| run | opening r (≥0.8) | amplitude ratio (0.8-1.2) | proxy @0 render / GT | "
         "LMD speech / silence | PSNR / mouth PSNR | PSNR as delivered | "
         f"held out in another voice ({shift} semitones): opening r, amplitude | "
+        f"re-spoken by {', '.join(voices) or 'no voices'}: opening r each (mean), mean amplitude | "
         f"driven by {audio_name}: proxy @0, amplitude | driven by {video_name}: opening r with "
         "its speaker, proxy @0 render / footage |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
 read = lambda p: json.loads(p.read_text()) if p.is_file() else {}
 for r in runs:
     name = Path(r).name
@@ -175,6 +235,13 @@ for r in runs:
     v = read(out / "eval" / f"{name}_drive_{video_name}" / "metrics.json")
     vo = read(out / "eval" / f"{name}_voice_{shift}" / "metrics.json").get("mouth_opening", {})
     ft = v.get("footage") or {}
+    rsp = [read(out / "eval" / f"{name}_respeak_{vv}" / "metrics.json").get("mouth_opening", {})
+           for vv in voices]
+    rr = [x.get("correlation") for x in rsp]
+    ra = [x.get("amplitude_ratio") for x in rsp if x.get("amplitude_ratio") is not None]
+    mean = lambda xs: sum(xs) / len(xs) if xs and None not in xs else None  # noqa: E731
+    respoken_cell = (" / ".join(f(x) for x in rr) + f" ({f(mean(rr))}), {f(mean(ra), 2)}"
+                     if voices else "n/a")
     mo, px, full = m.get("mouth_opening", {}), m.get("lipsync_proxy", {}), m["modes"]["full"]
     pr, pg = px.get("render", {}), px.get("gt", {})
     zr, zg = pr.get("zero_offset_correlation"), pg.get("zero_offset_correlation")
@@ -185,11 +252,12 @@ for r in runs:
         f"{f(zr)} / {f(zg)}{share} | {f(full.get('lmd_speech', {}).get('mean'), 2)} / "
         f"{f(full.get('lmd_silence', {}).get('mean'), 2)} | {f(full['psnr'].get('mean'), 2)} / "
         f"{f(full['mouth_psnr'].get('mean'), 2)} | {f(m.get('delivered', {}).get('psnr', {}).get('mean'), 2)} | "
-        f"{f(vo.get('correlation'))}, {f(vo.get('amplitude_ratio'), 2)} | {f(dz)}, {f(d.get('amplitude_vs_speaker'), 2)} | {f(ft.get('opening_correlation'))}, "
+        f"{f(vo.get('correlation'))}, {f(vo.get('amplitude_ratio'), 2)} | {respoken_cell} | {f(dz)}, {f(d.get('amplitude_vs_speaker'), 2)} | {f(ft.get('opening_correlation'))}, "
         f"{f(v.get('lipsync_proxy', {}).get('zero_offset_correlation'))} / "
         f"{f((ft.get('footage_proxy') or {}).get('zero_offset_correlation'))} |")
 text = "# Lip-sync benchmark\n\n" + "\n".join(rows) + "\n\nPer run: eval/<run>/report.md (held-out " \
        "sentences), eval/<run>_voice_*/report.md (the same in another voice), " \
+       "eval/<run>_respeak_*/report.md (its words said by other voices), " \
        "eval/<run>_drive_*/report.md (other speakers).\n"
 (out / "summary.md").write_text(text)
 print(text)

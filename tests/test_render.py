@@ -292,6 +292,38 @@ def test_evaluate_in_another_voice(tiny_run, tmp_path, capsys):
     assert "--voice-shift" in capsys.readouterr().err
 
 
+def test_evaluate_driven_by_other_speech_of_the_clips_length(tiny_run, tmp_path, capsys):
+    """--speech WAV: the evaluated frames are driven by WAV's features (not the clip's own)
+    and scored against the real frames; a file of another length is refused, naming both."""
+    from nerfhead.audio.features import extract, load_audio
+    from nerfhead.cli import main
+    from nerfhead.eval.cli import clip_audio, voice_features
+    from nerfhead.render.video import write_wav
+
+    root, data, run, drive = tiny_run
+    n = len(load_audio(data / "aud.wav"))
+    speech = tmp_path / "other.wav"
+    write_wav(speech, 0.2 * np.sin(2 * np.pi * 900 * np.arange(n - 300) / 16000), 16000)
+    samples = clip_audio(data, speech=str(speech))
+    assert len(samples) == n and np.all(samples[-300:] == 0)  # padded to the clip's length
+    feats = voice_features(data, "mel", 22, samples)
+    assert np.allclose(feats, extract(samples, "mel", num_frames=22))
+    assert np.argmax(feats[10].mean(0)) > np.argmax(extract(load_audio(data / "aud.wav"), "mel",
+                                                            num_frames=22)[10].mean(0))
+    assert main(["evaluate", str(run), "--speech", str(speech), "--out", str(tmp_path / "s"),
+                 "--max-frames", "2", "--device", "cpu", "--previews", "0",
+                 "--jitter-sources", ""]) == 0
+    result = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert result["audio"].startswith(f"{speech} (--speech")
+    write_wav(speech, np.zeros(n + 2000), 16000)
+    assert main(["evaluate", str(run), "--speech", str(speech), "--out", str(tmp_path / "t"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(speech) in err and "nerfhead respeak" in err
+    assert main(["evaluate", str(run), "--speech", str(speech), "--voice-shift", "3",
+                 "--device", "cpu"]) == 2
+
+
 def test_bench_render_synthetic_reports_every_stage(capsys):
     from nerfhead.cli import main
 

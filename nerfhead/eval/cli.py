@@ -7,6 +7,10 @@ rendered with its audio features, its poses and its camera, and compared with it
 ``--voice-shift SEMITONES``: the same frames driven by their speech in another voice (pitch
 and formants shifted, timing kept: ``nerfhead.audio.voice``), still scored against the real
 mouth: how well the model follows a voice other than the speaker's, with ground truth.
+``--speech WAV``: the same frames driven by WAV, the clip's words at their own times in
+another voice (``nerfhead respeak``: a speech synthesiser's voices, each word fitted into the
+span the speaker took), scored against the real mouth: lip sync for other speakers, with
+ground truth.
 
 Renders are made at the run's training resolution; GT, originals and masks are resized to it
 (INTER_AREA). Landmarks for LMD are detected on frames resized to 512x512. Outputs in
@@ -53,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and formants shifted by SEMITONES, e.g. 4 or -3; timing kept) and "
                         "score them against the real frames as usual: lip sync for other "
                         "voices, with ground truth")
+    p.add_argument("--speech", default=None, metavar="WAV",
+                   help="drive the evaluated frames by WAV instead of the clip's own audio: the "
+                        "clip's words at the same times in another voice (`nerfhead respeak`), "
+                        "of the clip's length; scored against the real frames as usual")
     p.add_argument("--drive-poses", default="val", choices=["train", "val", "smooth"],
                    help="--drive: pose source of the run's dataset (default val)")
     p.add_argument("--out", default=None, help="output folder (default RUN/eval, or "
@@ -115,17 +123,29 @@ def syncnet_weights_found(path) -> bool:
         return False
 
 
-def clip_audio(data_dir: Path, voice_shift: float = 0.0) -> np.ndarray | None:
-    """The clip's aud.wav, in another voice when ``voice_shift`` (semitones) is not 0."""
-    from nerfhead.audio.features import load_audio
+def clip_audio(data_dir: Path, voice_shift: float = 0.0, speech: str | None = None
+               ) -> np.ndarray | None:
+    """The clip's aud.wav, in another voice when ``voice_shift`` (semitones) is not 0, or
+    ``speech`` (a file of the clip's length: its words said by another voice) instead."""
+    from nerfhead.audio.features import AudioError, load_audio
 
     wav = data_dir / "aud.wav"
+    option = "--speech" if speech else "--voice-shift"
     if not wav.is_file():
-        if voice_shift:
-            raise SystemExit(f"nerfhead evaluate --voice-shift: {wav} not found; the shifted "
-                             "voice is made from the clip's audio track")
+        if voice_shift or speech:
+            raise SystemExit(f"nerfhead evaluate {option}: {wav} not found; the other voice is "
+                             "made from, or measured against, the clip's audio track")
         return None
     samples = load_audio(wav)
+    if speech:
+        other = load_audio(speech)
+        per_frame = 16000 // 25
+        if abs(len(other) - len(samples)) > per_frame:
+            raise AudioError(f"--speech {speech} lasts {len(other) / 16000:.2f} s "
+                             f"but the clip's audio ({wav}) {len(samples) / 16000:.2f} s: it must "
+                             "say the clip's words at the clip's times (`nerfhead respeak WORDS "
+                             f"--like {data_dir}` makes such a file)")
+        return np.pad(other, (0, max(0, len(samples) - len(other))))[:len(samples)]
     if voice_shift:
         from nerfhead.audio.voice import shift_voice
 
@@ -140,7 +160,7 @@ def voice_features(data_dir: Path, kind: str, num_frames: int, samples: np.ndarr
     from nerfhead.audio.features import KINDS, extract
 
     if kind not in KINDS:
-        raise SystemExit(f"nerfhead evaluate --voice-shift: the run reads {kind!r} audio features, "
+        raise SystemExit(f"nerfhead evaluate --voice-shift/--speech: the run reads {kind!r} audio features, "
                          "which nerfhead cannot compute from a waveform; it works for runs on "
                          f"{', '.join(KINDS)}")
     fps = 25.0
@@ -220,8 +240,9 @@ def evaluate(args) -> dict:
     c2w, cam, ids, aud_ids, split = eval_frames(data_dir, clip)
     feats, kind = load_audio_features(data_dir, model.audio_kind)
     shift = float(getattr(args, "voice_shift", 0.0) or 0.0)
-    samples = clip_audio(data_dir, shift) if shift else None
-    if shift:
+    speech = getattr(args, "speech", None)
+    samples = clip_audio(data_dir, shift, speech) if shift or speech else None
+    if samples is not None:
         feats = voice_features(data_dir, kind, len(feats), samples)
     if args.max_frames:
         c2w, ids, aud_ids = c2w[:args.max_frames], ids[:args.max_frames], aud_ids[:args.max_frames]
@@ -283,9 +304,12 @@ def evaluate(args) -> dict:
                       else "rendered by the torso field"),
             "composite": composite_description(gt_torso, clip, args.no_torso),
             "delivered_composite": delivered_description(gt_torso, clip, args.no_torso),
-            "audio": f"{data_dir / 'aud.wav'} (features {kind}) for the evaluated frames"
-                     + (f", in another voice: pitch and formants shifted {shift:+g} semitones "
-                        "(--voice-shift)" if shift else "")}
+            "audio": (f"{speech} (--speech: the clip's words in another voice; features {kind}) "
+                      f"for the evaluated frames, scored against the frames of {data_dir}"
+                      if speech else
+                      f"{data_dir / 'aud.wav'} (features {kind}) for the evaluated frames"
+                      + (f", in another voice: pitch and formants shifted {shift:+g} semitones "
+                         "(--voice-shift)" if shift else ""))}
     result = ev.finish(audio, info)
     result["syncnet"] = syncnet_scores(renders or [], audio, args.syncnet, device,
                                        landmarks=ev.render_landmarks)
@@ -327,10 +351,14 @@ def run(args) -> int:
 
     from nerfhead.render.cli import known_errors
 
-    if args.drive and getattr(args, "voice_shift", 0.0):
-        print("nerfhead evaluate: --voice-shift changes the voice of the evaluated clip's own "
-              "speech (scored against its frames); --drive already brings another voice. Use "
-              "one of them", file=sys.stderr)
+    if args.drive and (getattr(args, "voice_shift", 0.0) or getattr(args, "speech", None)):
+        print("nerfhead evaluate: --voice-shift and --speech change the voice of the evaluated "
+              "clip's own speech (scored against its frames); --drive already brings another "
+              "voice. Use one of them", file=sys.stderr)
+        return 2
+    if getattr(args, "voice_shift", 0.0) and getattr(args, "speech", None):
+        print("nerfhead evaluate: --speech already replaces the clip's speech; shift the voice "
+              "of that file beforehand, or give one of --speech and --voice-shift", file=sys.stderr)
         return 2
     if args.drive:
         try:
