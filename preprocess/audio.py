@@ -15,6 +15,12 @@ kinds were written is recorded in the manifest so training can pick one that exi
 each it writes the same features of the clip's speech in other voices (``voice_shifts``,
 semitones; ``nerfhead.audio.voice``), ``aud_<kind>_voices.npy`` [V, N, 16, C] float16, which
 training mixes in (``train.voice_augment``) so that the mouth follows other speakers too.
+Given the clip's word timings (``respeak_words``: whisperX JSON, text, GRID .align, on the
+source video's clock), the same file also holds the clip's words said by speech synthesisers
+(``respeak_voices``; ``nerfhead.audio.respeak``), each word in the span the speaker took: other
+speakers altogether, not shifts of this one, which is what helps with other people's speech
+(docs/benchmarks.md, "Lip sync for other speakers"). Order: the shifts, then those voices;
+``previews/respeak.png`` shows where their words fall.
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ class AudioConfig:
     #: the clip's speech also in these other voices (pitch and formants shifted, semitones;
     #: nerfhead.audio.voice), for train.voice_augment; [] writes none
     voice_shifts: list[float] = field(default_factory=lambda: [-4.0, -2.0, 2.0, 4.0])
+    #: the clip's word timings (whisper/whisperX JSON, 'start end word' text in seconds, GRID
+    #: .align) on the source video's clock; with them the clip's words said by
+    #: ``respeak_voices`` join the voices for train.voice_augment. None: no such voices
+    respeak_words: str | None = None
+    #: speech-synthesiser voices (ENGINE:VOICE; flite / espeak-ng programs must be installed)
+    respeak_voices: list[str] = field(default_factory=lambda: [
+        "flite:kal16", "espeak-ng:en+m3", "espeak-ng:en-gb-x-rp+f2"])
 
 
 @dataclass
@@ -146,6 +159,8 @@ def run(ctx: StepContext) -> dict:
         raise StepError(STEP, str(e), ctx.path("aud.wav")) from e
     shifts = _voice_shifts(cfg, ctx.log)
     voices = [_shifted(ctx, samples, s) for s in shifts]
+    respoken = _respoken(ctx, cfg, samples)
+    voices += [r.samples for r in respoken]
     if not voices:  # no voices of an older aud.wav may stay beside the new features
         for f in VOICE_FILES.values():
             ctx.path(f).unlink(missing_ok=True)
@@ -163,7 +178,50 @@ def run(ctx: StepContext) -> dict:
                 np.save(tmp, other)
             written[kind]["voices"] = {"file": VOICE_FILES[kind], "shape": list(other.shape)}
     return {"kinds": sorted(written), "features": written, "unavailable": missing,
-            "voice_shifts": shifts}
+            "voice_shifts": shifts, "respoken_voices": [r.voice for r in respoken],
+            "respoken_unfitted_words": {r.voice: len(r.unfitted) for r in respoken}}
+
+
+RESPEAK_PREVIEW = "previews/respeak.png"
+
+
+def _respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
+    """The clip's words said by ``cfg.respeak_voices`` (``nerfhead.audio.respeak``), on the
+    clip's clock: the words file counts from the source's start, the clip from
+    ``--start-seconds``; words not wholly inside the clip are left out."""
+    if not cfg.respeak_words:
+        return []
+    from pathlib import Path
+
+    from nerfhead.audio.features import SAMPLE_RATE, AudioError
+    from nerfhead.audio.respeak import parse_voice, read_word_timings, respeak, write_preview
+
+    path = Path(cfg.respeak_words)
+    start = float(ctx.manifest.get("video", {}).get("start_seconds", 0.0) or 0.0)
+    seconds = len(samples) / SAMPLE_RATE
+    try:
+        voices = [parse_voice(v) for v in cfg.respeak_voices]
+        words = [w for w in read_word_timings(path, offset=-start) if w.start >= 0 and w.end <= seconds]
+    except AudioError as e:
+        raise StepError(STEP, f"audio.respeak_words: {e}", path) from e
+    if not voices:
+        raise StepError(STEP, "audio.respeak_words is set but audio.respeak_voices is empty: name "
+                              "voices (e.g. flite:kal16) or unset audio.respeak_words")
+    if not words:
+        raise StepError(STEP, f"audio.respeak_words: none of its words lies within this clip "
+                              f"({start:g} to {start + seconds:g} s of the source): the timings of "
+                              "another video, or of another clock?", path)
+    out = []
+    for voice in voices:
+        try:
+            r = respeak(words, voice, len(samples), reference=samples)
+        except AudioError as e:
+            raise StepError(STEP, f"audio.respeak_voices: {e}", path) from e
+        ctx.log.info("audio: %d words of the clip said by %s%s", r.words, voice.label,
+                     f" ({len(r.unfitted)} did not fit their span)" if r.unfitted else "")
+        out.append(r)
+    write_preview(ctx.path(RESPEAK_PREVIEW), samples, {r.voice: r.samples for r in out}, words)
+    return out
 
 
 def _voice_shifts(cfg: AudioConfig, log=None) -> list[float]:
@@ -208,7 +266,7 @@ def check(ctx: StepContext) -> None:
         if arr.shape != (n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float32:
             raise StepError(STEP, f"expected float32 {(n, cfg.window, CHANNELS[kind])}, "
                                   f"got {arr.dtype} {arr.shape}", p)
-        v = len(_voice_shifts(cfg))
+        v = len(_voice_shifts(cfg)) + (len(cfg.respeak_voices) if cfg.respeak_words else 0)
         if not v:
             continue
         p = ctx.path(VOICE_FILES[kind])
@@ -228,8 +286,22 @@ def settings(cfg) -> dict:
     # makes a rerun add aud_ow.npy instead of trusting the old record
     from nerfhead.audio.voice import rubberband_available
 
-    return {**to_dict(cfg.audio), "available": [k for k in FILES if _available(k)],
-            "voices_available": rubberband_available()}
+    # the words file by content, not by path: a moved or copied file is the same input
+    audio = {k: v for k, v in to_dict(cfg.audio).items() if k != "respeak_words"}
+    return {**audio, "available": [k for k in FILES if _available(k)],
+            "voices_available": rubberband_available(),
+            "respeak_words_sha256": _file_sha256(cfg.audio.respeak_words)}
+
+
+def _file_sha256(path: str | None) -> str | None:
+    """The words file's content is a setting: an edited file makes the step run again."""
+    if not path:
+        return None
+    import hashlib
+    from pathlib import Path
+
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
 
 
 AUDIO = Step(STEP, inputs=("aud.wav",), outputs=(*FILES.values(), *VOICE_FILES.values()),

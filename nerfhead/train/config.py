@@ -58,10 +58,13 @@ class TrainConfig:
     voice_augment: float = 0.0
     """Head and lips stages: probability that a frame's audio comes from the clip's speech in
     another voice (the dataset's ``aud_<kind>_voices.npy``, written by preprocessing's audio
-    step; ``nerfhead.audio.voice``) instead of its own, one of those voices at random. Same
-    words and timing, another pitch and vocal tract: the audio path learns what stays the same
-    across speakers, so the mouth follows other voices (docs/benchmarks.md, "Lip sync driven
-    by other voices"). A dataset without voices trains on its own voice, with a warning."""
+    step: the shifts of ``audio.voice_shifts``, ``nerfhead.audio.voice``, and the clip's words
+    said by synthetic voices with ``audio.respeak_words``, ``nerfhead.audio.respeak``) instead
+    of its own, one of those voices at random. Same words and timing, another voice: the audio
+    path learns what stays the same across speakers. Shifts help with this speaker in another
+    voice, synthetic voices with other speakers (docs/benchmarks.md, "Lip sync driven by other
+    voices", "Lip sync for other speakers"). A dataset without voices trains on its own
+    voice, with a warning."""
     frames_per_step: int = 1
     """Head stage: frames each step draws its rays from (data.num_rays split evenly, each
     frame's rays rendered with that frame's audio, expression and latent). One frame per
