@@ -189,7 +189,8 @@ def _respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
     """The clip's words said by ``cfg.respeak_voices`` (``nerfhead.audio.respeak``), on the
     clip's clock: the words file counts from the source's start, the clip from
     ``--start-seconds``; words not wholly inside the clip are left out."""
-    if not cfg.respeak_words:
+    if not cfg.respeak_words:  # nor the picture of voices an earlier run wrote
+        ctx.path(RESPEAK_PREVIEW).unlink(missing_ok=True)
         return []
     from pathlib import Path
 

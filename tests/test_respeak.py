@@ -205,7 +205,8 @@ def test_the_audio_step_adds_the_clips_words_in_other_voices(grid_video, shared_
     def run(path=words):
         cfg = SimpleNamespace(decode=DecodeConfig(crop_size=64, probe_frames=2, max_seconds=2.5,
                                                   start_seconds=1.0),
-                              audio=AudioConfig(kinds=["mel"], voice_shifts=[], respeak_words=str(path),
+                              audio=AudioConfig(kinds=["mel"], voice_shifts=[],
+                                                respeak_words=str(path) if path else None,
                                                 respeak_voices=["flite:slt", "espeak-ng:en-us"]),
                               weights_dir=None)
         return {r.name: r.status for r in driver.run_steps(grid_video, out, cfg, steps=[DECODE, AUDIO])}
@@ -227,6 +228,9 @@ def test_the_audio_step_adds_the_clips_words_in_other_voices(grid_video, shared_
     assert run()["audio"] == "skipped"
     words.write_text(words.read_text().replace("47250 53000 now", "47250 52000 now"))
     assert run()["audio"] == "ran"
+    # without words again: no voices, and no picture of them left behind
+    assert run(None)["audio"] == "ran"
+    assert not (out / "aud_mel_voices.npy").exists() and not (out / "previews" / "respeak.png").exists()
     elsewhere = tmp_path / "late.txt"
     elsewhere.write_text("100.0 100.4 hello\n")
     with pytest.raises(StepError, match="none of its words lies within this clip"):
