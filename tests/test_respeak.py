@@ -165,6 +165,11 @@ def test_respeak_command(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "lasts 2.00 s" in capsys.readouterr().err
     assert main(["respeak", "--list-voices"]) == 0
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["respeak", str(words), "--like", str(clip), "--voice", "flite:slt",
+                 "--out", str(blocker)]) == 2
+    assert "not a folder" in capsys.readouterr().err
     if shutil.which("flite") is None:
         pytest.skip("flite is not installed (apt install flite)")
     out = tmp_path / "o"

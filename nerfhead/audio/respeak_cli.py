@@ -88,7 +88,11 @@ def run(args) -> int:
             return 2
     else:
         num = int(round((args.seconds or words[-1].end + 0.5) * SAMPLE_RATE))
-    out = check_output_dir(args.out, "nerfhead respeak --out")
+    try:
+        out = check_output_dir(args.out, "nerfhead respeak --out")
+    except OSError as e:  # OutputLocationError: not a folder, not writable
+        print(f"nerfhead respeak: {e}", file=sys.stderr)
+        return 2
     made, tracks = [], {}
     for voice in voices:
         try:
@@ -97,8 +101,12 @@ def run(args) -> int:
             print(f"nerfhead respeak: {e}", file=sys.stderr)
             return 2
         wav = out / _file_name(voice.label)
-        with atomic_path(wav) as tmp:
-            write_wav(tmp, r.samples, SAMPLE_RATE)
+        try:
+            with atomic_path(wav) as tmp:
+                write_wav(tmp, r.samples, SAMPLE_RATE)
+        except OSError as e:  # DiskFullError names the file and the space needed
+            print(f"nerfhead respeak: {e}", file=sys.stderr)
+            return 1
         tracks[voice.label] = r.samples
         made.append({"voice": voice.label, "file": wav.name, "words": r.words,
                      "unfitted_words": r.unfitted, "gain_db": round(r.gain_db, 2)})
