@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-silence", action="store_true",
                    help="preprocess even when the audio has too little speech (preprocess "
                         "--allow-silence)")
+    p.add_argument("--words", default=None, metavar="FILE",
+                   help="the video's word timings (whisper/whisperX JSON, 'start end word' text in "
+                        "seconds, GRID .align): preprocessing adds its words said by synthetic "
+                        "voices (audio.respeak_words; flite/espeak-ng installed) and training "
+                        "mixes them in (train.voice_augment 0.5): the mouth follows other "
+                        "speakers better (docs/benchmarks.md)")
     p.add_argument("--iters", type=int, default=None, help="override train.iters for every stage")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="training config override (repeatable)")
@@ -144,6 +150,8 @@ def preprocess_options(args) -> list[str]:
         options += ["--crop-size", str(args.crop_size)]
     if getattr(args, "rotate", None):
         options += ["--rotate", str(args.rotate)]
+    if getattr(args, "words", None):
+        options += ["--set", f"audio.respeak_words={Path(args.words).resolve()}"]
     return options
 
 
@@ -173,6 +181,9 @@ def train(args, k: int, stage: str, init: Path | None) -> Path:
         cmd += ["--iters", str(args.iters)]
     if init is not None:
         cmd += ["--init", str(init)]
+    if getattr(args, "words", None) and stage != "torso" and not any(
+            o.startswith("train.voice_augment=") for o in args.overrides):
+        cmd += ["--set", "train.voice_augment=0.5"]  # the synthetic voices --words made
     for o in args.overrides:
         cmd += ["--set", o]
     _subcommand(cmd)

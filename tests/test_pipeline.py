@@ -45,6 +45,30 @@ def test_pipeline_chains_steps_and_skips_finished_ones(tmp_path, monkeypatch):
     assert [c[0] for c in calls] == ["preprocess", "train", "train", "evaluate"]
 
 
+def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
+    """--words: preprocessing gets audio.respeak_words (an absolute path), the head and lips
+    stages train.voice_augment=0.5 unless --set gives another value; the torso stage none."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really a video: preprocess is replaced below")
+    words = tmp_path / "words.json"
+    words.write_text("[]")
+    calls = []
+    monkeypatch.setattr(pipeline, "_subcommand", lambda argv: calls.append(argv))
+    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    monkeypatch.chdir(tmp_path)
+    args = _args(str(video), "--preset", "head,torso", "--out", str(tmp_path / "out"),
+                 "--words", "words.json", "--device", "cpu")
+    pipeline.run(args)
+    assert f"audio.respeak_words={words}" in calls[0]
+    head, torso = calls[1], calls[2]
+    assert "train.voice_augment=0.5" in head and "train.voice_augment=0.5" not in torso
+    calls.clear()
+    args = _args(str(video), "--preset", "head", "--out", str(tmp_path / "out2"), "--words",
+                 str(words), "--set", "train.voice_augment=0.3", "--device", "cpu")
+    pipeline.run(args)
+    assert [o for o in calls[1] if o.startswith("train.voice_augment")] == ["train.voice_augment=0.3"]
+
+
 def test_pipeline_missing_video(tmp_path):
     assert pipeline.run(_args(str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o"))) == 2
 
