@@ -66,6 +66,13 @@ def test_word_timings_errors_name_the_file_and_line(tmp_path, content, match):
     assert str(p) in str(e.value)
 
 
+def test_an_overlap_is_reported_on_the_files_own_clock(tmp_path):
+    p = tmp_path / "w.txt"
+    p.write_text("0.5 0.8 bin\n0.7 1.0 blue\n")
+    with pytest.raises(AudioError, match=r"starts at 0.7 s, before the previous word 'bin' ends \(0.8 s\)"):
+        R.read_word_timings(p, offset=-0.4)
+
+
 def test_whisper_words_without_timing_are_refused(tmp_path):
     p = tmp_path / "w.json"
     p.write_text(json.dumps([{"word": "a", "start": 0.1, "end": 0.2}, {"word": "b"}]))

@@ -112,7 +112,7 @@ def read_word_timings(path: str | Path, offset: float = 0.0) -> list[WordTiming]
                              "a word needs 0 <= start < end")
         if out and start + offset < out[-1].end - 1e-6:
             raise AudioError(f"word timings {path}, {where}: {word!r} starts at {start:g} s, before "
-                             f"the previous word {out[-1].word!r} ends ({out[-1].end:g} s): words "
+                             f"the previous word {out[-1].word!r} ends ({out[-1].end - offset:g} s): words "
                              "must be in order and must not overlap")
         out.append(WordTiming(start + offset, end + offset, word.strip()))
     if not out:
@@ -224,15 +224,23 @@ def synthesize(word: str, voice: Voice, speed: float = 1.0) -> np.ndarray:
         return _read_wav(wav)
 
 
+HOP = SAMPLE_RATE // 100  #: 10-ms frames for every loudness measure here
+
+
+def frame_power(x: np.ndarray) -> np.ndarray:
+    """Mean square of each whole 10-ms frame of ``x`` (float64 [len(x) // HOP])."""
+    n = len(x) // HOP
+    return (np.asarray(x[:n * HOP], np.float64).reshape(n, HOP) ** 2).mean(1)
+
+
 def trim_silence(x: np.ndarray, db: float = TRIM_DB) -> np.ndarray:
     """``x`` without its leading and trailing 10-ms frames quieter than ``db`` under its loudest."""
-    hop = SAMPLE_RATE // 100
-    n = len(x) // hop
-    if n == 0:
+    p = frame_power(x)
+    if p.size == 0:
         return x
-    level = 10 * np.log10((x[:n * hop].reshape(n, hop) ** 2).mean(1) + 1e-12)
+    level = 10 * np.log10(p + 1e-12)
     loud = np.flatnonzero(level > level.max() - db)
-    return x[loud[0] * hop:min(len(x), (loud[-1] + 1) * hop)]
+    return x[loud[0] * HOP:min(len(x), (loud[-1] + 1) * HOP)]
 
 
 def _resample_to(x: np.ndarray, n: int) -> np.ndarray:
@@ -289,22 +297,18 @@ def fit_word(say: Synthesizer, word: str, n: int, tries: int = 6) -> tuple[np.nd
 
 def _speech_rms(x: np.ndarray) -> float:
     """RMS over the 10-ms frames within 30 dB of the loudest (the speech, not the pauses)."""
-    hop = SAMPLE_RATE // 100
-    n = len(x) // hop
-    if n == 0:
+    p = frame_power(x)
+    if p.size == 0:
         return 0.0
-    p = (x[:n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(1)
     db = 10 * np.log10(p + 1e-12)
     return float(np.sqrt(p[db > db.max() - 30].mean()))
 
 
 def _floor_rms(x: np.ndarray) -> float:
     """RMS of the quietest tenth of the 10-ms frames: the recording's noise floor."""
-    hop = SAMPLE_RATE // 100
-    n = len(x) // hop
-    if n == 0:
+    p = frame_power(x)
+    if p.size == 0:
         return 0.0
-    p = (np.asarray(x[:n * hop], np.float64).reshape(n, hop) ** 2).mean(1)
     return float(np.sqrt(np.percentile(p, 10)))
 
 
@@ -373,16 +377,12 @@ def write_preview(path: Path, reference: np.ndarray | None, tracks: dict[str, np
 
     from nerfhead.fileio import atomic_path
 
-    def level(x: np.ndarray) -> np.ndarray:
-        n = len(x) // 160
-        return 10 * np.log10((x[:n * 160].reshape(n, 160).astype(np.float64) ** 2).mean(1) + 1e-10)
-
     rows = ([("the clip", reference)] if reference is not None else []) + list(tracks.items())
     fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.6 * len(rows) + 0.6), sharex=True,
                              squeeze=False)
     end = int(PREVIEW_SECONDS * 100)
     for ax, (name, x) in zip(axes[:, 0], rows):
-        db = level(x)[:end]
+        db = 10 * np.log10(frame_power(x)[:end] + 1e-10)
         ax.plot(np.arange(len(db)) / 100, db, lw=0.8)
         ax.set_ylabel(name, fontsize=8)
         ax.set_ylim(-80, 0)
