@@ -98,6 +98,9 @@ setup(
         # jax and opencv-contrib, none of which it needs for the APIs we use); these are what
         # it does import.
         "preprocess": ["absl-py", "attrs", "flatbuffers", "protobuf>=3.20,<5", "sounddevice",
+                       # word timings from a clip's audio (nerfhead words): its wheel carries
+                       # the US-English model
+                       "pocketsphinx>=5.0",
                        "eos-py==1.5.0",
                        # optional "ow" audio feature: Google's speech-embedding ONNX model
                        # shipped inside the openwakeword wheel, run with onnxruntime

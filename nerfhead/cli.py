@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "evaluate": ("nerfhead.eval.cli", "metrics on the validation split, with and without masks"),
     "run": ("nerfhead.pipeline", "preprocess, train, render and evaluate in one go"),
     "batch": ("nerfhead.batch.cli", "many speakers through run's stages as Ray tasks, one results table"),
+    "words": ("nerfhead.audio.words_cli", "a clip's word timings from its audio: a transcript aligned, or words recognised"),
     "respeak": ("nerfhead.audio.respeak_cli", "a clip's words said by synthetic voices on its clock (lip sync for other speakers)"),
     "bench": ("nerfhead.bench", "benchmarks: kernels, render, motion"),
     "motion": ("nerfhead.motion.cli", "motion files (export, edit, generate) and head motion from audio"),

@@ -16,7 +16,14 @@ def _version(module: str) -> str:
         mod = importlib.import_module(module)
     except Exception as e:
         return f"unavailable ({type(e).__name__}: {e})"
-    return str(getattr(mod, "__version__", "installed"))
+    if hasattr(mod, "__version__"):
+        return str(mod.__version__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # a package without __version__ (pocketsphinx): its distribution's
+        return version(module)
+    except PackageNotFoundError:
+        return "installed"
 
 
 def collect() -> dict:
@@ -41,7 +48,8 @@ def collect() -> dict:
         "backends": {fam: available_backends(fam) for fam in ("hashgrid", "raymarch")},
         "packages": {m: _version(m) for m in
                      ("numpy", "cv2", "mediapipe", "imageio_ffmpeg", "scipy", "tensorboard",
-                      "facexlib", "lpips", "tinycudann", "nerfacc", "ray", "rich")},
+                      "facexlib", "lpips", "tinycudann", "nerfacc", "ray", "rich",
+                      "pocketsphinx")},
         "programs": _programs(),
     }
 

@@ -47,12 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-silence", action="store_true",
                    help="preprocess even when the audio has too little speech (preprocess "
                         "--allow-silence)")
-    p.add_argument("--words", default=None, metavar="FILE",
+    p.add_argument("--words", default=None, metavar="FILE|auto",
                    help="the video's word timings (whisper/whisperX JSON, 'start end word' text in "
-                        "seconds, GRID .align): preprocessing adds its words said by synthetic "
-                        "voices (audio.respeak_words; flite/espeak-ng installed) and training "
-                        "mixes them in (train.voice_augment 0.5): the mouth follows other "
-                        "speakers better (docs/benchmarks.md)")
+                        "seconds, GRID .align; 'auto': recognised from its audio, US English): "
+                        "preprocessing adds its words said by synthetic voices "
+                        "(audio.respeak_words; flite/espeak-ng installed) and training mixes them "
+                        "in (train.voice_augment 0.5): the mouth follows other speakers better "
+                        "(docs/benchmarks.md)")
+    p.add_argument("--transcript", default=None, metavar="TEXT",
+                   help="the words said in the clip (plain text, of the clip as cut by "
+                        "--max-seconds): aligned to its audio for the synthetic voices, as "
+                        "--words does with timings")
     p.add_argument("--iters", type=int, default=None, help="override train.iters for every stage")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="training config override (repeatable)")
@@ -150,8 +155,11 @@ def preprocess_options(args) -> list[str]:
         options += ["--crop-size", str(args.crop_size)]
     if getattr(args, "rotate", None):
         options += ["--rotate", str(args.rotate)]
-    if getattr(args, "words", None):
-        options += ["--set", f"audio.respeak_words={Path(args.words).resolve()}"]
+    words = getattr(args, "words", None)
+    if words:
+        options += ["--set", f"audio.respeak_words={words if words == 'auto' else Path(words).resolve()}"]
+    if getattr(args, "transcript", None):
+        options += ["--set", f"audio.transcript={Path(args.transcript).resolve()}"]
     return options
 
 
@@ -181,7 +189,7 @@ def train(args, k: int, stage: str, init: Path | None) -> Path:
         cmd += ["--iters", str(args.iters)]
     if init is not None:
         cmd += ["--init", str(init)]
-    if getattr(args, "words", None) and stage != "torso" and not any(
+    if (getattr(args, "words", None) or getattr(args, "transcript", None)) and stage != "torso" and not any(
             o.startswith("train.voice_augment=") for o in args.overrides):
         cmd += ["--set", "train.voice_augment=0.5"]  # the synthetic voices --words made
     for o in args.overrides:

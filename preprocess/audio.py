@@ -16,7 +16,9 @@ each it writes the same features of the clip's speech in other voices (``voice_s
 semitones; ``nerfhead.audio.voice``), ``aud_<kind>_voices.npy`` [V, N, 16, C] float16, which
 training mixes in (``train.voice_augment``) so that the mouth follows other speakers too.
 Given the clip's word timings (``respeak_words``: whisperX JSON, text, GRID .align, on the
-source video's clock), the same file also holds the clip's words said by speech synthesisers
+source video's clock; or made from aud.wav, ``nerfhead.audio.words``: a ``transcript``
+aligned, or ``respeak_words=auto`` recognised, either written to ``words.txt``), the same
+file also holds the clip's words said by speech synthesisers
 (``respeak_voices``; ``nerfhead.audio.respeak``), each word in the span the speaker took: other
 speakers altogether, not shifts of this one, which is what helps with other people's speech
 (docs/benchmarks.md, "Lip sync for other speakers"). Order: the shifts, then those voices;
@@ -51,8 +53,14 @@ class AudioConfig:
     voice_shifts: list[float] = field(default_factory=lambda: [-4.0, -2.0, 2.0, 4.0])
     #: the clip's word timings (whisper/whisperX JSON, 'start end word' text in seconds, GRID
     #: .align) on the source video's clock; with them the clip's words said by
-    #: ``respeak_voices`` join the voices for train.voice_augment. None: no such voices
+    #: ``respeak_voices`` join the voices for train.voice_augment. "auto": the words
+    #: recognised in aud.wav (PocketSphinx, US English; often wrong words, right spans),
+    #: written to words.txt. None: no such voices
     respeak_words: str | None = None
+    #: plain text of the words said in the clip (as cut by --start-seconds/--max-seconds),
+    #: aligned to aud.wav (PocketSphinx) to give the word timings (words.txt) when
+    #: respeak_words is unset or "auto": right words, unlike recognition
+    transcript: str | None = None
     #: speech-synthesiser voices (ENGINE:VOICE; flite / espeak-ng programs must be installed)
     respeak_voices: list[str] = field(default_factory=lambda: [
         "flite:kal16", "espeak-ng:en+m3", "espeak-ng:en-gb-x-rp+f2"])
@@ -179,6 +187,8 @@ def run(ctx: StepContext) -> dict:
             written[kind]["voices"] = {"file": VOICE_FILES[kind], "shape": list(other.shape)}
     return {"kinds": sorted(written), "features": written, "unavailable": missing,
             "voice_shifts": shifts, "respoken_voices": [r.voice for r in respoken],
+            "respeak_words_from": None if not _respeaks(cfg) else "transcript" if cfg.transcript
+            else "recognised" if cfg.respeak_words == "auto" else "file",
             "respoken_unfitted_words": {r.voice: len(r.unfitted) for r in respoken}}
 
 
@@ -189,25 +199,35 @@ def _respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
     """The clip's words said by ``cfg.respeak_voices`` (``nerfhead.audio.respeak``), on the
     clip's clock: the words file counts from the source's start, the clip from
     ``--start-seconds``; words not wholly inside the clip are left out."""
-    if not cfg.respeak_words:  # nor the picture of voices an earlier run wrote
+    if not _respeaks(cfg):  # nor the picture of voices or the words an earlier run wrote
         ctx.path(RESPEAK_PREVIEW).unlink(missing_ok=True)
+        ctx.path(WORDS_FILE).unlink(missing_ok=True)
         return []
     from pathlib import Path
 
     from nerfhead.audio.features import SAMPLE_RATE, AudioError
     from nerfhead.audio.respeak import parse_voice, read_word_timings, respeak, write_preview
 
-    path = Path(cfg.respeak_words)
-    start = float(ctx.manifest.get("video", {}).get("start_seconds", 0.0) or 0.0)
-    seconds = len(samples) / SAMPLE_RATE
     try:
         voices = [parse_voice(v) for v in cfg.respeak_voices]
-        words = [w for w in read_word_timings(path, offset=-start) if w.start >= 0 and w.end <= seconds]
     except AudioError as e:
-        raise StepError(STEP, f"audio.respeak_words: {e}", path) from e
+        raise StepError(STEP, f"audio.respeak_voices: {e}") from e
     if not voices:
         raise StepError(STEP, "audio.respeak_words is set but audio.respeak_voices is empty: name "
                               "voices (e.g. flite:kal16) or unset audio.respeak_words")
+    if cfg.transcript or cfg.respeak_words == "auto":
+        words, path = _words_from_audio(ctx, cfg, samples), ctx.path(WORDS_FILE)
+        start = 0.0
+    else:
+        ctx.path(WORDS_FILE).unlink(missing_ok=True)
+        path = Path(cfg.respeak_words)
+        start = float(ctx.manifest.get("video", {}).get("start_seconds", 0.0) or 0.0)
+        seconds = len(samples) / SAMPLE_RATE
+        try:
+            words = [w for w in read_word_timings(path, offset=-start)
+                     if w.start >= 0 and w.end <= seconds]
+        except AudioError as e:
+            raise StepError(STEP, f"audio.respeak_words: {e}", path) from e
     if not words:
         raise StepError(STEP, f"audio.respeak_words: none of its words lies within this clip "
                               f"({start:g} to {start + seconds:g} s of the source): the timings of "
@@ -223,6 +243,61 @@ def _respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
         out.append(r)
     write_preview(ctx.path(RESPEAK_PREVIEW), samples, {r.voice: r.samples for r in out}, words)
     return out
+
+
+WORDS_FILE = "words.txt"
+
+
+def _respeaks(cfg: AudioConfig) -> bool:
+    return bool(cfg.respeak_words or cfg.transcript)
+
+
+def _words_from_audio(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
+    """The clip's word timings made from aud.wav (``nerfhead.audio.words``): the transcript
+    aligned, or the words recognised; written to words.txt for the user to read or reuse."""
+    from pathlib import Path
+
+    from nerfhead.audio.features import AudioError
+    from nerfhead.audio.vad import format_ranges
+    from nerfhead.audio.words import (align_transcript, recognize_words, unworded_speech,
+                                      write_word_timings)
+
+    if cfg.transcript and cfg.respeak_words not in (None, "auto"):
+        raise StepError(STEP, f"audio.transcript and audio.respeak_words={cfg.respeak_words} both "
+                              "give the words: unset one (a transcript is aligned to aud.wav, a "
+                              "timings file is used as it is)", Path(cfg.transcript))
+    if cfg.transcript:
+        path = Path(cfg.transcript)
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as e:
+            raise StepError(STEP, f"audio.transcript: cannot read it ({e.strerror or e})", path) from e
+        try:
+            words = align_transcript(samples, text, source=f"audio.transcript {path}")
+        except AudioError as e:
+            raise StepError(STEP, str(e), path) from e
+        how = f"the words of {path.name} aligned to aud.wav"
+    else:
+        ctx.log.info("audio: recognising the clip's words (respeak_words=auto; about a quarter "
+                     "of the clip's length on one core)")
+        try:
+            words = recognize_words(samples)
+        except AudioError as e:
+            raise StepError(STEP, f"audio.respeak_words=auto: {e}", ctx.path("aud.wav")) from e
+        how = "the words recognised in aud.wav (PocketSphinx, US English: right spans, often wrong words)"
+    if not words:
+        raise StepError(STEP, "audio.respeak_words=auto: the recogniser found no words in aud.wav "
+                              "(is the speech English?); give a transcript (audio.transcript) or "
+                              "word timings, or unset audio.respeak_words", ctx.path("aud.wav"))
+    gaps = unworded_speech(samples, words)
+    if gaps:
+        ctx.log.warning("audio: speech with no word over it at %s (%s): %s", format_ranges(gaps), how,
+                        "does the transcript leave words out? The synthetic voices are silent there"
+                        if cfg.transcript else "the recogniser found no words there")
+    write_word_timings(ctx.path(WORDS_FILE), words,
+                       header=f"{how}\non aud.wav's clock (seconds from the clip's first sample)")
+    ctx.log.info("audio: %d words (%s) -> %s", len(words), how, ctx.path(WORDS_FILE))
+    return words
 
 
 def _voice_shifts(cfg: AudioConfig, log=None) -> list[float]:
@@ -267,7 +342,7 @@ def check(ctx: StepContext) -> None:
         if arr.shape != (n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float32:
             raise StepError(STEP, f"expected float32 {(n, cfg.window, CHANNELS[kind])}, "
                                   f"got {arr.dtype} {arr.shape}", p)
-        v = len(_voice_shifts(cfg)) + (len(cfg.respeak_voices) if cfg.respeak_words else 0)
+        v = len(_voice_shifts(cfg)) + (len(cfg.respeak_voices) if _respeaks(cfg) else 0)
         if not v:
             continue
         p = ctx.path(VOICE_FILES[kind])
@@ -288,10 +363,20 @@ def settings(cfg) -> dict:
     from nerfhead.audio.voice import rubberband_available
 
     # the words file by content, not by path: a moved or copied file is the same input
-    audio = {k: v for k, v in to_dict(cfg.audio).items() if k != "respeak_words"}
-    return {**audio, "available": [k for k in FILES if _available(k)],
-            "voices_available": rubberband_available(),
-            "respeak_words_sha256": _file_sha256(cfg.audio.respeak_words)}
+    audio = {k: v for k, v in to_dict(cfg.audio).items() if k not in ("respeak_words", "transcript")}
+    words = cfg.audio.respeak_words
+    out = {**audio, "available": [k for k in FILES if _available(k)],
+           "voices_available": rubberband_available(),
+           "respeak_words_sha256": "auto" if words == "auto" else _file_sha256(words)}
+    if cfg.audio.transcript or words == "auto":  # another recogniser makes other words
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out["pocketsphinx"] = version("pocketsphinx")
+        except PackageNotFoundError:
+            out["pocketsphinx"] = None
+        out["transcript_sha256"] = _file_sha256(cfg.audio.transcript)
+    return out
 
 
 def _file_sha256(path: str | None) -> str | None:
@@ -305,7 +390,7 @@ def _file_sha256(path: str | None) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
 
 
-AUDIO = Step(STEP, inputs=("aud.wav",), outputs=(*FILES.values(), *VOICE_FILES.values()),
+AUDIO = Step(STEP, inputs=("aud.wav",), outputs=(*FILES.values(), *VOICE_FILES.values(), WORDS_FILE),
              run=run, check=check,
              settings=settings, doc="log-mel (and speech-embedding) windows per frame")
 

@@ -115,6 +115,25 @@ def test_run_args_are_what_nerfhead_run_parses(tmp_path, video):
     assert vars(got) == vars(want)
 
 
+def test_words_and_transcript_become_run_options(tmp_path, video):
+    """`words` (a timings file, or auto) and `transcript` reach nerfhead run's --words and
+    --transcript, paths relative to the file; a missing one fails only its speaker; both at
+    once are refused up front."""
+    (tmp_path / "said.txt").write_text("hello\n")
+    path = _write(tmp_path, [
+        {"name": "a", "video": "clips/a.mp4", "transcript": "said.txt"},
+        {"name": "b", "video": "clips/a.mp4", "words": "auto"},
+        {"name": "c", "video": "clips/a.mp4", "words": "gone.json"}])
+    a, b, c = load_speakers(path)
+    assert a.run_args(tmp_path / "o", "cpu").transcript == str(tmp_path / "said.txt")
+    assert b.run_args(tmp_path / "o", "cpu").words == "auto" and b.input_error is None
+    assert "words " + str(tmp_path / "gone.json") + " not found" in c.input_error
+    bad = _write(tmp_path, [{"name": "a", "video": "clips/a.mp4", "words": "w.json",
+                             "transcript": "said.txt"}])
+    with pytest.raises(SpeakersFileError, match="both give the words"):
+        load_speakers(bad)
+
+
 # ------------------------------------------------------------------------------ stage helpers
 
 def test_failure_cause_is_the_failing_steps_own_line():

@@ -67,6 +67,14 @@ def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
                  str(words), "--set", "train.voice_augment=0.3", "--device", "cpu")
     pipeline.run(args)
     assert [o for o in calls[1] if o.startswith("train.voice_augment")] == ["train.voice_augment=0.3"]
+    # --words auto (recognised) and --transcript (aligned): the same voices, the same training
+    (tmp_path / "said.txt").write_text("hello\n")
+    for n, opts in enumerate((["--words", "auto"], ["--transcript", "said.txt"])):
+        calls.clear()
+        pipeline.run(_args(str(video), "--preset", "head", "--out", str(tmp_path / f"o{n}"), *opts,
+                           "--device", "cpu"))
+        want = "audio.respeak_words=auto" if n == 0 else f"audio.transcript={tmp_path / 'said.txt'}"
+        assert want in calls[0] and "train.voice_augment=0.5" in calls[1]
 
 
 def test_pipeline_missing_video(tmp_path):

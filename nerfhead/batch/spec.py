@@ -12,6 +12,8 @@
         overrides: {train.iters: 40000}   # nerfhead run --set (a mapping or a list of
                                           # "section.field=value" strings)
         preprocess_overrides: [av_sync.on_fail=proceed]   # nerfhead preprocess --set
+        words: clips/obama_words.json     # run --words: word timings, or auto (recognised)
+        transcript: clips/obama.txt       # run --transcript: the words said, aligned
         drive_audio: speech/new.wav       # also render this audio: DIR/obama/drive.mp4
         pose_from: may                    # its poses: train, val, smooth, static, a dataset
                                           # folder, a transforms .json / .npy, or a speaker
@@ -55,6 +57,9 @@ class SpeakerSpec:
     eval_frames: int | None = None  #: evaluate at most N validation frames (run --eval-frames)
     overrides: list[str] = field(default_factory=list)  #: training ``section.field=value``
     preprocess_overrides: list[str] = field(default_factory=list)  #: preprocess --set
+    #: the video's word timings for synthetic training voices (run --words), or "auto"
+    words: str | None = None
+    transcript: Path | None = None  #: the words said in the video, plain text (run --transcript)
     drive_audio: Path | None = None  #: extra render with this audio: DIR/<name>/drive.mp4
     pose_from: str | None = None  #: poses of that render (see module doc); None: ``train``
     entry: int = 0  #: position in the file (1-based), for messages
@@ -74,6 +79,9 @@ class SpeakerSpec:
                 "--device", device]
         for flag, value in (("--max-seconds", self.max_seconds), ("--crop-size", self.crop_size),
                             ("--iters", self.iters), ("--eval-frames", self.eval_frames)):
+            if value is not None:
+                argv += [flag, str(value)]
+        for flag, value in (("--words", self.words), ("--transcript", self.transcript)):
             if value is not None:
                 argv += [flag, str(value)]
         for o in self.overrides:
@@ -100,7 +108,7 @@ class SpeakerSpec:
 
 
 FIELDS = {f.name for f in dataclasses.fields(SpeakerSpec)} - {"entry", "input_error"}
-PATH_FIELDS = ("video", "drive_audio")
+PATH_FIELDS = ("video", "drive_audio", "transcript")
 POSITIVE_INT = ("crop_size", "iters", "eval_frames")
 
 
@@ -180,6 +188,14 @@ def _speaker(raw: Any, defaults: dict, base: Path, where: str, entry: int) -> Sp
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise SpeakersFileError(f"{where}: '{key}' must be a positive integer, got {v!r}")
         kw[key] = v
+    words = data.get("words")
+    if words is not None:
+        if not isinstance(words, str) or not words.strip():
+            raise SpeakersFileError(f"{where}: 'words' must be a path or 'auto', got {words!r}")
+        kw["words"] = words if words == "auto" else str(_resolve(base, words))
+        if data.get("transcript") is not None and words != "auto":
+            raise SpeakersFileError(f"{where}: 'words' (timings) and 'transcript' both give the "
+                                    "words: keep one")
     v = data.get("max_seconds")
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
         raise SpeakersFileError(f"{where}: 'max_seconds' must be a positive number, got {v!r}")
@@ -215,6 +231,10 @@ def _input_error(spec: SpeakerSpec, names: set[str]) -> str | None:
                                            else "not found"))
     if spec.drive_audio is not None and not spec.drive_audio.is_file():
         return f"drive_audio {spec.drive_audio} not found"
+    if spec.words not in (None, "auto") and not Path(spec.words).is_file():
+        return f"words {spec.words} not found"
+    if spec.transcript is not None and not spec.transcript.is_file():
+        return f"transcript {spec.transcript} not found"
     pose = spec.pose_from
     if pose and pose not in POSE_KINDS and not Path(pose).exists() and pose not in names:
         return (f"pose_from {pose!r} is none of {', '.join(POSE_KINDS)}, not an existing "
