@@ -47,13 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-silence", action="store_true",
                    help="preprocess even when the audio has too little speech (preprocess "
                         "--allow-silence)")
-    p.add_argument("--words", default=None, metavar="FILE|auto",
+    p.add_argument("--words", default=None, metavar="FILE|auto|none",
                    help="the video's word timings (whisper/whisperX JSON, 'start end word' text in "
                         "seconds, GRID .align; 'auto': recognised from its audio, US English): "
                         "preprocessing adds its words said by synthetic voices "
                         "(audio.respeak_words; flite/espeak-ng installed) and training mixes them "
                         "in (train.voice_augment 0.5): the mouth follows other speakers better "
-                        "(docs/benchmarks.md)")
+                        "(docs/benchmarks.md). Default: auto where PocketSphinx, flite and "
+                        "espeak-ng are installed (else a warning says what is missing); "
+                        "'none': without")
     p.add_argument("--transcript", default=None, metavar="TEXT",
                    help="the words said in the clip (plain text, of the clip as cut by "
                         "--max-seconds): aligned to its audio for the synthetic voices, as "
@@ -146,8 +148,59 @@ def run_dir_of(out: Path, k: int, stage: str) -> Path:
     return Path(out) / ("run" if k == 0 else f"run_{Path(stage).stem}")
 
 
+AUTO_WORDS = "audio.respeak_words=auto"
+
+
+def synthetic_voices_missing() -> str | None:
+    """Why the synthetic voices of recognised words cannot be made here, or None."""
+    from nerfhead.audio.respeak import AudioError, parse_voice, voice_unavailable
+    from nerfhead.audio.words import unavailable_reason
+    from preprocess.audio import AudioConfig
+
+    reasons = [unavailable_reason()]
+    try:
+        reasons += [voice_unavailable(parse_voice(v)) for v in AudioConfig().respeak_voices]
+    except (AudioError, OSError) as e:  # flite -lv failing
+        reasons.append(str(e))
+    reasons = list(dict.fromkeys(r for r in reasons if r))
+    return "; ".join(reasons) or None
+
+
+def resolve_words(args) -> None:
+    """``--words`` when it was not given: ``auto`` (the clip's recognised words said by
+    synthetic voices, optional in preprocessing: what cannot be made is warned about) where
+    the recogniser and synthesisers are installed, else none with a warning; a rerun into an
+    existing OUT keeps what its run.json recorded. ``none`` means none. Idempotent."""
+    if getattr(args, "_words_resolved", False):
+        return
+    args._words_resolved = True
+    words = getattr(args, "words", None)
+    if words == "none":
+        args.words = None
+        return
+    if words or getattr(args, "transcript", None):
+        return
+    record = Path(args.out) / "run.json"
+    if record.is_file():  # the work was started with or without them: keep it so
+        had = json.loads(record.read_text()).get("preprocess_options") or []
+        args.words = (None if AUTO_WORDS not in had else
+                      "default" if "audio.respeak_optional=true" in had else "auto")
+        return
+    reason = synthetic_voices_missing()
+    if reason:
+        log.warning("nerfhead run: training without synthetic voices of the clip's words (%s); "
+                    "with them the mouth follows other speakers better (docs/benchmarks.md, "
+                    "\"Word timings from the clip's audio\"). --words none silences this", reason)
+        args.words = None
+        return
+    log.info("nerfhead run: the clip's words will be recognised and said by synthetic voices "
+             "for training (--transcript FILE gives the right words; --words none: without)")
+    args.words = "default"
+
+
 def preprocess_options(args) -> list[str]:
     """The options that shape the dataset (recorded in OUT/run.json: a rerun must match)."""
+    resolve_words(args)
     options = []
     if getattr(args, "max_seconds", None):
         options += ["--max-seconds", str(args.max_seconds)]
@@ -156,7 +209,9 @@ def preprocess_options(args) -> list[str]:
     if getattr(args, "rotate", None):
         options += ["--rotate", str(args.rotate)]
     words = getattr(args, "words", None)
-    if words:
+    if words == "default":  # recognised, and optional: run goes on where they cannot be made
+        options += ["--set", AUTO_WORDS, "--set", "audio.respeak_optional=true"]
+    elif words:
         options += ["--set", f"audio.respeak_words={words if words == 'auto' else Path(words).resolve()}"]
     if getattr(args, "transcript", None):
         options += ["--set", f"audio.transcript={Path(args.transcript).resolve()}"]
@@ -178,6 +233,18 @@ def preprocess(args, extra: list[str] | tuple = ()) -> Path:
     return data
 
 
+def _has_synthetic_voices(data: Path, args) -> bool:
+    """Whether preprocessing wrote the synthetic voices: always, unless they were the
+    optional default (``--words`` not given) and could not be made (warned about then)."""
+    if getattr(args, "words", None) != "default":
+        return True
+    try:
+        stats = json.loads((data / "manifest.json").read_text())["steps"]["audio"]["stats"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(stats.get("respoken_voices"))
+
+
 def train(args, k: int, stage: str, init: Path | None) -> Path:
     """``nerfhead train`` of the k-th stage (resumes from its newest checkpoint), started
     from ``init`` (the previous stage's run) when given. Returns the run folder."""
@@ -189,8 +256,9 @@ def train(args, k: int, stage: str, init: Path | None) -> Path:
         cmd += ["--iters", str(args.iters)]
     if init is not None:
         cmd += ["--init", str(init)]
+    resolve_words(args)
     if (getattr(args, "words", None) or getattr(args, "transcript", None)) and stage != "torso" and not any(
-            o.startswith("train.voice_augment=") for o in args.overrides):
+            o.startswith("train.voice_augment=") for o in args.overrides) and _has_synthetic_voices(out / "data", args):
         cmd += ["--set", "train.voice_augment=0.5"]  # the synthetic voices --words made
     for o in args.overrides:
         cmd += ["--set", o]

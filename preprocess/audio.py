@@ -64,6 +64,10 @@ class AudioConfig:
     #: speech-synthesiser voices (ENGINE:VOICE; flite / espeak-ng programs must be installed)
     respeak_voices: list[str] = field(default_factory=lambda: [
         "flite:kal16", "espeak-ng:en+m3", "espeak-ng:en-gb-x-rp+f2"])
+    #: when the words or those voices cannot be made here (no recogniser or synthesiser
+    #: installed, no words recognised), warn and write the other voices without them instead
+    #: of stopping (what ``nerfhead run`` asks for when it adds them by default)
+    respeak_optional: bool = False
 
 
 @dataclass
@@ -198,15 +202,29 @@ RESPEAK_PREVIEW = "previews/respeak.png"
 def _respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
     """The clip's words said by ``cfg.respeak_voices`` (``nerfhead.audio.respeak``), on the
     clip's clock: the words file counts from the source's start, the clip from
-    ``--start-seconds``; words not wholly inside the clip are left out."""
-    if not _respeaks(cfg):  # nor the picture of voices or the words an earlier run wrote
-        ctx.path(RESPEAK_PREVIEW).unlink(missing_ok=True)
-        ctx.path(WORDS_FILE).unlink(missing_ok=True)
-        return []
+    ``--start-seconds``; words not wholly inside the clip are left out. With
+    ``respeak_optional``, what cannot be made here is warned about and left out."""
+    if _respeaks(cfg):
+        try:
+            return _respeak_voices(ctx, cfg, samples)
+        except StepError as e:
+            if not cfg.respeak_optional:
+                raise
+            ctx.log.warning("audio: no synthetic voices (audio.respeak_optional): %s. Training "
+                            "mixes in the other voices only; the mouth follows other speakers "
+                            "less well (docs/benchmarks.md)", e)
+    # nor the picture of voices or the words an earlier run wrote
+    ctx.path(RESPEAK_PREVIEW).unlink(missing_ok=True)
+    ctx.path(WORDS_FILE).unlink(missing_ok=True)
+    return []
+
+
+def _respeak_voices(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
     from pathlib import Path
 
     from nerfhead.audio.features import SAMPLE_RATE, AudioError
-    from nerfhead.audio.respeak import parse_voice, read_word_timings, respeak, write_preview
+    from nerfhead.audio.respeak import (parse_voice, read_word_timings, respeak, voice_unavailable,
+                                        write_preview)
 
     try:
         voices = [parse_voice(v) for v in cfg.respeak_voices]
@@ -215,23 +233,25 @@ def _respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
     if not voices:
         raise StepError(STEP, "audio.respeak_words is set but audio.respeak_voices is empty: name "
                               "voices (e.g. flite:kal16) or unset audio.respeak_words")
+    missing = [r for r in map(voice_unavailable, voices) if r]
+    if missing:  # before the minutes of finding the words
+        raise StepError(STEP, f"audio.respeak_voices: {'; '.join(dict.fromkeys(missing))}")
+    start = float(ctx.manifest.get("video", {}).get("start_seconds", 0.0) or 0.0)
+    seconds = len(samples) / SAMPLE_RATE
     if cfg.transcript or cfg.respeak_words == "auto":
         words, path = _words_from_audio(ctx, cfg, samples), ctx.path(WORDS_FILE)
-        start = 0.0
     else:
         ctx.path(WORDS_FILE).unlink(missing_ok=True)
         path = Path(cfg.respeak_words)
-        start = float(ctx.manifest.get("video", {}).get("start_seconds", 0.0) or 0.0)
-        seconds = len(samples) / SAMPLE_RATE
         try:
             words = [w for w in read_word_timings(path, offset=-start)
                      if w.start >= 0 and w.end <= seconds]
         except AudioError as e:
             raise StepError(STEP, f"audio.respeak_words: {e}", path) from e
-    if not words:
-        raise StepError(STEP, f"audio.respeak_words: none of its words lies within this clip "
-                              f"({start:g} to {start + seconds:g} s of the source): the timings of "
-                              "another video, or of another clock?", path)
+        if not words:
+            raise StepError(STEP, f"audio.respeak_words: none of its words lies within this clip "
+                                  f"({start:g} to {start + seconds:g} s of the source): the timings of "
+                                  "another video, or of another clock?", path)
     out = []
     for voice in voices:
         try:
@@ -342,15 +362,19 @@ def check(ctx: StepContext) -> None:
         if arr.shape != (n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float32:
             raise StepError(STEP, f"expected float32 {(n, cfg.window, CHANNELS[kind])}, "
                                   f"got {arr.dtype} {arr.shape}", p)
-        v = len(_voice_shifts(cfg)) + (len(cfg.respeak_voices) if _respeaks(cfg) else 0)
-        if not v:
-            continue
+        shifts = len(_voice_shifts(cfg))
+        v = shifts + (len(cfg.respeak_voices) if _respeaks(cfg) else 0)
+        # optional synthetic voices may have been left out (warned about when the step ran)
+        allowed = {v, shifts} if cfg.respeak_optional else {v}
         p = ctx.path(VOICE_FILES[kind])
+        if allowed == {0} or (0 in allowed and not p.exists()):
+            continue
         try:
             arr = np.load(p, mmap_mode="r")
         except (OSError, ValueError) as e:
             raise StepError(STEP, f"unreadable: {e}", p) from e
-        if arr.shape != (v, n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float16:
+        if (arr.shape[0] not in allowed or arr.shape[1:] != (n, cfg.window, CHANNELS[kind])
+                or arr.dtype != np.float16):
             raise StepError(STEP, f"expected float16 {(v, n, cfg.window, CHANNELS[kind])}, "
                                   f"got {arr.dtype} {arr.shape}", p)
 
@@ -364,6 +388,10 @@ def settings(cfg) -> dict:
 
     # the words file by content, not by path: a moved or copied file is the same input
     audio = {k: v for k, v in to_dict(cfg.audio).items() if k not in ("respeak_words", "transcript")}
+    if not audio["respeak_optional"]:  # datasets made before the option stay up to date
+        del audio["respeak_optional"]
+    elif _respeaks(cfg.audio):  # installing what was missing makes a rerun add the voices
+        audio["respeak_missing"] = _respeak_missing(cfg.audio)
     words = cfg.audio.respeak_words
     out = {**audio, "available": [k for k in FILES if _available(k)],
            "voices_available": rubberband_available(),
@@ -377,6 +405,23 @@ def settings(cfg) -> dict:
             out["pocketsphinx"] = None
         out["transcript_sha256"] = _file_sha256(cfg.audio.transcript)
     return out
+
+
+def _respeak_missing(cfg: AudioConfig) -> list[str]:
+    """What the optional synthetic voices lack here (programs, voices, the recogniser)."""
+    from nerfhead.audio.features import AudioError
+    from nerfhead.audio.respeak import parse_voice, voice_unavailable
+    from nerfhead.audio.words import unavailable_reason
+
+    missing = []
+    for v in cfg.respeak_voices:
+        try:
+            missing.append(voice_unavailable(parse_voice(v)))
+        except (AudioError, OSError) as e:
+            missing.append(str(e))
+    if cfg.transcript or cfg.respeak_words == "auto":
+        missing.append(unavailable_reason())
+    return sorted({m for m in missing if m})
 
 
 def _file_sha256(path: str | None) -> str | None:

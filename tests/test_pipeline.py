@@ -77,6 +77,58 @@ def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
         assert want in calls[0] and "train.voice_augment=0.5" in calls[1]
 
 
+def test_synthetic_voices_are_the_default_where_they_can_be_made(tmp_path, monkeypatch, caplog):
+    """No --words: the recognised words said by synthetic voices, optional in preprocessing,
+    and train.voice_augment=0.5 only when preprocessing wrote them; where the tools are
+    missing a warning names what; --words none: without; a rerun keeps what OUT was made
+    with."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really a video: preprocess is replaced below")
+    calls = []
+    monkeypatch.setattr(pipeline, "_subcommand", lambda argv: calls.append(argv))
+    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+
+    def run(out, *opts, voices=("flite:kal16",)):
+        calls.clear()
+        (tmp_path / out / "data").mkdir(parents=True, exist_ok=True)
+        (tmp_path / out / "data" / "manifest.json").write_text(json.dumps(
+            {"steps": {"audio": {"stats": {"respoken_voices": list(voices)}}}}))
+        pipeline.run(_args(str(video), "--preset", "head", "--out", str(tmp_path / out), *opts,
+                           "--device", "cpu"))
+        return calls[0], calls[1]
+
+    monkeypatch.setattr(pipeline, "synthetic_voices_missing", lambda: None)
+    pre, head = run("a")
+    assert pipeline.AUTO_WORDS in pre and "audio.respeak_optional=true" in pre
+    assert "train.voice_augment=0.5" in head
+    # preprocessing could not make them after all (warned there): no voice_augment
+    pre, head = run("a", voices=())
+    assert pipeline.AUTO_WORDS in pre and "train.voice_augment=0.5" not in head
+    pre, head = run("b", "--words", "none")
+    assert not any("respeak" in o for o in pre) and "train.voice_augment=0.5" not in head
+    monkeypatch.setattr(pipeline, "synthetic_voices_missing", lambda: "flite is not installed")
+    with caplog.at_level("WARNING", logger="nerfhead.run"):
+        pre, head = run("c")
+    assert "without synthetic voices of the clip's words (flite is not installed)" in caplog.text
+    assert not any("respeak" in o for o in pre) and "train.voice_augment=0.5" not in head
+    # the tools arrive later: work started without them resumes without them (run.json)
+    monkeypatch.setattr(pipeline, "synthetic_voices_missing", lambda: None)
+    pre, head = run("c")
+    assert not any("respeak" in o for o in pre)
+    pre, head = run("a")  # and work started with them keeps them
+    assert pipeline.AUTO_WORDS in pre
+
+
+def test_synthetic_voices_missing_names_each_missing_tool(monkeypatch):
+    from nerfhead.audio import respeak, words
+
+    monkeypatch.setattr(words, "unavailable_reason", lambda: "PocketSphinx is not installed")
+    monkeypatch.setattr(respeak, "engine_available", lambda engine: engine != "flite")
+    reason = pipeline.synthetic_voices_missing()
+    assert "PocketSphinx is not installed" in reason and "apt install flite" in reason
+    assert "espeak-ng" not in reason
+
+
 def test_pipeline_missing_video(tmp_path):
     assert pipeline.run(_args(str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o"))) == 2
 

@@ -150,12 +150,13 @@ def test_the_audio_step_aligns_a_transcript_or_recognises_the_words(grid_video, 
     second = [w for w in grid_words(shared_dir, sentences=2) if w.start >= SENTENCE_SECONDS]
     transcript.write_text(" ".join(w.word for w in second) + "\n")
 
-    def run(words=None, text=transcript):
+    def run(words=None, text=transcript, optional=False):
         cfg = SimpleNamespace(decode=DecodeConfig(crop_size=64, probe_frames=2, max_seconds=3.0,
                                                   start_seconds=3.0),
                               audio=AudioConfig(kinds=["mel"], voice_shifts=[], respeak_words=words,
                                                 transcript=str(text) if text else None,
-                                                respeak_voices=["flite:slt"]),
+                                                respeak_voices=["flite:slt"],
+                                                respeak_optional=optional),
                               weights_dir=None)
         return {r.name: r.status for r in driver.run_steps(grid_video, out, cfg, steps=[DECODE, AUDIO])}
 
@@ -175,3 +176,41 @@ def test_the_audio_step_aligns_a_transcript_or_recognises_the_words(grid_video, 
         run(words=str(tmp_path / "timings.txt"))
     assert run(words=None, text=None)["audio"] == "ran"
     assert not (out / "words.txt").exists() and not (out / "aud_mel_voices.npy").exists()
+
+
+@needs_pocketsphinx
+def test_optional_synthetic_voices_are_left_out_with_a_warning(grid_video, tmp_path, monkeypatch,
+                                                               caplog):
+    """audio.respeak_optional (nerfhead run's default): a missing synthesiser is warned about
+    before any words are recognised, and the step writes the other voices without them;
+    without the option the step stops naming the program."""
+    from preprocess import driver
+    from preprocess.audio import AUDIO, AudioConfig
+    from preprocess.decode import DECODE, DecodeConfig
+    from preprocess.steps import StepError
+
+    monkeypatch.setattr(R, "engine_available", lambda engine: False)
+    monkeypatch.setattr(W, "recognize_words", lambda *a, **k: pytest.fail("recognised in vain"))
+    out = tmp_path / "data"
+
+    def run(optional):
+        cfg = SimpleNamespace(decode=DecodeConfig(crop_size=64, probe_frames=2, max_seconds=2.0),
+                              audio=AudioConfig(kinds=["mel"], voice_shifts=[], respeak_words="auto",
+                                                respeak_optional=optional),
+                              weights_dir=None)
+        return {r.name: r.status for r in driver.run_steps(grid_video, out, cfg, steps=[DECODE, AUDIO])}
+
+    with pytest.raises(StepError, match="'flite' is not installed.*apt install flite"):
+        run(False)
+    with caplog.at_level("WARNING"):
+        assert run(True)["audio"] == "ran"
+    assert "no synthetic voices (audio.respeak_optional)" in caplog.text
+    assert not (out / "aud_mel_voices.npy").exists() and not (out / "words.txt").exists()
+    assert run(True)["audio"] == "skipped"  # its check accepts the voices left out
+    monkeypatch.undo()  # flite and espeak-ng "installed" (the tone voice) -> the step reruns
+    monkeypatch.setattr(R, "engine_available", lambda engine: True)
+    monkeypatch.setattr(R, "flite_voices", lambda: ("kal16",))
+    monkeypatch.setattr(R, "synthesize", lambda word, voice, speed=1.0: np.full(
+        int(0.3 / speed * SAMPLE_RATE), 0.3, np.float32))
+    assert run(True)["audio"] == "ran"
+    assert np.load(out / "aud_mel_voices.npy").shape[0] == 3 and (out / "words.txt").is_file()

@@ -190,16 +190,25 @@ def _read_wav(path: Path) -> np.ndarray:
     return x
 
 
-def synthesize(word: str, voice: Voice, speed: float = 1.0) -> np.ndarray:
-    """``word`` said by ``voice`` at ``speed`` times its own pace: float32 at 16 kHz."""
+def voice_unavailable(voice: Voice) -> str | None:
+    """Why ``voice`` cannot speak here (its program is missing, flite lacks the voice), or
+    None. espeak-ng's voices are checked only when they speak."""
     if not engine_available(voice.engine):
-        raise AudioError(f"the speech synthesiser {voice.engine!r} is not installed (Debian/Ubuntu: "
-                         f"apt install {voice.engine}); it makes the other voices of `respeak`")
+        return (f"the speech synthesiser {voice.engine!r} is not installed (Debian/Ubuntu: "
+                f"apt install {voice.engine}); it makes the other voices of `respeak`")
     if (voice.engine == "flite" and voice.name not in flite_voices()
             and not (voice.name.endswith(".flitevox") and Path(voice.name).is_file())):
         # flite says the words in its default voice when it has no such voice: refuse instead
-        raise AudioError(f"{voice.label}: flite has no voice {voice.name!r} (its voices: "
-                         f"{', '.join(flite_voices())}; or a .flitevox file)")
+        return (f"{voice.label}: flite has no voice {voice.name!r} (its voices: "
+                f"{', '.join(flite_voices())}; or a .flitevox file)")
+    return None
+
+
+def synthesize(word: str, voice: Voice, speed: float = 1.0) -> np.ndarray:
+    """``word`` said by ``voice`` at ``speed`` times its own pace: float32 at 16 kHz."""
+    reason = voice_unavailable(voice)
+    if reason:
+        raise AudioError(reason)
     text = None
     with tempfile.TemporaryDirectory(prefix="nerfhead_tts_") as tmp:
         wav = Path(tmp) / "w.wav"
