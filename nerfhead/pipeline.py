@@ -8,6 +8,8 @@ Layout written::
     DIR/val_audio.wav  the audio of the validation frames (never trained on)
     DIR/render.mp4   the last stage rendered with that audio and the validation poses
     DIR/eval/        metrics.json, report.md, per-frame plot, GT|render|error images
+    DIR/eval_other_voice/  the same frames driven by their words said by another voice
+                     (flite's slt; where the clip has word timings and flite is installed)
 
 Every step resumes: preprocess skips finished steps, training continues from its newest
 checkpoint, and render/evaluate are skipped when their outputs are newer than the last
@@ -293,6 +295,71 @@ def evaluate(args, run_dir: Path) -> bool:
     return True
 
 
+#: the voice ``run`` also scores lip sync under: none of the training voices (preprocessing's
+#: default ``audio.respeak_voices``), a statistical voice built from a real speaker's recordings
+EVAL_VOICE = "flite:slt"
+
+
+def _clip_words(args, data: Path, dest: Path) -> tuple[Path | None, str]:
+    """The clip's word timings on aud.wav's clock, or None and why not: the dataset's
+    words.txt (recognised or aligned), or the --words file (timed on the source video's
+    clock) cut to the clip and written to ``dest``."""
+    if (data / "words.txt").is_file():
+        return data / "words.txt", ""
+    words = getattr(args, "words", None)
+    if not words or words in ("auto", "default") or not Path(words).is_file():
+        return None, "the clip has no word timings (no synthetic voices were made)"
+    from nerfhead.audio.features import SAMPLE_RATE, AudioError, load_audio
+    from nerfhead.audio.respeak import read_word_timings
+    from nerfhead.audio.words import write_word_timings
+
+    try:
+        start = float(json.loads((data / "manifest.json").read_text())["video"].get("start_seconds") or 0.0)
+        seconds = len(load_audio(data / "aud.wav")) / SAMPLE_RATE
+        clip = [w for w in read_word_timings(words, offset=-start) if w.start >= 0 and w.end <= seconds]
+    except (OSError, ValueError, KeyError, AudioError) as e:
+        return None, f"the words of {words} could not be put on the clip's clock ({e})"
+    if not clip:
+        return None, f"none of the words of {words} lies within the clip"
+    write_word_timings(dest, clip, header=f"the words of {words} within the clip, on aud.wav's clock")
+    return dest, ""
+
+
+def evaluate_other_voice(args, run_dir: Path) -> bool:
+    """OUT/eval_other_voice: the held-out frames driven by their words said by ``EVAL_VOICE``
+    (``nerfhead respeak``), scored against the real mouth (``evaluate --speech``): lip sync for
+    a voice the model never heard, beside eval/'s for the speaker's own. False when skipped:
+    up to date, or no word timings or no such voice here (said in the log)."""
+    from nerfhead.audio.respeak import parse_voice, voice_unavailable
+
+    out = Path(args.out)
+    data = out / "data"
+    dest = out / "eval_other_voice"
+    if not args.force and _newer_than(dest / "metrics.json", run_dir):
+        return False
+    why = voice_unavailable(parse_voice(EVAL_VOICE))
+    voice_dir = dest / "voice"
+    if not why:
+        voice_dir.mkdir(parents=True, exist_ok=True)
+        words, why = _clip_words(args, data, voice_dir / "clip_words.txt")
+    if why:
+        log.info("nerfhead run: no lip-sync score under another voice: %s", why)
+        return False
+    wav = voice_dir / (EVAL_VOICE.replace(":", "_") + ".wav")
+    cmd = ["evaluate", str(run_dir), "--speech", str(wav), "--out", str(dest), "--device", args.device]
+    if args.eval_frames:
+        cmd += ["--max-frames", str(args.eval_frames)]
+    try:
+        _subcommand(["respeak", str(words), "--like", str(data), "--voice", EVAL_VOICE, "--out",
+                     str(voice_dir)])
+        _subcommand(cmd)
+    except SystemExit as e:  # the model and its own-voice evaluation are done: say, go on
+        log.warning("nerfhead run: the lip-sync score under %s failed (%s); render.mp4 and eval/ "
+                    "are complete. Rerunning the same command tries it again", EVAL_VOICE, e)
+        return False
+    return True
+
+
 def run(args) -> int:
     from nerfhead.fileio import OutputLocationError, check_output_dir, move_aside
 
@@ -316,5 +383,8 @@ def run(args) -> int:
         run_dir = prev = train(args, k, stage, prev)
     render(args, run_dir)
     evaluate(args, run_dir)
-    print(f"done: {out / 'render.mp4'}, {out / 'eval' / 'report.md'}")
+    evaluate_other_voice(args, run_dir)
+    other = out / "eval_other_voice" / "report.md"
+    print(f"done: {out / 'render.mp4'}, {out / 'eval' / 'report.md'}"
+          + (f", {other} (lip sync under {EVAL_VOICE})" if other.is_file() else ""))
     return 0

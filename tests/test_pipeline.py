@@ -119,6 +119,64 @@ def test_synthetic_voices_are_the_default_where_they_can_be_made(tmp_path, monke
     assert pipeline.AUTO_WORDS in pre
 
 
+def test_lip_sync_is_also_scored_under_a_voice_the_model_never_heard(tmp_path, monkeypatch, caplog):
+    """With the clip's word timings, run respeaks them in flite:slt and evaluates the held-out
+    frames under it (OUT/eval_other_voice); a --words file on the source's clock is cut to
+    the clip and shifted by --start-seconds; a failure there is a warning, not a failed run;
+    without timings or without flite it says why in the log."""
+    from nerfhead.audio import respeak
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really a video: preprocess is replaced below")
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    import wave
+
+    with wave.open(str(out / "data" / "aud.wav"), "wb") as w:  # a 4-s clip
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(b"\0\0" * 64000)
+    (out / "data" / "manifest.json").write_text(json.dumps({"video": {"start_seconds": 10.0}}))
+    words = tmp_path / "words.txt"
+    words.write_text("9.0 9.5 before\n10.5 11.0 one\n12.0 12.5 two\n13.5 14.5 after\n")
+    calls = []
+
+    def fake(argv):
+        calls.append(argv)
+        if argv[0] == "respeak" and fail:
+            raise SystemExit("nerfhead run: step `nerfhead respeak` failed (exit 2)")
+
+    fail = False
+    monkeypatch.setattr(pipeline, "_subcommand", fake)
+    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    monkeypatch.setattr(respeak, "voice_unavailable", lambda voice: None)
+    args = _args(str(video), "--preset", "head", "--out", str(out), "--words", str(words),
+                 "--device", "cpu")
+    assert pipeline.run(args) == 0
+    names = [c[0] for c in calls]
+    assert names == ["preprocess", "train", "render", "evaluate", "respeak", "evaluate"]
+    respoken, scored = calls[4], calls[5]
+    clip_words = respeak.read_word_timings(respoken[1])
+    assert [(w.start, w.end, w.word) for w in clip_words] == [(0.5, 1.0, "one"), (2.0, 2.5, "two")]
+    assert respoken[respoken.index("--voice") + 1] == "flite:slt"
+    assert scored[scored.index("--speech") + 1] == str(out / "eval_other_voice" / "voice" / "flite_slt.wav")
+    assert scored[scored.index("--out") + 1] == str(out / "eval_other_voice")
+    # a failure there: the run's own outputs are complete, so a warning and exit 0
+    calls.clear()
+    fail = True
+    with caplog.at_level("WARNING", logger="nerfhead.run"):
+        assert pipeline.run(_args(str(video), "--preset", "head", "--out", str(out), "--words",
+                                  str(words), "--device", "cpu", "--force")) == 0
+    assert "the lip-sync score under flite:slt failed" in caplog.text
+    # no flite here: said, and skipped
+    monkeypatch.setattr(respeak, "voice_unavailable", lambda voice: "flite is not installed")
+    calls.clear()
+    with caplog.at_level("INFO", logger="nerfhead.run"):
+        pipeline.run(_args(str(video), "--preset", "head", "--out", str(out), "--words",
+                           str(words), "--device", "cpu", "--force"))
+    assert "respeak" not in [c[0] for c in calls]
+    assert "no lip-sync score under another voice: flite is not installed" in caplog.text
+
+
 def test_synthetic_voices_missing_names_each_missing_tool(monkeypatch):
     from nerfhead.audio import respeak, words
 
@@ -172,3 +230,9 @@ def test_run_end_to_end_on_real_clip(hdtf_video, tmp_path):
     assert result["modes"]["full"]["psnr"]["count"] == 4
     assert result["modes"]["portrait"]["psnr"]["mean"] > 0
     assert (out / "eval" / "report.md").is_file()
+    # where the recogniser and synthesisers are installed: trained with synthetic voices of
+    # the recognised words, and scored under a voice it never heard as well
+    if pipeline.synthetic_voices_missing() is None:
+        assert (out / "data" / "words.txt").is_file()
+        other = json.loads((out / "eval_other_voice" / "metrics.json").read_text())
+        assert other["frames"] == 4 and "flite_slt.wav" in other["audio"]
