@@ -315,6 +315,10 @@ def test_summary_reads_metrics_defensively(tmp_path, video):
     (out / "b" / "eval" / "metrics.json").write_text(json.dumps({  # a newer evaluation
         "frames": 8, "modes": {"full": mode(28.0, lmd_speech={"mean": 2.5}), "portrait": mode(33.0)},
         "head_jitter": {"mean": 0.012}, "mouth_opening": {"correlation": 0.7}}))
+    (out / "b" / "eval_other_voice").mkdir(parents=True)  # run's score under another voice
+    (out / "b" / "eval_other_voice" / "metrics.json").write_text(json.dumps({
+        "frames": 8, "head_jitter": {"mean": 9.0},
+        "mouth_opening": {"correlation": 0.55, "amplitude_ratio": 0.7}}))
     (out / "a" / "batch.json").write_text(json.dumps({"status": "done", "stage": "evaluate",
                                                        "train_seconds": 61.0, "render_fps": 4.5}))
     (out / "c").mkdir()
@@ -329,6 +333,8 @@ def test_summary_reads_metrics_defensively(tmp_path, video):
     assert float(b["lmd_speech_full"]) == 2.5 and a["lmd_speech_full"] == "n/a"
     assert float(b["head_jitter"]) == 0.012 and a["head_jitter"] == "n/a"
     assert float(b["mouth_opening_r"]) == 0.7 and b["status"] == "not run"
+    assert float(b["other_voice_r"]) == 0.55 and float(b["other_voice_amplitude"]) == 0.7
+    assert a["other_voice_r"] == "n/a" and float(b["head_jitter"]) == 0.012  # its own, not the other's
     assert all(c[k] == "n/a" for k in ("psnr_full", "train_seconds", "render_fps", "eval_frames"))
     md = (out / "summary.md").read_text()
     assert "| a | done | evaluate | 61 | 4.5 | 12 | 30.5 | 35.25 |" in md

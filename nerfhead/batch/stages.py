@@ -250,7 +250,8 @@ def execute(job: StageJob, args, bars: list[dict]) -> tuple[bool, dict]:
                     "fps": done[-1]["n"] / done[-1]["elapsed"]}
         return ran, info
     if job.stage == "evaluate":
-        return pipeline.evaluate(args, last_run), {}
+        ran = pipeline.evaluate(args, last_run)
+        return pipeline.evaluate_other_voice(args, last_run) or ran, {}
     if job.stage == "drive":
         video = out / "drive.mp4"
         if video.is_file():

@@ -23,6 +23,8 @@ MODES = {"full": "no mask", "portrait": "mask"}
 CORE_METRICS = ("psnr", "ssim", "lpips", "lmd", "face_psnr", "mouth_psnr")
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "lmd": "LMD", "face_psnr": "face PSNR",
           "mouth_psnr": "mouth PSNR"}
+#: where ``load_metrics`` puts eval_other_voice/metrics.json inside the speaker's metrics
+OTHER_VOICE = "eval_other_voice"
 #: lip-sync figures: column id -> (label, path in metrics.json)
 LIPSYNC = {
     "sync_proxy_r": ("sync proxy r (render)", ("lipsync_proxy", "render", "best_correlation")),
@@ -30,6 +32,10 @@ LIPSYNC = {
     "sync_proxy_r_gt": ("sync proxy r (GT)", ("lipsync_proxy", "gt", "best_correlation")),
     "mouth_opening_r": ("mouth opening r", ("mouth_opening", "correlation")),
     "mouth_amplitude": ("mouth amplitude ratio", ("mouth_opening", "amplitude_ratio")),
+    # nerfhead run's second evaluation: the held-out frames under a voice the model never heard
+    "other_voice_r": ("mouth opening r (other voice)", (OTHER_VOICE, "mouth_opening", "correlation")),
+    "other_voice_amplitude": ("mouth amplitude ratio (other voice)",
+                              (OTHER_VOICE, "mouth_opening", "amplitude_ratio")),
     "lse_c": ("LSE-C", ("syncnet", "lse_c")),
     "lse_d": ("LSE-D", ("syncnet", "lse_d")),
 }
@@ -61,7 +67,7 @@ def _jitter_paths(m: dict, prefix=()) -> list[tuple]:
     """Paths to figures whose key names jitter (per_frame series left out)."""
     found = []
     for k, v in m.items():
-        if k == "per_frame":
+        if k in ("per_frame", OTHER_VOICE):
             continue
         path = prefix + (k,)
         if "jitter" in str(k).lower() and scalar(v) is not None:
@@ -71,12 +77,20 @@ def _jitter_paths(m: dict, prefix=()) -> list[tuple]:
     return found
 
 
-def load_metrics(speaker_dir: Path) -> dict:
-    path = speaker_dir / "eval" / "metrics.json"
+def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         return {}
+
+
+def load_metrics(speaker_dir: Path) -> dict:
+    """eval/metrics.json, with eval_other_voice/metrics.json under ``OTHER_VOICE`` when there."""
+    metrics = _read_json(speaker_dir / "eval" / "metrics.json")
+    other = _read_json(speaker_dir / "eval_other_voice" / "metrics.json")
+    if metrics and other:
+        metrics[OTHER_VOICE] = other
+    return metrics
 
 
 def columns(metrics: list[dict]) -> list[tuple[str, str, Any]]:
