@@ -210,6 +210,7 @@ def test_the_audio_step_adds_the_clips_words_in_other_voices(grid_video, shared_
     from preprocess.steps import StepError
 
     monkeypatch.setattr(R, "synthesize", lambda word, voice, speed=1.0: tone_voice()(word, speed))
+    monkeypatch.setattr(R, "voice_unavailable", lambda voice: None)  # the tone voice speaks
     words = tmp_path / "bbaf2n.align"
     words.write_text((shared_dir / "data" / "video" / "grid_s1_align" / "bbaf2n.align").read_text())
     out = tmp_path / "data"

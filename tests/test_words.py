@@ -144,6 +144,7 @@ def test_the_audio_step_aligns_a_transcript_or_recognises_the_words(grid_video, 
         return (0.5 * np.sin(2 * np.pi * 300 * np.arange(n) / SAMPLE_RATE)).astype(np.float32)
 
     monkeypatch.setattr(R, "synthesize", tone)
+    monkeypatch.setattr(R, "voice_unavailable", lambda voice: None)  # the tone voice speaks
     out = tmp_path / "data"
     transcript = tmp_path / "said.txt"
     # the clip: 3.0-6.0 s of the source, GRID's second sentence
