@@ -191,7 +191,7 @@ def run(ctx: StepContext) -> dict:
             written[kind]["voices"] = {"file": VOICE_FILES[kind], "shape": list(other.shape)}
     return {"kinds": sorted(written), "features": written, "unavailable": missing,
             "voice_shifts": shifts, "respoken_voices": [r.voice for r in respoken],
-            "respeak_words_from": None if not _respeaks(cfg) else "transcript" if cfg.transcript
+            "respeak_words_from": None if not respoken else "transcript" if cfg.transcript
             else "recognised" if cfg.respeak_words == "auto" else "file",
             "respoken_unfitted_words": {r.voice: len(r.unfitted) for r in respoken}}
 
