@@ -279,13 +279,14 @@ def _words_from_audio(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -
 
     from nerfhead.audio.features import AudioError
     from nerfhead.audio.vad import format_ranges
-    from nerfhead.audio.words import (align_transcript, recognize_words, unworded_speech,
-                                      write_word_timings)
+    from nerfhead.audio.words import (align_transcript, recognize_words, speech_spans,
+                                      unworded_speech, write_word_timings)
 
     if cfg.transcript and cfg.respeak_words not in (None, "auto"):
         raise StepError(STEP, f"audio.transcript and audio.respeak_words={cfg.respeak_words} both "
                               "give the words: unset one (a transcript is aligned to aud.wav, a "
                               "timings file is used as it is)", Path(cfg.transcript))
+    speech = speech_spans(samples)  # once, for the recogniser and the check below
     if cfg.transcript:
         path = Path(cfg.transcript)
         try:
@@ -301,7 +302,7 @@ def _words_from_audio(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -
         ctx.log.info("audio: recognising the clip's words (respeak_words=auto; about a quarter "
                      "of the clip's length on one core)")
         try:
-            words = recognize_words(samples)
+            words = recognize_words(samples, speech)
         except AudioError as e:
             raise StepError(STEP, f"audio.respeak_words=auto: {e}", ctx.path("aud.wav")) from e
         how = "the words recognised in aud.wav (PocketSphinx, US English: right spans, often wrong words)"
@@ -309,7 +310,7 @@ def _words_from_audio(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -
         raise StepError(STEP, "audio.respeak_words=auto: the recogniser found no words in aud.wav "
                               "(is the speech English?); give a transcript (audio.transcript) or "
                               "word timings, or unset audio.respeak_words", ctx.path("aud.wav"))
-    gaps = unworded_speech(samples, words)
+    gaps = unworded_speech(samples, words, speech)
     if gaps:
         ctx.log.warning("audio: speech with no word over it at %s (%s): %s", format_ranges(gaps), how,
                         "does the transcript leave words out? The synthetic voices are silent there"

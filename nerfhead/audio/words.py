@@ -160,33 +160,34 @@ def align_transcript(samples: np.ndarray, text: str, source: str = "transcript")
     return found
 
 
-def _speech_runs(samples: np.ndarray, pad: float = UTTERANCE_PAD) -> list[tuple[int, int]]:
-    """Sample ranges of speech (``nerfhead.audio.vad``), widened by ``pad`` seconds each side
-    and merged where they then touch."""
-    from nerfhead.audio.vad import CHUNK, _runs, chunk_speech, smooth
+def speech_spans(samples: np.ndarray) -> list[list[float]]:
+    """[start, end] seconds of each stretch of speech (``nerfhead.audio.vad.find_speech``):
+    what recognition decodes and ``unworded_speech`` checks; compute once, pass to both."""
+    from nerfhead.audio.vad import find_speech
 
-    mask, _ = chunk_speech(samples)
-    p = int(pad * SAMPLE_RATE)
-    runs: list[tuple[int, int]] = []
-    for a, b in _runs(smooth(mask)):
-        a, b = max(0, a * CHUNK - p), min(len(samples), b * CHUNK + p)
+    return find_speech(samples).speech
+
+
+def recognize_words(samples: np.ndarray, speech: list | None = None,
+                    progress=None) -> list[WordTiming]:
+    """Words recognised in ``samples`` (16 kHz mono) with their spans: each stretch of speech
+    (``speech``, from ``speech_spans`` when not given; PocketSphinx's own segmenter drops
+    speech running to the end of the audio), widened by ``UTTERANCE_PAD`` each side, decoded
+    as one utterance with the US-English language model. ``progress(done_seconds,
+    total_seconds)`` is called per utterance."""
+    _require()
+    decoder = _decoder()
+    total = len(samples) / SAMPLE_RATE
+    pad = int(UTTERANCE_PAD * SAMPLE_RATE)
+    runs: list[tuple[int, int]] = []  # sample ranges, merged where the padding joins them
+    for a, b in speech_spans(samples) if speech is None else speech:
+        a, b = max(0, int(a * SAMPLE_RATE) - pad), min(len(samples), int(b * SAMPLE_RATE) + pad)
         if runs and a <= runs[-1][1]:
             runs[-1] = (runs[-1][0], b)
         else:
             runs.append((a, b))
-    return runs
-
-
-def recognize_words(samples: np.ndarray, progress=None) -> list[WordTiming]:
-    """Words recognised in ``samples`` (16 kHz mono) with their spans: each stretch of speech
-    (``nerfhead.audio.vad``; PocketSphinx's own segmenter drops speech running to the end of
-    the audio) decoded as one utterance with the US-English language model.
-    ``progress(done_seconds, total_seconds)`` is called per utterance."""
-    _require()
-    decoder = _decoder()
-    total = len(samples) / SAMPLE_RATE
     out: list[WordTiming] = []
-    for a, b in _speech_runs(samples):
+    for a, b in runs:
         decoder.start_utt()
         decoder.process_raw(_pcm16(samples[a:b]), full_utt=True)
         decoder.end_utt()
@@ -196,19 +197,23 @@ def recognize_words(samples: np.ndarray, progress=None) -> list[WordTiming]:
     return out
 
 
-def unworded_speech(samples: np.ndarray, words: list[WordTiming],
+def unworded_speech(samples: np.ndarray, words: list[WordTiming], speech: list | None = None,
                     min_seconds: float = UNWORDED_SECONDS) -> list[list[float]]:
-    """Stretches of at least ``min_seconds`` where the voice-activity detector hears speech and
-    no word lies: words the transcript left out (or the recogniser missed)."""
-    from nerfhead.audio.vad import CHUNK, _runs, chunk_speech, smooth
-
-    mask, _ = chunk_speech(samples)
-    mask = smooth(mask)
-    step = CHUNK / SAMPLE_RATE
-    for w in words:
-        mask[int(w.start / step):int(np.ceil(w.end / step))] = False
-    return [[round(a * step, 2), round(b * step, 2)] for a, b in _runs(mask)
-            if (b - a) * step >= min_seconds]
+    """Stretches of at least ``min_seconds`` of speech (``speech``, from ``speech_spans``
+    when not given) with no word over them: words the transcript left out (or the
+    recogniser missed)."""
+    gaps = []
+    for a, b in speech_spans(samples) if speech is None else speech:
+        t = a
+        for w in words:  # in order: the parts of [a, b] before, between and after the words
+            if w.end <= t or w.start >= b:
+                continue
+            if w.start - t >= min_seconds:
+                gaps.append([round(t, 2), round(w.start, 2)])
+            t = max(t, w.end)
+        if b - t >= min_seconds:
+            gaps.append([round(t, 2), round(b, 2)])
+    return gaps
 
 
 def write_word_timings(path: str | Path, words: list[WordTiming], header: str = "") -> None:

@@ -52,8 +52,8 @@ def run(args) -> int:
     from nerfhead.audio.features import AudioError
     from nerfhead.audio.respeak import WordTiming
     from nerfhead.audio.vad import format_ranges
-    from nerfhead.audio.words import (align_transcript, recognize_words, unavailable_reason,
-                                      unworded_speech, write_word_timings)
+    from nerfhead.audio.words import (align_transcript, recognize_words, speech_spans,
+                                      unavailable_reason, unworded_speech, write_word_timings)
 
     reason = unavailable_reason()
     if reason:
@@ -70,11 +70,12 @@ def run(args) -> int:
             text = (sys.stdin.read() if args.transcript == "-"
                     else Path(args.transcript).read_text(errors="replace"))
         samples, wav, start = _clip_audio(args.clip)
+        speech = speech_spans(samples)
         if text is not None:
             words = align_transcript(samples, text, source=f"transcript {args.transcript}")
             how = f"the words of {args.transcript} aligned to {wav}"
         else:
-            words = recognize_words(samples)
+            words = recognize_words(samples, speech)
             how = f"the words recognised in {wav} (PocketSphinx, US English: right spans, often wrong words)"
     except OSError as e:
         print(f"nerfhead words: {getattr(e, 'filename', None) or args.transcript}: "
@@ -87,7 +88,7 @@ def run(args) -> int:
         print(f"nerfhead words: no words recognised in {wav} (is the speech English?); give "
               "--transcript", file=sys.stderr)
         return 1
-    gaps = unworded_speech(samples, words)
+    gaps = unworded_speech(samples, words, speech)
     clock = "the source video's clock" if start else f"{wav.name}'s clock"
     shifted = [WordTiming(round(w.start + start, 3), round(w.end + start, 3), w.word) for w in words]
     try:
