@@ -310,13 +310,13 @@ def _clip_words(args, data: Path, dest: Path) -> tuple[Path | None, str]:
     if not words or words in ("auto", "default") or not Path(words).is_file():
         return None, "the clip has no word timings (no synthetic voices were made)"
     from nerfhead.audio.features import SAMPLE_RATE, AudioError, load_audio
-    from nerfhead.audio.respeak import read_word_timings
+    from nerfhead.audio.respeak import words_in_clip
     from nerfhead.audio.words import write_word_timings
 
     try:
         start = float(json.loads((data / "manifest.json").read_text())["video"].get("start_seconds") or 0.0)
         seconds = len(load_audio(data / "aud.wav")) / SAMPLE_RATE
-        clip = [w for w in read_word_timings(words, offset=-start) if w.start >= 0 and w.end <= seconds]
+        clip = words_in_clip(words, start, seconds)
     except (OSError, ValueError, KeyError, AudioError) as e:
         return None, f"the words of {words} could not be put on the clip's clock ({e})"
     if not clip:

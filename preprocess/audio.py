@@ -223,7 +223,7 @@ def _respeak_voices(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> 
     from pathlib import Path
 
     from nerfhead.audio.features import SAMPLE_RATE, AudioError
-    from nerfhead.audio.respeak import (parse_voice, read_word_timings, respeak, voice_unavailable,
+    from nerfhead.audio.respeak import (parse_voice, respeak, voice_unavailable, words_in_clip,
                                         write_preview)
 
     try:
@@ -244,8 +244,7 @@ def _respeak_voices(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> 
         ctx.path(WORDS_FILE).unlink(missing_ok=True)
         path = Path(cfg.respeak_words)
         try:
-            words = [w for w in read_word_timings(path, offset=-start)
-                     if w.start >= 0 and w.end <= seconds]
+            words = words_in_clip(path, start, seconds)
         except AudioError as e:
             raise StepError(STEP, f"audio.respeak_words: {e}", path) from e
         if not words:

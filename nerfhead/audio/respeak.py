@@ -120,6 +120,13 @@ def read_word_timings(path: str | Path, offset: float = 0.0) -> list[WordTiming]
     return out
 
 
+def words_in_clip(path: str | Path, start: float, seconds: float) -> list[WordTiming]:
+    """The words of a timings file on the source video's clock that lie wholly inside a clip
+    cut from ``start`` for ``seconds``, on the clip's clock (preprocessing's ``--start-seconds``
+    and ``--max-seconds``)."""
+    return [w for w in read_word_timings(path, offset=-start) if w.start >= 0 and w.end <= seconds]
+
+
 def _json_words(path: Path, text: str) -> list[tuple[float, float, str, str]]:
     try:
         data = json.loads(text)
