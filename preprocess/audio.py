@@ -19,7 +19,7 @@ Given the clip's word timings (``respeak_words``: whisperX JSON, text, GRID .ali
 source video's clock; or made from aud.wav, ``nerfhead.audio.words``: a ``transcript``
 aligned, or ``respeak_words=auto`` recognised, either written to ``words.txt``), the same
 file also holds the clip's words said by speech synthesisers
-(``respeak_voices``; ``nerfhead.audio.respeak``), each word in the span the speaker took: other
+(``respeak_voices``; ``preprocess/synthetic_voices.py``), each word in the span the speaker took: other
 speakers altogether, not shifts of this one, which is what helps with other people's speech
 (docs/benchmarks.md, "Lip sync for other speakers"). Order: the shifts, then those voices;
 ``previews/respeak.png`` shows where their words fall.
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from preprocess import synthetic_voices
 from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 STEP = "audio"
@@ -171,7 +172,7 @@ def run(ctx: StepContext) -> dict:
         raise StepError(STEP, str(e), ctx.path("aud.wav")) from e
     shifts = _voice_shifts(cfg, ctx.log)
     voices = [_shifted(ctx, samples, s) for s in shifts]
-    respoken = _respoken(ctx, cfg, samples)
+    respoken = synthetic_voices.respoken(ctx, cfg, samples)
     voices += [r.samples for r in respoken]
     if not voices:  # no voices of an older aud.wav may stay beside the new features
         for f in VOICE_FILES.values():
@@ -194,130 +195,6 @@ def run(ctx: StepContext) -> dict:
             "respeak_words_from": None if not respoken else "transcript" if cfg.transcript
             else "recognised" if cfg.respeak_words == "auto" else "file",
             "respoken_unfitted_words": {r.voice: len(r.unfitted) for r in respoken}}
-
-
-RESPEAK_PREVIEW = "previews/respeak.png"
-
-
-def _respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
-    """The clip's words said by ``cfg.respeak_voices`` (``nerfhead.audio.respeak``), on the
-    clip's clock: the words file counts from the source's start, the clip from
-    ``--start-seconds``; words not wholly inside the clip are left out. With
-    ``respeak_optional``, what cannot be made here is warned about and left out."""
-    if _respeaks(cfg):
-        try:
-            return _respeak_voices(ctx, cfg, samples)
-        except StepError as e:
-            if not cfg.respeak_optional:
-                raise
-            ctx.log.warning("audio: no synthetic voices (audio.respeak_optional): %s. Training "
-                            "mixes in the other voices only; the mouth follows other speakers "
-                            "less well (docs/benchmarks.md)", e)
-    # nor the picture of voices or the words an earlier run wrote
-    ctx.path(RESPEAK_PREVIEW).unlink(missing_ok=True)
-    ctx.path(WORDS_FILE).unlink(missing_ok=True)
-    return []
-
-
-def _respeak_voices(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
-    from pathlib import Path
-
-    from nerfhead.audio.features import SAMPLE_RATE, AudioError
-    from nerfhead.audio.respeak import (parse_voice, respeak, voice_unavailable, words_in_clip,
-                                        write_preview)
-
-    try:
-        voices = [parse_voice(v) for v in cfg.respeak_voices]
-    except AudioError as e:
-        raise StepError(STEP, f"audio.respeak_voices: {e}") from e
-    if not voices:
-        raise StepError(STEP, "audio.respeak_words is set but audio.respeak_voices is empty: name "
-                              "voices (e.g. flite:kal16) or unset audio.respeak_words")
-    missing = [r for r in map(voice_unavailable, voices) if r]
-    if missing:  # before the minutes of finding the words
-        raise StepError(STEP, f"audio.respeak_voices: {'; '.join(dict.fromkeys(missing))}")
-    start = float(ctx.manifest.get("video", {}).get("start_seconds", 0.0) or 0.0)
-    seconds = len(samples) / SAMPLE_RATE
-    if cfg.transcript or cfg.respeak_words == "auto":
-        words, path = _words_from_audio(ctx, cfg, samples), ctx.path(WORDS_FILE)
-    else:
-        ctx.path(WORDS_FILE).unlink(missing_ok=True)
-        path = Path(cfg.respeak_words)
-        try:
-            words = words_in_clip(path, start, seconds)
-        except AudioError as e:
-            raise StepError(STEP, f"audio.respeak_words: {e}", path) from e
-        if not words:
-            raise StepError(STEP, f"audio.respeak_words: none of its words lies within this clip "
-                                  f"({start:g} to {start + seconds:g} s of the source): the timings of "
-                                  "another video, or of another clock?", path)
-    out = []
-    for voice in voices:
-        try:
-            r = respeak(words, voice, len(samples), reference=samples)
-        except AudioError as e:
-            raise StepError(STEP, f"audio.respeak_voices: {e}", path) from e
-        ctx.log.info("audio: %d words of the clip said by %s%s", r.words, voice.label,
-                     f" ({len(r.unfitted)} did not fit their span)" if r.unfitted else "")
-        out.append(r)
-    write_preview(ctx.path(RESPEAK_PREVIEW), samples, {r.voice: r.samples for r in out}, words)
-    return out
-
-
-WORDS_FILE = "words.txt"
-
-
-def _respeaks(cfg: AudioConfig) -> bool:
-    return bool(cfg.respeak_words or cfg.transcript)
-
-
-def _words_from_audio(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
-    """The clip's word timings made from aud.wav (``nerfhead.audio.words``): the transcript
-    aligned, or the words recognised; written to words.txt for the user to read or reuse."""
-    from pathlib import Path
-
-    from nerfhead.audio.features import AudioError
-    from nerfhead.audio.vad import format_ranges
-    from nerfhead.audio.words import (align_transcript, recognize_words, speech_spans,
-                                      unworded_speech, write_word_timings)
-
-    if cfg.transcript and cfg.respeak_words not in (None, "auto"):
-        raise StepError(STEP, f"audio.transcript and audio.respeak_words={cfg.respeak_words} both "
-                              "give the words: unset one (a transcript is aligned to aud.wav, a "
-                              "timings file is used as it is)", Path(cfg.transcript))
-    speech = speech_spans(samples)  # once, for the recogniser and the check below
-    if cfg.transcript:
-        path = Path(cfg.transcript)
-        try:
-            text = path.read_text(errors="replace")
-        except OSError as e:
-            raise StepError(STEP, f"audio.transcript: cannot read it ({e.strerror or e})", path) from e
-        try:
-            words = align_transcript(samples, text, source=f"audio.transcript {path}")
-        except AudioError as e:
-            raise StepError(STEP, str(e), path) from e
-        how = f"the words of {path.name} aligned to aud.wav"
-    else:
-        ctx.log.info("audio: recognising the clip's words (respeak_words=auto; about a quarter "
-                     "of the clip's length on one core)")
-        try:
-            words = recognize_words(samples, speech)
-        except AudioError as e:
-            raise StepError(STEP, f"audio.respeak_words=auto: {e}", ctx.path("aud.wav")) from e
-        how = "the words recognised in aud.wav (PocketSphinx, US English: right spans, often wrong words)"
-    if not words:
-        raise StepError(STEP, "audio.respeak_words=auto: the recogniser found no words in aud.wav "
-                              "(is the speech English?); give a transcript (audio.transcript) or "
-                              "word timings, or unset audio.respeak_words", ctx.path("aud.wav"))
-    gaps = unworded_speech(samples, words, speech)
-    if gaps:
-        ctx.log.warning("audio: speech with no word over it at %s (%s): %s", format_ranges(gaps), how,
-                        "does the transcript leave words out? The synthetic voices are silent there"
-                        if cfg.transcript else "the recogniser found no words there")
-    write_word_timings(ctx.path(WORDS_FILE), words,
-                       header=f"{how}\non aud.wav's clock (seconds from the clip's first sample)")
-    ctx.log.info("audio: %d words (%s) -> %s", len(words), how, ctx.path(WORDS_FILE))
-    return words
 
 
 def _voice_shifts(cfg: AudioConfig, log=None) -> list[float]:
@@ -363,7 +240,7 @@ def check(ctx: StepContext) -> None:
             raise StepError(STEP, f"expected float32 {(n, cfg.window, CHANNELS[kind])}, "
                                   f"got {arr.dtype} {arr.shape}", p)
         shifts = len(_voice_shifts(cfg))
-        v = shifts + (len(cfg.respeak_voices) if _respeaks(cfg) else 0)
+        v = shifts + (len(cfg.respeak_voices) if synthetic_voices.respeaks(cfg) else 0)
         # optional synthetic voices may have been left out (warned about when the step ran)
         allowed = {v, shifts} if cfg.respeak_optional else {v}
         p = ctx.path(VOICE_FILES[kind])
@@ -390,8 +267,8 @@ def settings(cfg) -> dict:
     audio = {k: v for k, v in to_dict(cfg.audio).items() if k not in ("respeak_words", "transcript")}
     if not audio["respeak_optional"]:  # datasets made before the option stay up to date
         del audio["respeak_optional"]
-    elif _respeaks(cfg.audio):  # installing what was missing makes a rerun add the voices
-        audio["respeak_missing"] = _respeak_missing(cfg.audio)
+    elif synthetic_voices.respeaks(cfg.audio):  # installing what was missing makes a rerun add the voices
+        audio["respeak_missing"] = synthetic_voices.missing(cfg.audio)
     words = cfg.audio.respeak_words
     out = {**audio, "available": [k for k in FILES if _available(k)],
            "voices_available": rubberband_available(),
@@ -407,23 +284,6 @@ def settings(cfg) -> dict:
     return out
 
 
-def _respeak_missing(cfg: AudioConfig) -> list[str]:
-    """What the optional synthetic voices lack here (programs, voices, the recogniser)."""
-    from nerfhead.audio.features import AudioError
-    from nerfhead.audio.respeak import parse_voice, voice_unavailable
-    from nerfhead.audio.words import unavailable_reason
-
-    missing = []
-    for v in cfg.respeak_voices:
-        try:
-            missing.append(voice_unavailable(parse_voice(v)))
-        except (AudioError, OSError) as e:
-            missing.append(str(e))
-    if cfg.transcript or cfg.respeak_words == "auto":
-        missing.append(unavailable_reason())
-    return sorted({m for m in missing if m})
-
-
 def _file_sha256(path: str | None) -> str | None:
     """The words file's content is a setting: an edited file makes the step run again."""
     if not path:
@@ -435,7 +295,7 @@ def _file_sha256(path: str | None) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
 
 
-AUDIO = Step(STEP, inputs=("aud.wav",), outputs=(*FILES.values(), *VOICE_FILES.values(), WORDS_FILE),
+AUDIO = Step(STEP, inputs=("aud.wav",), outputs=(*FILES.values(), *VOICE_FILES.values(), synthetic_voices.WORDS_FILE),
              run=run, check=check,
              settings=settings, doc="log-mel (and speech-embedding) windows per frame")
 
