@@ -13,7 +13,7 @@ import yaml
 from nerfhead.data.synthetic import make_dataset
 from nerfhead.train.checkpoint import list_checkpoints, load_run, read_checkpoint
 from nerfhead.train.config import load_configs
-from nerfhead.train.trainer import Trainer, TrainingDiverged
+from nerfhead.train.trainer import Trainer, TrainingCollapsed, TrainingDiverged
 
 torch.set_num_threads(1)
 
@@ -234,3 +234,51 @@ def test_auto_audio_keeps_the_kind_of_the_run_it_resumes_or_starts_from(tmp_path
     assert lips.train_set.audio_kind == "mel"
     new = Trainer(data, configs(iters=1), tmp_path / "new")
     assert new.train_set.audio_kind == "mel+ow" and new.model.audio_encoder.in_channels == 176
+
+
+def _saturate_colours(tr):
+    """Colours inverted and saturated (sigmoid far from 0, where training cannot move them
+    back in a few steps): what a collapsed run renders, in one step."""
+    with torch.no_grad():
+        last = [m for m in tr.model.field.color_net.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(-200.0)
+
+
+def test_a_collapse_stops_the_run_and_gives_back_the_best_checkpoint(data, tmp_path):
+    """Validation PSNR falling train.collapse_db below the best stops the run with the
+    best validation's checkpoint as the run's latest again (kept though keep_checkpoints
+    is 1), the later ones moved to RUN/collapsed/, and says how to go on."""
+    tr = Trainer(data, configs(iters=8, checkpoint_every=4, val_every=4, keep_checkpoints=1,
+                               collapse_db=3.0), tmp_path)
+    tr.fit(progress=False)
+    best = max(tr.validations, key=lambda r: r["psnr"])
+    assert best["psnr"] > 10.0
+    _saturate_colours(tr)
+    tr.tcfg.iters = 12
+    with pytest.raises(TrainingCollapsed, match=rf"step 12.*best.*step {best['step']}.*--init") as e:
+        tr.fit(progress=False)
+    assert tr.validations[-1]["psnr"] < best["psnr"] - 3.0, tr.validations
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"step_{best['step']:07d}.pt"]
+    assert (tmp_path / "collapsed" / "step_0000012.pt").is_file()
+    assert read_checkpoint(tmp_path)["step"] == best["step"]
+    assert str(tmp_path / "collapsed") in str(e.value)
+
+
+def test_a_resumed_run_remembers_its_best_validation_and_a_fresh_one_does_not(data, tmp_path):
+    first = Trainer(data, configs(iters=4, checkpoint_every=4, val_every=4), tmp_path / "run")
+    first.fit(progress=False)
+    resumed = Trainer(data, configs(iters=8, checkpoint_every=4, val_every=4), tmp_path / "run")
+    assert resumed.best_validation() == first.validations[-1]
+    # a new run in a folder that still holds an old run's metrics.jsonl (checkpoints deleted)
+    for p in list_checkpoints(tmp_path / "run"):
+        p.unlink()
+    assert Trainer(data, configs(iters=4), tmp_path / "run").best_validation() is None
+
+
+def test_collapse_check_off(data, tmp_path):
+    tr = Trainer(data, configs(iters=4, checkpoint_every=4, val_every=4, collapse_db=0.0), tmp_path)
+    tr.fit(progress=False)
+    _saturate_colours(tr)
+    tr.tcfg.iters = 8
+    tr.fit(progress=False)  # trains on: the check is off
+    assert tr.step == 8 and not (tmp_path / "collapsed").exists()

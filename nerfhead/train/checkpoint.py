@@ -82,9 +82,10 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage: str,
                     dataset_dir, optimizer=None, scheduler=None, keep: int = 3,
-                    dataset: dict | None = None) -> Path:
-    """Write ``checkpoints/step_<step>.pt`` atomically; delete all but the newest ``keep``.
-    ``dataset``: the dataset's fingerprint (computed when not given)."""
+                    dataset: dict | None = None, protect: frozenset[int] = frozenset()) -> Path:
+    """Write ``checkpoints/step_<step>.pt`` atomically; delete all but the newest ``keep``
+    and those of the steps in ``protect`` (the best validation's, which a collapse falls back
+    to). ``dataset``: the dataset's fingerprint (computed when not given)."""
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -104,8 +105,14 @@ def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage
     with atomic_path(final) as tmp:
         torch.save(payload, tmp)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
+        if checkpoint_step(old) not in protect:
+            old.unlink(missing_ok=True)
     return final
+
+
+def checkpoint_step(path) -> int:
+    """The step of a ``step_<step>.pt`` checkpoint file, from its name."""
+    return int(Path(path).stem.split("_", 1)[1])
 
 
 def _load(p: Path) -> dict:

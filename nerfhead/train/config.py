@@ -75,6 +75,12 @@ class TrainConfig:
     the head stays supervised and grows no floaters (-1: data.num_rays; 0: the patch only)."""
     lips_frame_weight: float = 1.0
     """Lips stage: weight of the frame rays' MSE beside the patch's MSE (each is a mean)."""
+    collapse_db: float = 6.0
+    """Stop the run when a validation PSNR falls this many dB below the best one so far (a
+    run that collapsed: a learning rate or loss weight too high). The best validation's
+    checkpoint is always kept; on a collapse the later ones are moved to ``RUN/collapsed/``,
+    so the run's latest checkpoint, which render and evaluate read, is the best one.
+    0 disables the check."""
     checkpoint_every: int = 2000
     """Steps between checkpoints (one is always written at the end)."""
     keep_checkpoints: int = 3

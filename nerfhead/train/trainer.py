@@ -30,6 +30,7 @@ from nerfhead.models.talking_head import ModelMeta, TalkingHead
 from nerfhead.train import losses
 from nerfhead.train.checkpoint import (
     RunMismatchError,
+    checkpoint_step,
     configs_from_checkpoint,
     list_checkpoints,
     read_checkpoint,
@@ -44,7 +45,8 @@ log = logging.getLogger("nerfhead.train")
 #: not what it learns. Any other difference refuses the resume (``RunMismatchError``).
 RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
                      ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
-                     ("train", "cpu_threads"), ("train", "prefetch_frames"), ("data", "cache_size")}
+                     ("train", "cpu_threads"), ("train", "prefetch_frames"), ("train", "collapse_db"),
+                     ("data", "cache_size")}
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
@@ -60,6 +62,11 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class TrainingCollapsed(TrainingDiverged):
+    """A validation PSNR fell train.collapse_db below the best; the run stopped, and the
+    best validation's checkpoint is again the run's latest."""
 
 
 def step_generator(seed: int, step: int, stream: int = 0, device="cpu") -> torch.Generator:
@@ -165,6 +172,8 @@ class Trainer:
         self.history: list[dict] = []  # per-step {"step", "loss", "psnr"} of this process
         self.prefetcher = None  # the frame prefetcher of the running fit() (train.prefetch_frames)
         self.validations: list[dict] = []
+        # a fresh run ignores a metrics.jsonl left in its folder: only a resumed run's count
+        self._earlier_validations = self._read_earlier_validations() if resume_ckpt is not None else []
 
     # ------------------------------------------------------------------ setup
     def _check_resumable(self, ckpt: dict, wanted: dict) -> None:
@@ -262,9 +271,56 @@ class Trainer:
             tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def save(self) -> Path:
+        best = self.best_validation()
         return save_checkpoint(self.run_dir, self.step, self.model, self.configs, self.stage,
                                self.data_dir, self.optimizer, self.scheduler,
-                               keep=self.tcfg.keep_checkpoints, dataset=self.dataset)
+                               keep=self.tcfg.keep_checkpoints, dataset=self.dataset,
+                               protect=frozenset({best["step"]} if best else ()))
+
+    def best_validation(self) -> dict | None:
+        """The highest-PSNR validation of this run so far (a resumed run's earlier ones
+        included, from its metrics.jsonl), or None."""
+        rows = [r for r in self._earlier_validations + self.validations if math.isfinite(r["psnr"])]
+        return max(rows, key=lambda r: r["psnr"]) if rows else None
+
+    def _read_earlier_validations(self) -> list[dict]:
+        """Validations in metrics.jsonl up to the resumed step (earlier processes of this run)."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = []
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if isinstance(row, dict) and isinstance(row.get("psnr"), (int, float)) \
+                    and 0 < row.get("step", -1) <= self.step:
+                rows.append(row)
+        return rows
+
+    def check_collapse(self, result: dict) -> None:
+        """Stop with TrainingCollapsed when validation ``result`` is train.collapse_db below
+        the best so far: the checkpoints after the best one go to RUN/collapsed/."""
+        limit, best = self.tcfg.collapse_db, self.best_validation()
+        if limit <= 0 or best is None or result["psnr"] >= best["psnr"] - limit:
+            return
+        kept = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) <= best["step"]]
+        later = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) > best["step"]]
+        aside = self.run_dir / "collapsed"
+        if kept and later:
+            aside.mkdir(exist_ok=True)
+            for p in later:
+                p.replace(aside / p.name)
+        where = (f"the run's latest checkpoint is again {kept[-1]} (step {checkpoint_step(kept[-1])}); "
+                 f"the {len(later)} after it were moved to {aside}" if kept and later else
+                 f"no checkpoint of step {best['step']} is left to fall back to")
+        raise TrainingCollapsed(
+            f"training collapsed: validation PSNR {result['psnr']:.2f} dB at step {self.step}, "
+            f"{best['psnr'] - result['psnr']:.1f} dB below the best, {best['psnr']:.2f} dB at step "
+            f"{best['step']} (train.collapse_db {limit:g}); {where}. Rerunning the same command "
+            "would collapse the same way: lower the learning rates or the loss weight you raised "
+            "(train.lr_grid, train.lr_net, train.lambda_*) and train a "
+            f"new --out, e.g. with --init {kept[-1] if kept else 'CHECKPOINT'} to start from the "
+            "best weights, or set train.collapse_db=0 to train on regardless")
 
     def _voices_for_augment(self):
         """The dataset's other voices when train.voice_augment mixes them in, else None."""
@@ -549,6 +605,7 @@ class Trainer:
                     res = self.validate()
                     validated_at = self.step
                     bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
+                    self.check_collapse(res)
             # a run already at its last step trains nothing: leave its checkpoint (and so its
             # time stamp, which tells `nerfhead run` whether renders are stale) as it is
             trained = self.step != start_step
@@ -557,6 +614,7 @@ class Trainer:
             if trained and validated_at != self.step:
                 res = self.validate()
                 bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
+                self.check_collapse(res)
         finally:
             if prefetcher is not None:
                 prefetcher.close()
