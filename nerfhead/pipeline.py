@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the video's word timings (whisper/whisperX JSON, 'start end word' text in "
                         "seconds, GRID .align; 'auto': recognised from its audio, US English): "
                         "preprocessing adds its words said by synthetic voices "
-                        "(audio.respeak_words; flite/espeak-ng installed) and training mixes them "
-                        "in (train.voice_augment 0.5): the mouth follows other speakers better "
+                        "(audio.respeak_words; flite/espeak-ng installed) and training refits the "
+                        "audio encoder to read them as the speaker's voice "
+                        "(train.voice_encoder_steps): the mouth follows other speakers better "
                         "(docs/benchmarks.md). Default: auto where PocketSphinx, flite and "
                         "espeak-ng are installed (else a warning says what is missing); "
                         "'none': without")
@@ -247,6 +248,36 @@ def _has_synthetic_voices(data: Path, args) -> bool:
     return bool(stats.get("respoken_voices"))
 
 
+#: train.voice_encoder_steps of the head and lips stages when preprocessing made synthetic voices
+VOICE_ENCODER_STEPS = 3000
+#: the voice settings a stage keeps once begun (a resume with others is refused)
+VOICE_SETTINGS = ("voice_augment", "voice_encoder_steps")
+
+
+def _voice_settings(args, run_dir: Path, data: Path) -> list[str]:
+    """``--set`` options of how a head or lips stage learns other voices. With the synthetic
+    voices --words made, the audio encoder is refitted to read them as the speaker's voice
+    at the stage's end (train.voice_encoder_steps; docs/benchmarks.md, "One face field, an
+    audio encoder refitted for other voices"). A stage begun earlier keeps what it was begun
+    with (work from before this default trained with train.voice_augment 0.5), and what the
+    user sets with --set wins."""
+    import yaml
+
+    user = {o.split("=", 1)[0] for o in args.overrides}
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        try:
+            had = (yaml.safe_load(saved.read_text()) or {}).get("train") or {}
+        except (OSError, yaml.YAMLError):
+            had = {}
+        return [f for name in VOICE_SETTINGS if f"train.{name}" not in user
+                for f in ("--set", f"train.{name}={had.get(name, 0)}")]
+    if ((getattr(args, "words", None) or getattr(args, "transcript", None))
+            and "train.voice_encoder_steps" not in user and _has_synthetic_voices(data, args)):
+        return ["--set", f"train.voice_encoder_steps={VOICE_ENCODER_STEPS}"]
+    return []
+
+
 def train(args, k: int, stage: str, init: Path | None) -> Path:
     """``nerfhead train`` of the k-th stage (resumes from its newest checkpoint), started
     from ``init`` (the previous stage's run) when given. Returns the run folder."""
@@ -259,9 +290,8 @@ def train(args, k: int, stage: str, init: Path | None) -> Path:
     if init is not None:
         cmd += ["--init", str(init)]
     resolve_words(args)
-    if (getattr(args, "words", None) or getattr(args, "transcript", None)) and stage != "torso" and not any(
-            o.startswith("train.voice_augment=") for o in args.overrides) and _has_synthetic_voices(out / "data", args):
-        cmd += ["--set", "train.voice_augment=0.5"]  # the synthetic voices --words made
+    if stage != "torso":
+        cmd += _voice_settings(args, run_dir, out / "data")
     for o in args.overrides:
         cmd += ["--set", o]
     _subcommand(cmd)

@@ -82,7 +82,7 @@ def _render(path: Path) -> dict | None:
 
 def _train(run: Path, log: Path) -> dict | None:
     lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    vals = [json.loads(x) for x in lines if x.strip()]
+    vals = [v for v in (json.loads(x) for x in lines if x.strip()) if "psnr" in v]  # validations
     if not vals:
         return None
     last = vals[-1]

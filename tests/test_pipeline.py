@@ -47,7 +47,8 @@ def test_pipeline_chains_steps_and_skips_finished_ones(tmp_path, monkeypatch):
 
 def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
     """--words: preprocessing gets audio.respeak_words (an absolute path), the head and lips
-    stages train.voice_augment=0.5 unless --set gives another value; the torso stage none."""
+    stages train.voice_encoder_steps=3000 (the audio encoder refitted for the synthetic
+    voices) unless --set gives another value; the torso stage none."""
     video = tmp_path / "v.mp4"
     video.write_bytes(b"not really a video: preprocess is replaced below")
     words = tmp_path / "words.json"
@@ -61,12 +62,13 @@ def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
     pipeline.run(args)
     assert f"audio.respeak_words={words}" in calls[0]
     head, torso = calls[1], calls[2]
-    assert "train.voice_augment=0.5" in head and "train.voice_augment=0.5" not in torso
+    assert "train.voice_encoder_steps=3000" in head and not any("voice" in o for o in torso)
+    assert not any("voice_augment" in o for o in head)
     calls.clear()
     args = _args(str(video), "--preset", "head", "--out", str(tmp_path / "out2"), "--words",
-                 str(words), "--set", "train.voice_augment=0.3", "--device", "cpu")
+                 str(words), "--set", "train.voice_encoder_steps=500", "--device", "cpu")
     pipeline.run(args)
-    assert [o for o in calls[1] if o.startswith("train.voice_augment")] == ["train.voice_augment=0.3"]
+    assert [o for o in calls[1] if o.startswith("train.voice_")] == ["train.voice_encoder_steps=500"]
     # --words auto (recognised) and --transcript (aligned): the same voices, the same training
     (tmp_path / "said.txt").write_text("hello\n")
     for n, opts in enumerate((["--words", "auto"], ["--transcript", "said.txt"])):
@@ -74,12 +76,12 @@ def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
         pipeline.run(_args(str(video), "--preset", "head", "--out", str(tmp_path / f"o{n}"), *opts,
                            "--device", "cpu"))
         want = "audio.respeak_words=auto" if n == 0 else f"audio.transcript={tmp_path / 'said.txt'}"
-        assert want in calls[0] and "train.voice_augment=0.5" in calls[1]
+        assert want in calls[0] and "train.voice_encoder_steps=3000" in calls[1]
 
 
 def test_synthetic_voices_are_the_default_where_they_can_be_made(tmp_path, monkeypatch, caplog):
     """No --words: the recognised words said by synthetic voices, optional in preprocessing,
-    and train.voice_augment=0.5 only when preprocessing wrote them; where the tools are
+    and train.voice_encoder_steps=3000 only when preprocessing wrote them; where the tools are
     missing a warning names what; --words none: without; a rerun keeps what OUT was made
     with."""
     video = tmp_path / "v.mp4"
@@ -100,23 +102,49 @@ def test_synthetic_voices_are_the_default_where_they_can_be_made(tmp_path, monke
     monkeypatch.setattr(pipeline, "synthetic_voices_missing", lambda: None)
     pre, head = run("a")
     assert pipeline.AUTO_WORDS in pre and "audio.respeak_optional=true" in pre
-    assert "train.voice_augment=0.5" in head
-    # preprocessing could not make them after all (warned there): no voice_augment
+    assert "train.voice_encoder_steps=3000" in head
+    # preprocessing could not make them after all (warned there): no refit
     pre, head = run("a", voices=())
-    assert pipeline.AUTO_WORDS in pre and "train.voice_augment=0.5" not in head
+    assert pipeline.AUTO_WORDS in pre and not any("voice_" in o for o in head)
     pre, head = run("b", "--words", "none")
-    assert not any("respeak" in o for o in pre) and "train.voice_augment=0.5" not in head
+    assert not any("respeak" in o for o in pre) and not any("voice_" in o for o in head)
     monkeypatch.setattr(pipeline, "synthetic_voices_missing", lambda: "flite is not installed")
     with caplog.at_level("WARNING", logger="nerfhead.run"):
         pre, head = run("c")
     assert "without synthetic voices of the clip's words (flite is not installed)" in caplog.text
-    assert not any("respeak" in o for o in pre) and "train.voice_augment=0.5" not in head
+    assert not any("respeak" in o for o in pre) and not any("voice_" in o for o in head)
     # the tools arrive later: work started without them resumes without them (run.json)
     monkeypatch.setattr(pipeline, "synthetic_voices_missing", lambda: None)
     pre, head = run("c")
     assert not any("respeak" in o for o in pre)
     pre, head = run("a")  # and work started with them keeps them
     assert pipeline.AUTO_WORDS in pre
+
+
+def test_a_stage_begun_earlier_keeps_its_voice_settings(tmp_path, monkeypatch):
+    """Work started before the refit was the default (head trained with voice_augment 0.5)
+    resumes with what it was begun with, not the new default, so the resume is not refused;
+    --set still wins."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really a video: preprocess is replaced below")
+    calls = []
+    monkeypatch.setattr(pipeline, "_subcommand", lambda argv: calls.append(argv))
+    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    out = tmp_path / "out"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "config.yaml").write_text("train:\n  stage: head\n  voice_augment: 0.5\n")
+    words = tmp_path / "words.txt"
+    words.write_text("0.5 1.0 hello\n")
+    pipeline.run(_args(str(video), "--preset", "head,lips", "--out", str(out), "--words",
+                       str(words), "--device", "cpu"))
+    head, lips = calls[1], calls[2]
+    assert "train.voice_augment=0.5" in head and "train.voice_encoder_steps=0" in head
+    assert "train.voice_encoder_steps=3000" in lips and not any("voice_augment" in o for o in lips)  # not begun yet
+    calls.clear()
+    pipeline.run(_args(str(video), "--preset", "head", "--out", str(out), "--words", str(words),
+                       "--set", "train.voice_encoder_steps=100", "--device", "cpu"))
+    assert [o for o in calls[1] if o.startswith("train.voice_")] == [
+        "train.voice_augment=0.5", "train.voice_encoder_steps=100"]
 
 
 def test_lip_sync_is_also_scored_under_a_voice_the_model_never_heard(tmp_path, monkeypatch, caplog):
@@ -220,7 +248,8 @@ def test_run_end_to_end_on_real_clip(hdtf_video, tmp_path):
     out = tmp_path / "e2e"
     rc = main(["run", str(hdtf_video), "--preset", "tiny", "--out", str(out), "--max-seconds", "3",
                "--crop-size", "256", "--iters", "30", "--device", "cpu", "--eval-frames", "4",
-               "--set", "data.image_size=64", "--set", "train.val_every=1000"])
+               "--set", "data.image_size=64", "--set", "train.val_every=1000",
+               "--set", "train.voice_encoder_steps=50"])  # where voices are made: a short refit
     assert rc == 0
     info = probe(out / "render.mp4")
     n_val = 75 // 11  # 3 s at 25 fps, last 1/11 is validation
@@ -234,5 +263,8 @@ def test_run_end_to_end_on_real_clip(hdtf_video, tmp_path):
     # the recognised words, and scored under a voice it never heard as well
     if pipeline.synthetic_voices_missing() is None:
         assert (out / "data" / "words.txt").is_file()
+        from nerfhead.train.checkpoint import read_checkpoint
+
+        assert read_checkpoint(out / "run")["voice_fit"]["voices"] >= 3  # the encoder refitted
         other = json.loads((out / "eval_other_voice" / "metrics.json").read_text())
         assert other["frames"] == 4 and "flite_slt.wav" in other["audio"]

@@ -240,6 +240,8 @@ def test_evaluate_tiny_model_reports_missing_faces(tiny_run, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert report.index("## Lip sync") < report.index("## Image quality")
     assert "delivers it" in report
+    assert "not refitted for other voices" in result["audio_encoder"]  # says which encoder
+    assert "- audio encoder: trained on the speaker's voice" in report
 
 
 def test_evaluate_audio_from_another_clip(tiny_run, tmp_path):

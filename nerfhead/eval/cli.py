@@ -300,6 +300,7 @@ def evaluate(args) -> dict:
             renders.append(render)
     info = {"run": str(run.run_dir), "step": run.step, "stage": run.stage, "data": str(data_dir),
             "split": split, "resolution": [H, W], "device": device, "audio_kind": kind,
+            "audio_encoder": run.audio_encoder_note(),
             "torso": ("GT torso image over the plate (no trained torso)" if gt_torso
                       else "rendered by the torso field"),
             "composite": composite_description(gt_torso, clip, args.no_torso),

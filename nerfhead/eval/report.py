@@ -305,7 +305,10 @@ def markdown(result: dict) -> str:
     lines = [f"# Evaluation of {result.get('run', '?')}", "",
              f"- checkpoint step {result.get('step')} ({result.get('stage')}), split "
              f"`{result.get('split')}` of `{result.get('data')}`: {result['frames']} frames at "
-             f"{result.get('resolution')}", f"- driving audio: {result.get('audio')}", ""]
+             f"{result.get('resolution')}", f"- driving audio: {result.get('audio')}"]
+    if result.get("audio_encoder"):
+        lines.append(f"- audio encoder: {result['audio_encoder']}")
+    lines.append("")
     lines += lipsync_lines(result)
     lines += ["## Image quality", "",
               f"- composite measured below: {result.get('composite', result.get('torso', 'rendered'))}",

@@ -7,7 +7,7 @@ A run folder::
                                     scheduler, RNG states, step, configs, model meta
     RUN/val/step_0002000.png        GT | render | error of validation frames
     RUN/tb/                         TensorBoard events
-    RUN/metrics.jsonl               one line per validation
+    RUN/metrics.jsonl               one line per validation (and one per audio-encoder refit)
 
 Checkpoints are written to a temporary name in the same folder and ``os.replace``d, so a
 crash never leaves a truncated ``step_*.pt``; the disk space a checkpoint needs is checked
@@ -82,10 +82,12 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage: str,
                     dataset_dir, optimizer=None, scheduler=None, keep: int = 3,
-                    dataset: dict | None = None, protect: frozenset[int] = frozenset()) -> Path:
+                    dataset: dict | None = None, protect: frozenset[int] = frozenset(),
+                    extra: dict | None = None) -> Path:
     """Write ``checkpoints/step_<step>.pt`` atomically; delete all but the newest ``keep``
     and those of the steps in ``protect`` (the best validation's, which a collapse falls back
-    to). ``dataset``: the dataset's fingerprint (computed when not given)."""
+    to). ``dataset``: the dataset's fingerprint (computed when not given); ``extra``: more
+    entries of the payload (e.g. ``voice_fit``, what refitted the audio encoder)."""
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -98,6 +100,7 @@ def save_checkpoint(run_dir, step: int, model: TalkingHead, configs: dict, stage
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": rng_state(),
+        **(extra or {}),
     }
     final = d / f"step_{step:07d}.pt"
     # the new file is written before the oldest is deleted: room for one more checkpoint
@@ -223,6 +226,18 @@ class LoadedRun:
     dataset_dir: Path
     camera: Camera
     dataset: dict = dataclasses.field(default_factory=dict)  #: fingerprint at training time
+    #: how the audio encoder was refitted for other voices (train.voice_encoder_steps), or None
+    voice_fit: dict | None = None
+
+    def audio_encoder_note(self) -> str:
+        """One line on the audio encoder: refitted for other voices, or the speaker's own."""
+        f = self.voice_fit
+        if not f:
+            return "trained on the speaker's voice (not refitted for other voices)"
+        return (f"refitted for other voices ({f['voices']} in the dataset, {f['steps']} steps): "
+                f"code error in them {sum(f['error_before']) / len(f['error_before']):.2f} -> "
+                f"{sum(f['error_after']) / len(f['error_after']):.2f}, in the speaker's own "
+                f"voice {f['error_own']:.3f}")
 
 
 def run_dataset(run: LoadedRun, data=None) -> Path:
@@ -254,4 +269,5 @@ def load_run(run_dir, device="cpu", checkpoint=None) -> LoadedRun:
     model = model_from_checkpoint(ckpt, device).eval()
     return LoadedRun(run_dir=path.parent.parent, model=model, configs=configs_from_checkpoint(ckpt),
                      stage=ckpt["stage"], step=int(ckpt["step"]), dataset_dir=Path(ckpt["dataset_dir"]),
-                     camera=model.camera, dataset=dict(ckpt.get("dataset") or {}))
+                     camera=model.camera, dataset=dict(ckpt.get("dataset") or {}),
+                     voice_fit=ckpt.get("voice_fit"))

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def last_validation(run_dir) -> dict | None:
-    """The last line of RUN/metrics.jsonl (one per validation), or None."""
+    """The last validation in RUN/metrics.jsonl, or None."""
     import json
     from pathlib import Path
 

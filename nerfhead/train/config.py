@@ -65,6 +65,17 @@ class TrainConfig:
     voice, synthetic voices with other speakers (docs/benchmarks.md, "Lip sync driven by other
     voices", "Lip sync for other speakers"). A dataset without voices trains on its own
     voice, with a warning."""
+    voice_encoder_steps: int = 0
+    """Head and lips stages: at the end of the stage, refit the audio encoder for this many
+    steps so that it reads the dataset's other voices (``aud_<kind>_voices.npy``: the shifts
+    of ``audio.voice_shifts`` and the synthetic voices of ``audio.respeak_words``) as the
+    speaker's own voice, the face field unchanged (``nerfhead.train.voice_encoder``: no
+    rendering, about 2 minutes on one CPU core for 3000). The mouth then follows other
+    speakers more closely without the smaller opening ``voice_augment`` costs
+    (docs/benchmarks.md). 0: off; a dataset without other voices keeps its encoder, with a
+    warning."""
+    voice_encoder_own_fraction: float = 0.25
+    """Share of each refit batch read in the speaker's own voice (which keeps its codes)."""
     frames_per_step: int = 1
     """Head stage: frames each step draws its rays from (data.num_rays split evenly, each
     frame's rays rendered with that frame's audio, expression and latent). One frame per

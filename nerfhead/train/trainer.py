@@ -8,6 +8,7 @@ so a run resumed from step ``k`` computes the same losses as the uninterrupted r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,15 +38,18 @@ from nerfhead.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from nerfhead.train.voice_encoder import VoiceFit, refit_audio_encoder
 
 log = logging.getLogger("nerfhead.train")
 
 
-#: (section, field) that may change when a run resumes: how long it runs and what it logs,
-#: not what it learns. Any other difference refuses the resume (``RunMismatchError``).
+#: (section, field) that may change when a run resumes: how long it runs, what it logs and
+#: keeps, and the audio encoder's refit at its last step; not what the steps learn. Any other
+#: difference refuses the resume (``RunMismatchError``).
 RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
                      ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
                      ("train", "cpu_threads"), ("train", "prefetch_frames"), ("train", "collapse_db"),
+                     ("train", "voice_encoder_steps"), ("train", "voice_encoder_own_fraction"),
                      ("data", "cache_size")}
 
 
@@ -172,6 +176,15 @@ class Trainer:
         self.history: list[dict] = []  # per-step {"step", "loss", "psnr"} of this process
         self.prefetcher = None  # the frame prefetcher of the running fit() (train.prefetch_frames)
         self.validations: list[dict] = []
+        # the audio encoder's refit at the stage's end (train.voice_encoder_steps): a run
+        # resumed at its last step keeps its checkpoint's record; the torso stage, whose
+        # encoder is frozen, carries its --init's record on
+        fit = resume_ckpt.get("voice_fit") if resume_ckpt is not None else None
+        if self.stage == "torso":
+            fit = fit or (init_ckpt or {}).get("voice_fit")
+        elif self.step < self.tcfg.iters:
+            fit = None  # the encoder trains on: the record will be made again at the end
+        self.voice_fit: VoiceFit | None = VoiceFit(**fit) if fit else None
         # a fresh run ignores a metrics.jsonl left in its folder: only a resumed run's count
         self._earlier_validations = self._read_earlier_validations() if resume_ckpt is not None else []
 
@@ -272,10 +285,37 @@ class Trainer:
 
     def save(self) -> Path:
         best = self.best_validation()
+        extra = {"voice_fit": dataclasses.asdict(self.voice_fit)} if self.voice_fit else None
         return save_checkpoint(self.run_dir, self.step, self.model, self.configs, self.stage,
                                self.data_dir, self.optimizer, self.scheduler,
                                keep=self.tcfg.keep_checkpoints, dataset=self.dataset,
-                               protect=frozenset({best["step"]} if best else ()))
+                               protect=frozenset({best["step"]} if best else ()), extra=extra)
+
+    def refit_voice_encoder(self, progress: bool = False) -> VoiceFit | None:
+        """Refit the audio encoder for the dataset's other voices (train.voice_encoder_steps;
+        ``nerfhead.train.voice_encoder``); None, with a warning, when the dataset has none."""
+        t, ds = self.tcfg, self.train_set
+        if ds.audio_voices is None:
+            log.warning("train.voice_encoder_steps %d: %s has no %s features in other voices "
+                        "(aud_<kind>_voices.npy), so the audio encoder is not refitted and "
+                        "other speakers' voices will move the mouth less. Rerun `nerfhead "
+                        "preprocess` on the video (only its audio step runs again), then train "
+                        "again", t.voice_encoder_steps, ds.root, ds.audio_kind)
+            return None
+        student, fit = refit_audio_encoder(
+            self.model.audio_encoder, ds.audio, ds.audio_voices, ds.aud_ids,
+            steps=t.voice_encoder_steps, own_fraction=t.voice_encoder_own_fraction,
+            seed=t.seed, progress=progress)
+        self.model.audio_encoder.load_state_dict(student.state_dict())
+        self.voice_fit = fit
+        log.info("%s", fit.summary())
+        w = self.writer
+        w.add_scalar("voice_encoder/error_before", float(np.mean(fit.error_before)), self.step)
+        w.add_scalar("voice_encoder/error_after", float(np.mean(fit.error_after)), self.step)
+        w.add_scalar("voice_encoder/error_own", fit.error_own, self.step)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "voice_fit": dataclasses.asdict(fit)}) + "\n")
+        return fit
 
     def best_validation(self) -> dict | None:
         """The highest-PSNR validation of this run so far (a resumed run's earlier ones
@@ -607,11 +647,18 @@ class Trainer:
                     bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
                     self.check_collapse(res)
             # a run already at its last step trains nothing: leave its checkpoint (and so its
-            # time stamp, which tells `nerfhead run` whether renders are stale) as it is
+            # time stamp, which tells `nerfhead run` whether renders are stale) as it is,
+            # unless its audio encoder is yet to be refitted for other voices
             trained = self.step != start_step
-            if (trained or not list_checkpoints(self.run_dir)) and saved_at != self.step:
+            refitted = False
+            if (self.step >= t.iters and t.voice_encoder_steps > 0 and self.stage in ("head", "lips")
+                    and (trained or self.voice_fit is None)):
+                refitted = self.refit_voice_encoder(progress) is not None
+                if refitted:
+                    saved_at = validated_at = -1  # the weights changed: save and validate them
+            if (trained or refitted or not list_checkpoints(self.run_dir)) and saved_at != self.step:
                 self.save()
-            if trained and validated_at != self.step:
+            if (trained or refitted) and validated_at != self.step:
                 res = self.validate()
                 bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
                 self.check_collapse(res)

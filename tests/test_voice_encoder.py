@@ -1,0 +1,140 @@
+"""The audio encoder refitted for other voices (nerfhead.train.voice_encoder,
+train.voice_encoder_steps): the refit learns what it should, the trainer runs it at a stage's
+end, records it, and leaves the face field alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from nerfhead.models.audio import AudioEncoder
+from nerfhead.train.checkpoint import list_checkpoints, read_checkpoint
+from nerfhead.train.config import load_configs
+from nerfhead.train.trainer import Trainer
+from nerfhead.train.voice_encoder import refit_audio_encoder
+
+torch.set_num_threads(1)
+
+
+def _speech(n=400, t=8, c=12, seed=0):
+    """Own-voice windows and two 'voices' of them: each channel scaled and offset (what a
+    different vocal tract and microphone do to a log spectrum), plus a little noise."""
+    rng = np.random.default_rng(seed)
+    own = rng.normal(size=(n, t, c)).astype(np.float32)
+    voices = np.stack([own * rng.uniform(0.5, 1.5, c) + rng.normal(0, 1.5, c)
+                       + rng.normal(0, 0.05, own.shape) for _ in range(2)]).astype(np.float16)
+    return own, voices
+
+
+def test_the_refit_maps_other_voices_onto_the_own_voice_codes_and_keeps_those():
+    own, voices = _speech()
+    torch.manual_seed(0)
+    enc = AudioEncoder(12, 8, dim=6, hidden=16)
+    enc.set_statistics(own)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    student, fit = refit_audio_encoder(enc, own, voices, np.arange(300), steps=400, batch=64,
+                                       lr=3e-3, seed=0)
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())  # untouched
+    assert student is not enc and fit.steps == 400 and fit.voices == 2
+    assert min(fit.error_before) > 0.3, fit  # the trained encoder reads the voices otherwise
+    assert max(fit.error_after) < 0.35 * min(fit.error_before), fit
+    assert fit.error_own < 0.1, fit
+    # held-out frames (300..399 were never drawn) follow as well
+    with torch.no_grad():
+        x = torch.from_numpy(voices[0, 300:].astype(np.float32))
+        target = enc(torch.from_numpy(own[300:]))
+        var = target.var(0).mean()
+        err_teacher = float(((enc(x) - target) ** 2).mean() / var)
+        err_student = float(((student(x) - target) ** 2).mean() / var)
+    assert err_student < 0.5 * err_teacher, (err_student, err_teacher)
+
+
+def test_the_refit_needs_voices():
+    own, _ = _speech(n=20)
+    with pytest.raises(ValueError, match="other voices"):
+        refit_audio_encoder(AudioEncoder(12, 8, 6), own, None, np.arange(20), steps=2)
+
+
+def _configs(**train):
+    over = {"data": {"image_size": 32, "num_rays": 128, "audio": "mel"},
+            "train": {"iters": 4, "checkpoint_every": 4, "val_every": 0, "log_every": 2, **train}}
+    return load_configs("tiny", over)
+
+
+@pytest.fixture(scope="module")
+def voiced_data(tmp_path_factory):
+    from nerfhead.data.synthetic import make_dataset
+
+    data = make_dataset(tmp_path_factory.mktemp("voiced"), num_frames=23, size=32)
+    mel = np.load(data / "aud_mel.npy")
+    rng = np.random.default_rng(3)
+    voices = np.stack([mel * 0.8 + rng.normal(0, 0.5, mel.shape[-1]) for _ in range(2)])
+    np.save(data / "aud_mel_voices.npy", voices.astype(np.float16))
+    return data
+
+
+def test_a_stage_ends_with_the_refit_and_only_the_encoder_changes(voiced_data, tmp_path):
+    plain = Trainer(voiced_data, _configs(), tmp_path / "plain")
+    plain.fit(progress=False)
+    refit = Trainer(voiced_data, _configs(voice_encoder_steps=30), tmp_path / "refit")
+    refit.fit(progress=False)
+    a, b = plain.model.state_dict(), refit.model.state_dict()
+    changed = sorted(k for k in a if not torch.equal(a[k], b[k]))
+    assert changed and all(k.startswith("audio_encoder.") for k in changed), changed
+    ck = read_checkpoint(tmp_path / "refit")
+    assert ck["voice_fit"]["steps"] == 30 and ck["voice_fit"]["voices"] == 2
+    assert torch.equal(ck["model"]["audio_encoder.head.2.weight"], b["audio_encoder.head.2.weight"])
+    rows = [json.loads(x) for x in (tmp_path / "refit" / "metrics.jsonl").read_text().splitlines()]
+    assert [("voice_fit" in r, "psnr" in r) for r in rows] == [(True, False), (False, True)]
+    assert "voice_fit" not in read_checkpoint(tmp_path / "plain")
+
+
+def test_a_finished_run_is_refitted_once_when_asked(voiced_data, tmp_path, capsys):
+    from nerfhead.cli import main
+
+    run = tmp_path / "run"
+    Trainer(voiced_data, _configs(), run).fit(progress=False)
+    ck = list_checkpoints(run)[-1]
+    before = read_checkpoint(run)["model"]["audio_encoder.head.2.weight"].clone()
+    args = ["train", str(voiced_data), "--config", "tiny", "--out", str(run), "--iters", "4",
+            "--no-progress", "--set", "data.image_size=32", "--set", "data.num_rays=128",
+            "--set", "data.audio=mel", "--set", "train.checkpoint_every=4",
+            "--set", "train.val_every=0", "--set", "train.log_every=2"]
+    assert main(args + ["--set", "train.voice_encoder_steps=20"]) == 0
+    after = read_checkpoint(run)
+    assert list_checkpoints(run) == [ck] and after["voice_fit"]["steps"] == 20
+    assert not torch.equal(after["model"]["audio_encoder.head.2.weight"], before)
+    stamp = ck.stat().st_mtime_ns
+    assert main(args + ["--set", "train.voice_encoder_steps=20"]) == 0  # done: nothing to do
+    assert ck.stat().st_mtime_ns == stamp and "nothing to do" in capsys.readouterr().out
+
+
+def test_a_dataset_without_voices_keeps_its_encoder_and_says_why(tmp_path, caplog):
+    from nerfhead.data.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "d", num_frames=23, size=32)
+    with caplog.at_level(logging.WARNING, logger="nerfhead.train"):
+        tr = Trainer(data, _configs(voice_encoder_steps=30), tmp_path / "run")
+        tr.fit(progress=False)
+    assert "not refitted" in caplog.text and "nerfhead preprocess" in caplog.text
+    assert tr.voice_fit is None and "voice_fit" not in read_checkpoint(tmp_path / "run")
+
+
+def test_the_record_reaches_the_torso_stage_and_the_evaluation(voiced_data, tmp_path):
+    from nerfhead.train.checkpoint import load_run
+
+    head = tmp_path / "head"
+    Trainer(voiced_data, _configs(voice_encoder_steps=20), head).fit(progress=False)
+    torso = tmp_path / "torso"
+    Trainer(voiced_data, _configs(stage="torso", voice_encoder_steps=20), torso,
+            init=head).fit(progress=False)
+    run = load_run(torso)
+    assert run.voice_fit == read_checkpoint(head)["voice_fit"]  # carried, not refitted again
+    assert run.audio_encoder_note().startswith("refitted for other voices (2 in the dataset, 20 steps)")
+    plain = tmp_path / "plain"
+    Trainer(voiced_data, _configs(), plain).fit(progress=False)
+    assert "not refitted" in load_run(plain).audio_encoder_note()
