@@ -55,3 +55,13 @@ def test_tiny_training_on_grid_improves_validation_psnr(grid_dataset, tmp_path):
     assert psnrs[-1] > psnrs[0] + 0.3, psnrs
     run = load_run(tmp_path / "run")
     assert run.step == 300 and (tmp_path / "run" / "val" / "step_0000300.png").exists()
+    # the stage ended with the lip-sync check on the validation frames (real faces)
+    from nerfhead.eval.cli import load_detector
+
+    if load_detector()[0] is not None:
+        import json
+
+        rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        check = rows[-1]["lipsync_check"]
+        assert check["frames"] == len(tr.val_set) and check["frames_used"] >= 8, check
+        assert tr.lipsync is not None and tr.lipsync.amplitude_ratio is not None

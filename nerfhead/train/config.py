@@ -86,6 +86,12 @@ class TrainConfig:
     the head stays supervised and grows no floaters (-1: data.num_rays; 0: the patch only)."""
     lips_frame_weight: float = 1.0
     """Lips stage: weight of the frame rays' MSE beside the patch's MSE (each is a mean)."""
+    lipsync_check_frames: int = 125
+    """Head and lips stages: at the stage's end, render this many consecutive validation
+    frames and correlate the rendered mouth opening with the footage's
+    (``nerfhead.train.lipsync_check``; MediaPipe landmarks): a warning when the mouth hardly
+    follows (correlation or amplitude under 0.3), which validation PSNR cannot see. 0: off;
+    skipped, with the reason in the log, without the landmark model or a face."""
     collapse_db: float = 6.0
     """Stop the run when a validation PSNR falls this many dB below the best one so far (a
     run that collapsed: a learning rate or loss weight too high). The best validation's

@@ -38,6 +38,7 @@ from nerfhead.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from nerfhead.train.lipsync_check import LipSyncCheck, check_lipsync
 from nerfhead.train.voice_encoder import VoiceFit, refit_audio_encoder
 
 log = logging.getLogger("nerfhead.train")
@@ -50,7 +51,7 @@ RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train"
                      ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
                      ("train", "cpu_threads"), ("train", "prefetch_frames"), ("train", "collapse_db"),
                      ("train", "voice_encoder_steps"), ("train", "voice_encoder_own_fraction"),
-                     ("data", "cache_size")}
+                     ("train", "lipsync_check_frames"), ("data", "cache_size")}
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
@@ -176,6 +177,7 @@ class Trainer:
         self.history: list[dict] = []  # per-step {"step", "loss", "psnr"} of this process
         self.prefetcher = None  # the frame prefetcher of the running fit() (train.prefetch_frames)
         self.validations: list[dict] = []
+        self.lipsync: LipSyncCheck | None = None  # the end-of-stage lip-sync check
         # the audio encoder's refit at the stage's end (train.voice_encoder_steps): a run
         # resumed at its last step keeps its checkpoint's record; the torso stage, whose
         # encoder is frozen, carries its --init's record on
@@ -316,6 +318,30 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, "voice_fit": dataclasses.asdict(fit)}) + "\n")
         return fit
+
+    def lipsync_check(self) -> LipSyncCheck | None:
+        """The end-of-stage lip-sync check (train.lipsync_check_frames): logged, written to
+        metrics.jsonl and TensorBoard; a warning when the mouth hardly follows the footage."""
+        vs = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
+        result = check_lipsync(self.model, vs, self.tcfg.lipsync_check_frames)
+        if isinstance(result, str):
+            log.info("lip-sync check skipped: %s (`nerfhead evaluate RUN` measures lip sync)", result)
+            return None
+        self.lipsync = result
+        if result.doubtful:
+            log.warning("%s: the rendered mouth hardly follows the footage (a trained head "
+                        "reaches 0.8 on held-out speech). Too few steps, or a setting that cut "
+                        "the audio path: see docs/troubleshooting.md; `nerfhead evaluate %s` "
+                        "measures it on every frame", result.summary(), self.run_dir)
+        else:
+            log.info("%s", result.summary())
+        for key in ("correlation", "amplitude_ratio"):
+            value = getattr(result, key)
+            if value is not None:
+                self.writer.add_scalar(f"lipsync_check/{key}", value, self.step)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "lipsync_check": dataclasses.asdict(result)}) + "\n")
+        return result
 
     def best_validation(self) -> dict | None:
         """The highest-PSNR validation of this run so far (a resumed run's earlier ones
@@ -662,6 +688,9 @@ class Trainer:
                 res = self.validate()
                 bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
                 self.check_collapse(res)
+            if (trained or refitted) and self.step >= t.iters and t.lipsync_check_frames > 0 \
+                    and self.stage in ("head", "lips"):
+                self.lipsync_check()
         finally:
             if prefetcher is not None:
                 prefetcher.close()
