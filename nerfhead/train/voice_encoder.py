@@ -120,8 +120,6 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
     if bar is not None:
         bar.close()
     student.eval()
-    for p in student.parameters():
-        p.requires_grad_(True)
     check = frames[::7] if len(frames) >= 7 else frames
     error_own, before, after = _errors(teacher, student, own, voices, check, var, device)
     return student, VoiceFit(steps=steps, seconds=round(time.perf_counter() - t0, 1), voices=V,
