@@ -22,6 +22,7 @@ rendered from, other data without saying so.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -68,6 +69,44 @@ def list_checkpoints(run_dir) -> list[Path]:
     """Checkpoint files of a run, oldest step first."""
     d = checkpoint_dir(run_dir)
     return sorted(d.glob("step_*.pt")) if d.is_dir() else []
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The rows of RUN/metrics.jsonl (validations: ``psnr``; refits: ``voice_fit``; lip-sync
+    checks: ``lipsync_check``), oldest first; a line cut short by a kill is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def append_metrics(run_dir, row: dict) -> None:
+    """One row more in RUN/metrics.jsonl."""
+    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def set_aside_after(run_dir, step: int) -> tuple[Path | None, list[Path]]:
+    """Move the checkpoints after ``step`` to RUN/collapsed/, so that the newest one at or
+    before it is the run's latest again. Returns (that checkpoint, the files moved); nothing
+    moves when no checkpoint at or before ``step`` is left to fall back to."""
+    kept = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) <= step]
+    later = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
+    if not kept:
+        return None, []
+    aside = Path(run_dir) / "collapsed"
+    aside.mkdir(exist_ok=True)
+    moved = []
+    for p in later:
+        p.replace(aside / p.name)
+        moved.append(aside / p.name)
+    return kept[-1], moved
 
 
 def rng_state() -> dict:

@@ -135,12 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
 def last_validation(run_dir) -> dict | None:
     """The last validation in RUN/metrics.jsonl, or None."""
-    import json
-    from pathlib import Path
+    from nerfhead.train.checkpoint import read_metrics
 
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
+    return next((r for r in reversed(read_metrics(run_dir)) if "psnr" in r), None)
     for line in reversed(path.read_text().splitlines()):
         try:
             rec = json.loads(line)

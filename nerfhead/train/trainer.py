@@ -9,7 +9,6 @@ so a run resumed from step ``k`` computes the same losses as the uninterrupted r
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -31,11 +30,14 @@ from nerfhead.models.talking_head import ModelMeta, TalkingHead
 from nerfhead.train import losses
 from nerfhead.train.checkpoint import (
     RunMismatchError,
+    append_metrics,
     checkpoint_step,
     configs_from_checkpoint,
     list_checkpoints,
     read_checkpoint,
+    read_metrics,
     save_checkpoint,
+    set_aside_after,
     set_rng_state,
 )
 from nerfhead.train.lipsync_check import LipSyncCheck, check_lipsync
@@ -188,7 +190,8 @@ class Trainer:
             fit = None  # the encoder trains on: the record will be made again at the end
         self.voice_fit: VoiceFit | None = VoiceFit(**fit) if fit else None
         # a fresh run ignores a metrics.jsonl left in its folder: only a resumed run's count
-        self._earlier_validations = self._read_earlier_validations() if resume_ckpt is not None else []
+        self._earlier_validations = ([r for r in read_metrics(self.run_dir) if "psnr" in r
+                                      and 0 < r["step"] <= self.step] if resume_ckpt is not None else [])
 
     # ------------------------------------------------------------------ setup
     def _check_resumable(self, ckpt: dict, wanted: dict) -> None:
@@ -315,8 +318,7 @@ class Trainer:
         w.add_scalar("voice_encoder/error_before", float(np.mean(fit.error_before)), self.step)
         w.add_scalar("voice_encoder/error_after", float(np.mean(fit.error_after)), self.step)
         w.add_scalar("voice_encoder/error_own", fit.error_own, self.step)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, "voice_fit": dataclasses.asdict(fit)}) + "\n")
+        append_metrics(self.run_dir, {"step": self.step, "voice_fit": dataclasses.asdict(fit)})
         return fit
 
     def lipsync_check(self) -> LipSyncCheck | None:
@@ -339,8 +341,7 @@ class Trainer:
             value = getattr(result, key)
             if value is not None:
                 self.writer.add_scalar(f"lipsync_check/{key}", value, self.step)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, "lipsync_check": dataclasses.asdict(result)}) + "\n")
+        append_metrics(self.run_dir, {"step": self.step, "lipsync_check": dataclasses.asdict(result)})
         return result
 
     def best_validation(self) -> dict | None:
@@ -349,44 +350,24 @@ class Trainer:
         rows = [r for r in self._earlier_validations + self.validations if math.isfinite(r["psnr"])]
         return max(rows, key=lambda r: r["psnr"]) if rows else None
 
-    def _read_earlier_validations(self) -> list[dict]:
-        """Validations in metrics.jsonl up to the resumed step (earlier processes of this run)."""
-        path = self.run_dir / "metrics.jsonl"
-        rows = []
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if isinstance(row, dict) and isinstance(row.get("psnr"), (int, float)) \
-                    and 0 < row.get("step", -1) <= self.step:
-                rows.append(row)
-        return rows
-
     def check_collapse(self, result: dict) -> None:
         """Stop with TrainingCollapsed when validation ``result`` is train.collapse_db below
         the best so far: the checkpoints after the best one go to RUN/collapsed/."""
         limit, best = self.tcfg.collapse_db, self.best_validation()
         if limit <= 0 or best is None or result["psnr"] >= best["psnr"] - limit:
             return
-        kept = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) <= best["step"]]
-        later = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) > best["step"]]
-        aside = self.run_dir / "collapsed"
-        if kept and later:
-            aside.mkdir(exist_ok=True)
-            for p in later:
-                p.replace(aside / p.name)
-        where = (f"the run's latest checkpoint is again {kept[-1]} (step {checkpoint_step(kept[-1])}); "
-                 f"the {len(later)} after it were moved to {aside}" if kept and later else
-                 f"no checkpoint of step {best['step']} is left to fall back to")
+        kept, moved = set_aside_after(self.run_dir, best["step"])
+        where = (f"the run's latest checkpoint is again {kept} (step {checkpoint_step(kept)})"
+                 + (f"; the {len(moved)} after it were moved to {moved[0].parent}" if moved else "")
+                 if kept else f"no checkpoint of step {best['step']} or before is left to fall back to")
         raise TrainingCollapsed(
             f"training collapsed: validation PSNR {result['psnr']:.2f} dB at step {self.step}, "
             f"{best['psnr'] - result['psnr']:.1f} dB below the best, {best['psnr']:.2f} dB at step "
             f"{best['step']} (train.collapse_db {limit:g}); {where}. Rerunning the same command "
             "would collapse the same way: lower the learning rates or the loss weight you raised "
-            "(train.lr_grid, train.lr_net, train.lambda_*) and train a "
-            f"new --out, e.g. with --init {kept[-1] if kept else 'CHECKPOINT'} to start from the "
-            "best weights, or set train.collapse_db=0 to train on regardless")
+            "(train.lr_grid, train.lr_net, train.lambda_*) and train a new --out, e.g. with "
+            f"--init {kept or 'CHECKPOINT'} to start from the best weights, or set "
+            "train.collapse_db=0 to train on regardless")
 
     def _voices_for_augment(self):
         """The dataset's other voices when train.voice_augment mixes them in, else None."""
@@ -612,8 +593,7 @@ class Trainer:
             result["cuda_max_mem_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         self.writer.add_scalar("val/psnr", result["psnr"], self.step)
         self.writer.add_image("val/gt_render_error", strip, self.step, dataformats="HWC")
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_metrics(self.run_dir, result)
         self.validations.append(result)
         return result
 

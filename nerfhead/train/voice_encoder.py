@@ -16,7 +16,7 @@ for the speaker's own voice at that frame; for a share of the batches the input 
 voice itself, so that voice keeps its codes. No rendering is involved: a few thousand small
 steps, about two minutes on one CPU core. The temporal smoother and the field are unchanged.
 
-Measured in docs/benchmarks.md ("One face field, an audio encoder refitted for any voice").
+Measured in docs/benchmarks.md ("One face field, an audio encoder refitted for other voices").
 """
 
 from __future__ import annotations
