@@ -285,3 +285,30 @@ def test_driving_footage_is_a_reference_for_its_audio(hdtf_video, hdtf_frames, t
     assert "correlation with the driving footage's speaker (50 frames) ↑ | 0.612" in text
     del report["footage"]
     assert "driving footage" not in drive_markdown(report)
+
+
+def test_driving_footage_offset_is_found_and_explained():
+    """A rendered mouth that trails the driving footage's by 3 frames (as every model does
+    driven by the 8-s HDTF clip) is reported at offset +3 with the note on the video's own
+    sync; one in step gets the best-offset row and no note."""
+    from nerfhead.eval.drive import FOOTAGE_MAX_OFFSET, footage_offset_rows
+
+    rng = np.random.default_rng(0)
+    footage = np.convolve(rng.standard_normal(230), np.ones(4) / 4, mode="same")[:200]
+    late = np.r_[np.full(3, footage[0]), footage[:-3]] + 0.05 * rng.standard_normal(200)
+    late[[10, 50]] = np.nan  # frames without a face are left out pairwise
+    o = lipsync.offset_correlation(late, footage, FOOTAGE_MAX_OFFSET)
+    assert o["best_offset"] == 3 and not o["best_at_edge"]
+    assert o["best_correlation"] > 0.95 > o["zero_offset_correlation"]
+    speech = np.arange(200) % 50 < 40  # the last 10 of every 50 frames a pause
+    sp = lipsync.offset_correlation(np.where(speech, late, np.nan), footage, FOOTAGE_MAX_OFFSET)
+    text = "\n".join(footage_offset_rows({"opening_by_offset": o, "speech_opening_by_offset": sp}))
+    assert "at its best offset" in text and "at +3 |" in text
+    assert f"speech frames only (articulation, without the pauses) | {sp['correlations'][11]:.3f} at +3" in text
+    assert sp["frames_used"] == 158 and sp["correlations"][11] > 0.9
+    assert "3 frames after that speaker's own mouth" in text and "av_sync" in text
+
+    in_step = lipsync.offset_correlation(footage, footage, FOOTAGE_MAX_OFFSET)
+    text = "\n".join(footage_offset_rows({"opening_by_offset": in_step}))
+    assert "1.000 at +0 |" in text and "out of step" not in text
+    assert footage_offset_rows({}) == []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nerfhead.eval import lipsync as L
-from nerfhead.train.lipsync_check import check_lipsync
+from nerfhead.train.lipsync_check import LipSyncCheck, check_lipsync
 
 
 def _landmarks_with_opening(opening: float) -> np.ndarray:
@@ -112,3 +112,38 @@ def test_a_stage_ends_with_the_check_and_records_it(tmp_path, monkeypatch, caplo
     assert "hardly follows the footage" in caplog.text and tr.lipsync is frozen
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lipsync_check"]["doubtful"] is True
+
+
+def _check(r):
+    return LipSyncCheck(frames=20, frames_used=20, correlation=r, amplitude_ratio=1.0,
+                        seconds=1.0, doubtful=r < 0.3)
+
+
+def test_checks_during_a_stage_warn_only_when_the_mouth_falls(tmp_path, monkeypatch, caplog):
+    """train.lipsync_check_every: checks at its multiples before the end, each a metrics.jsonl
+    row; a low early check is not news (the mouth is still being learned), a check that falls
+    0.3 below the best earlier one is a warning, and the stage's own end check still runs."""
+    import json
+
+    from nerfhead.data.synthetic import make_dataset
+    from nerfhead.train import trainer as T
+    from nerfhead.train.config import load_configs
+
+    data = make_dataset(tmp_path / "d", num_frames=23, size=32)
+    cfg = load_configs("tiny", {"data": {"image_size": 32, "num_rays": 128, "audio": "mel"},
+                                "train": {"iters": 6, "checkpoint_every": 6, "val_every": 0,
+                                          "lipsync_check_every": 2}})
+    for name, series, warns in [("learns", [0.1, 0.5, 0.85], False),
+                                ("falls", [0.5, 0.9, 0.4], True)]:
+        results = iter(series)
+        monkeypatch.setattr(T, "check_lipsync", lambda model, ds, n, it=results: _check(next(it)))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nerfhead.train"):
+            tr = T.Trainer(data, cfg, tmp_path / name)
+            tr.fit(progress=False)
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        checks = [(r["step"], r["lipsync_check"]["correlation"]) for r in rows if "lipsync_check" in r]
+        assert checks == list(zip([2, 4, 6], series))
+        assert tr.lipsync.correlation == series[-1]
+        assert ("below the best earlier check (0.90)" in caplog.text) is warns
+        assert "hardly follows" not in caplog.text

@@ -468,3 +468,35 @@ def test_render_ahead_writes_the_same_video_as_frame_by_frame(tiny_run, tmp_path
     got, want = list(read_frames(out)), list(read_frames(ref))
     assert len(got) == len(want) == 5
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_evaluate_drive_names_the_audio_encoder_and_refuses_one_it_lacks(tiny_run, tmp_path, capsys):
+    """`evaluate --drive` end to end on a run: drive.mp4, metrics.json and report.md, which
+    say which audio encoder rendered; `--audio-encoder trained` on a run never refitted is the
+    same encoder, and on a run refitted by an older nerfhead (no trained encoder kept) it is
+    refused naming why."""
+    import torch
+
+    from nerfhead.cli import main
+    from nerfhead.train.checkpoint import list_checkpoints
+
+    root, data, run, drive = tiny_run
+    assert main(["evaluate", str(run), "--drive", str(drive), "--out", str(tmp_path / "d"),
+                 "--max-frames", "6", "--device", "cpu", "--audio-encoder", "trained"]) == 0
+    result = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert result["frames"] == 6 and (tmp_path / "d" / "drive.mp4").stat().st_size > 0
+    assert "not refitted" in result["audio_encoder"]
+    assert "- audio encoder: trained on the speaker's voice" in (tmp_path / "d" / "report.md").read_text()
+
+    old = tmp_path / "old_refit"
+    (old / "checkpoints").mkdir(parents=True)
+    ck = torch.load(list_checkpoints(run)[-1], weights_only=False)
+    ck["voice_fit"] = {"steps": 10, "seconds": 1.0, "voices": 2, "error_own": 0.0,
+                       "error_before": [1.0], "error_after": [0.5]}
+    torch.save(ck, old / "checkpoints" / "step_0000002.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(old), "--drive", str(drive), "--out", str(tmp_path / "e"),
+                 "--max-frames", "6", "--device", "cpu", "--audio-encoder", "trained"]) == 2
+    err = capsys.readouterr().err
+    assert "older nerfhead" in err and "--audio-encoder trained cannot be had" in err
+    assert not (tmp_path / "e").exists()

@@ -93,6 +93,44 @@ def test_a_stage_ends_with_the_refit_and_only_the_encoder_changes(voiced_data, t
     assert "voice_fit" not in read_checkpoint(tmp_path / "plain")
 
 
+def test_the_encoder_as_trained_is_kept_beside_the_refitted_one(voiced_data, tmp_path):
+    """The refit keeps the encoder the speaker's voice trained: `--audio-encoder trained`
+    (load_run, Renderer.load) gives back exactly the model trained without the refit (same
+    seed), the default the refitted one; a run never refitted is the same either way; a
+    checkpoint refitted before the encoder was kept says so."""
+    from nerfhead.render.renderer import Renderer
+    from nerfhead.train.checkpoint import TRAINED_ENCODER, CheckpointError, load_run
+
+    Trainer(voiced_data, _configs(), tmp_path / "plain").fit(progress=False)
+    Trainer(voiced_data, _configs(voice_encoder_steps=30), tmp_path / "refit").fit(progress=False)
+    plain = read_checkpoint(tmp_path / "plain")["model"]
+    ck = read_checkpoint(tmp_path / "refit")
+    kept = {f"audio_encoder.{k}": v for k, v in ck[TRAINED_ENCODER].items()}
+    assert kept and all(torch.equal(v, plain[k]) for k, v in kept.items())
+    trained = load_run(tmp_path / "refit", audio_encoder="trained")
+    assert all(torch.equal(v, plain[k]) for k, v in trained.model.state_dict().items())
+    assert trained.audio_encoder == "trained" and "as chosen" in trained.audio_encoder_note()
+    default = load_run(tmp_path / "refit")
+    assert default.audio_encoder == "refitted"
+    assert not torch.equal(default.model.state_dict()["audio_encoder.head.2.weight"],
+                           plain["audio_encoder.head.2.weight"])
+    r = Renderer.load(tmp_path / "refit", "cpu", audio_encoder="trained")
+    assert torch.equal(r.model.state_dict()["audio_encoder.head.2.weight"],
+                       plain["audio_encoder.head.2.weight"])
+    same = load_run(tmp_path / "plain", audio_encoder="trained")
+    assert same.audio_encoder == "trained" and "not refitted" in same.audio_encoder_note()
+    with pytest.raises(ValueError, match="refitted, trained"):
+        load_run(tmp_path / "plain", audio_encoder="own")
+
+    del ck[TRAINED_ENCODER]  # as an older nerfhead wrote it
+    old = tmp_path / "old" / "checkpoints"
+    old.mkdir(parents=True)
+    torch.save({k: v for k, v in ck.items() if k != "path"}, old / "step_0000004.pt")
+    with pytest.raises(CheckpointError, match="older nerfhead.*refitted encoder"):
+        load_run(tmp_path / "old", audio_encoder="trained")
+    assert load_run(tmp_path / "old").audio_encoder == "refitted"
+
+
 def test_a_finished_run_is_refitted_once_when_asked(voiced_data, tmp_path, capsys):
     from nerfhead.cli import main
 
@@ -108,6 +146,7 @@ def test_a_finished_run_is_refitted_once_when_asked(voiced_data, tmp_path, capsy
     after = read_checkpoint(run)
     assert list_checkpoints(run) == [ck] and after["voice_fit"]["steps"] == 20
     assert not torch.equal(after["model"]["audio_encoder.head.2.weight"], before)
+    assert torch.equal(after["audio_encoder_trained"]["head.2.weight"], before)
     stamp = ck.stat().st_mtime_ns
     assert main(args + ["--set", "train.voice_encoder_steps=20"]) == 0  # done: nothing to do
     assert ck.stat().st_mtime_ns == stamp and "nothing to do" in capsys.readouterr().out
@@ -135,6 +174,9 @@ def test_the_record_reaches_the_torso_stage_and_the_evaluation(voiced_data, tmp_
     run = load_run(torso)
     assert run.voice_fit == read_checkpoint(head)["voice_fit"]  # carried, not refitted again
     assert run.audio_encoder_note().startswith("refitted for other voices (2 in the dataset, 20 steps)")
+    as_trained = read_checkpoint(head)["audio_encoder_trained"]  # carried too
+    enc = load_run(torso, audio_encoder="trained").model.audio_encoder.state_dict()
+    assert all(torch.equal(enc[k], v) for k, v in as_trained.items())
     plain = tmp_path / "plain"
     Trainer(voiced_data, _configs(), plain).fit(progress=False)
     assert "not refitted" in load_run(plain).audio_encoder_note()

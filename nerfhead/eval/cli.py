@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--previews", type=int, default=4, help="GT|render|error PNGs to write")
     p.add_argument("--no-torso", action="store_true", help="render without the torso")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the run's latest)")
+    from nerfhead.render.cli import add_audio_encoder_argument
+
+    add_audio_encoder_argument(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the cores not busy with other processes, "
@@ -232,7 +235,8 @@ def evaluate(args) -> dict:
         check_output_dir(args.out, "nerfhead evaluate --out")
     device = pick_device(args.device)
     set_torch_threads(getattr(args, "threads", None), device, "nerfhead evaluate")
-    run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
+    run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint,
+                   audio_encoder=args.audio_encoder)
     check_output_dir(Path(args.out) if args.out else Path(run.run_dir) / "eval", "nerfhead evaluate --out")
     model = run.model
     clip = args.audio_from is not None
@@ -335,7 +339,8 @@ def drive_run(args) -> dict:
 
     device = pick_device(args.device)
     set_torch_threads(getattr(args, "threads", None), device, "nerfhead evaluate --drive")
-    run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint)
+    run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint,
+                   audio_encoder=args.audio_encoder)
     detector, reason = load_detector()
     if detector is None:
         raise SystemExit(f"--drive needs the face landmark detector: {reason}")
@@ -373,8 +378,12 @@ def run(args) -> int:
               f"{r['render_opening']['std']} (speaker {r['speaker_opening_std']})")
         if r.get("footage"):
             c = r["footage"]["opening_correlation"]
+            o = r["footage"].get("opening_by_offset") or {}
+            best = ("" if o.get("best_offset") is None else
+                    f" ({o['best_correlation']:.3f} at its best offset, {o['best_offset']:+d} "
+                    "frames; report.md says more)" if o["best_offset"] else "")
             print(f"mouth-opening correlation with the driving footage's speaker: "
-                  f"{'n/a' if c is None else f'{c:.3f}'}")
+                  f"{'n/a' if c is None else f'{c:.3f}'}{best}")
         return 0
     try:
         result = evaluate(args)

@@ -36,6 +36,12 @@ from nerfhead.fileio import atomic_write
 
 log = logging.getLogger("nerfhead.eval")
 
+#: offsets (frames either way) searched between the rendered mouth and the driving footage's
+FOOTAGE_MAX_OFFSET = 8
+#: a best offset this far from 0 is reported: the driving video's sound and picture may be
+#: out of step (the 8-s HDTF clip: every model's mouth peaks 3-4 frames after its speaker's)
+FOOTAGE_OFFSET_NOTE = 2
+
 
 def dataset_opening(data_dir: Path) -> np.ndarray | None:
     """Mouth opening of every real frame of the dataset, from its landmarks.npy (detected on
@@ -101,13 +107,16 @@ def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: in
     result = {
         "run": str(run.run_dir), "step": run.step, "stage": run.stage, "audio": str(audio_path),
         "poses": seq.source, "data": str(data_dir), "frames": n, "audio_kind": run.model.audio_kind,
+        "audio_encoder": run.audio_encoder_note(),
         "lipsync_proxy": proxy, "faces_missing": int((~valid).sum()),
         "speech_frames": int(speech.sum()),
         "render_opening": {
             "std": float(opening[valid].std()) if valid.any() else None,
             "mean_speech": float(np.nanmean(opening[speech])) if (valid & speech).any() else None,
             "mean_silence": float(np.nanmean(opening[~speech])) if (valid & ~speech).any() else None},
-        "speaker_opening_std": float(np.nanstd(real)) if real is not None and real.size else None,
+        # landmarks.npy without a face in them (a synthetic dataset) give no reference
+        "speaker_opening_std": (float(np.nanstd(real)) if real is not None
+                                and np.isfinite(real).sum() > 1 else None),
         "per_frame": {"mouth_opening": opening.tolist(), "speech": speech.astype(int).tolist(),
                       "audio_energy": energy.tolist()}}
     ro, ref = result["render_opening"], result["speaker_opening_std"]
@@ -122,6 +131,11 @@ def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: in
             "opening_correlation_interval": agree["correlation_interval"],
             "amplitude_vs_footage": agree["amplitude_ratio"],
             "footage_proxy": energy_ref,
+            "opening_by_offset": L.offset_correlation(opening, driver, FOOTAGE_MAX_OFFSET),
+            # speech frames only (by the driving audio's energy): articulation, without the
+            # pauses, where one speaker rests the mouth open and another closes it
+            "speech_opening_by_offset": L.offset_correlation(np.where(speech, opening, np.nan),
+                                                             driver, FOOTAGE_MAX_OFFSET),
             "per_frame_opening": driver.tolist()}
     img = mouth_strip(strip) if strip else None
     if img is not None:  # one row only: the two rows of mouth_strip are the same render
@@ -148,7 +162,8 @@ def drive_markdown(r: dict) -> str:
         f"# {r['run']} driven by {r['audio']}", "",
         f"- checkpoint step {r['step']} ({r['stage']}), audio features {r['audio_kind']}, "
         f"poses: {r['poses']} of `{r['data']}`, {r['frames']} frames ({r['speech_frames']} "
-        "speech frames by audio energy); no GT video, so no LMD or PSNR", "",
+        "speech frames by audio energy); no GT video, so no LMD or PSNR",
+        f"- audio encoder: {r.get('audio_encoder', 'n/a')}", "",
         "| measure | value |", "|---|---|",
         f"| energy proxy at offset 0 | {fmt(z)} |",
         f"| energy proxy best offset (frames, + = mouth lags) | {best} |",
@@ -186,7 +201,37 @@ def footage_rows(r: dict) -> list[str]:
         f"| amplitude against the driving footage (ratio of spreads; two faces) | "
         f"{fmt(f['amplitude_vs_footage'], 2)} |",
         f"| energy proxy at offset 0 of the driving footage itself (this audio's reference) | "
-        f"{fmt(f['footage_proxy'].get('zero_offset_correlation'))} |"]
+        f"{fmt(f['footage_proxy'].get('zero_offset_correlation'))} |",
+        *footage_offset_rows(f)]
+
+
+def footage_offset_rows(f: dict) -> list[str]:
+    """The correlation with the driving footage at the best offset, and why it matters when
+    that offset is not 0: no model can follow a speaker's mouth that is out of step with the
+    speaker's own sound, so the figure at offset 0 then says as much about the video as
+    about the model. Compare models at the same offset."""
+    o = f.get("opening_by_offset")
+    if not o or o.get("best_offset") is None:
+        return []
+    d = o["best_offset"]
+    where = (f"at the search edge ({d:+d}: a bound, not a lag)" if o["best_at_edge"] else f"{d:+d}")
+    rows = [f"| mouth-opening correlation with the driving footage at its best offset "
+            f"(frames, + = the render trails the footage) | {o['best_correlation']:.3f} at {where} |"]
+    sp = f.get("speech_opening_by_offset") or {}
+    corrs = dict(zip(sp.get("offsets", []), sp.get("correlations", [])))
+    if corrs.get(d) is not None:
+        rows.append(f"| the same on speech frames only (articulation, without the pauses) | "
+                    f"{corrs[d]:.3f} at {d:+d} |")
+    if abs(d) >= FOOTAGE_OFFSET_NOTE and not o["best_at_edge"]:
+        side = "after" if d > 0 else "before"
+        rows += ["", f"The rendered mouth follows the driving speaker's best {abs(d)} frames "
+                 f"{side} that speaker's own mouth. Driven by their own speaker's held-out speech "
+                 "nerfhead's heads peak at 0 (GRID s1), so an offset this size usually means the driving "
+                 "video's sound and picture are out of step (a model can only follow the "
+                 "sound): compare models at this offset, and measure the video's sync with "
+                 "`nerfhead preprocess VIDEO --out DIR --steps decode,landmarks,av_sync` where "
+                 "it is long enough (about a minute of speech)."]
+    return rows
 
 
 def plot_drive(result: dict, path: Path) -> None:

@@ -142,12 +142,14 @@ class Renderer:
         self._latents = latent_lookup(frames.root, self.model.latents.shape[0])
 
     @classmethod
-    def load(cls, run_dir, device: str = "auto", checkpoint=None, data=None) -> "Renderer":
+    def load(cls, run_dir, device: str = "auto", checkpoint=None, data=None,
+             audio_encoder: str = "refitted") -> "Renderer":
         """Load ``run_dir`` (newest checkpoint, or ``checkpoint``) on ``device`` with the
-        dataset it was trained on (or ``data``)."""
+        dataset it was trained on (or ``data``); ``audio_encoder``: see ``load_run``."""
         from nerfhead.train.checkpoint import load_run, run_dataset
 
-        run = load_run(run_dir, device=pick_device(device), checkpoint=checkpoint)
+        run = load_run(run_dir, device=pick_device(device), checkpoint=checkpoint,
+                       audio_encoder=audio_encoder)
         return cls(run, DatasetFrames(run_dataset(run, data)))
 
     # ------------------------------------------------------------------ what it renders

@@ -421,11 +421,12 @@ def build_app(server: Server):
 
 
 def load_server(run_dir, cfg: ServeConfig, device: str = "auto", checkpoint=None, data=None,
-                motion: str = "auto") -> Server:
-    """Load a run and its head-motion model, and warm up (``motion``: auto, model, clip)."""
+                motion: str = "auto", audio_encoder: str = "refitted") -> Server:
+    """Load a run and its head-motion model, and warm up (``motion``: auto, model, clip;
+    ``audio_encoder``: see ``nerfhead.train.checkpoint.load_run``)."""
     from nerfhead.render.renderer import Renderer
 
-    renderer = Renderer.load(run_dir, device, checkpoint, data)
+    renderer = Renderer.load(run_dir, device, checkpoint, data, audio_encoder)
     model = None
     if motion != "clip":
         from nerfhead.data.dataset import DatasetError

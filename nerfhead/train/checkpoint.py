@@ -42,6 +42,13 @@ FORMAT_VERSION = 1
 log = logging.getLogger("nerfhead.train")
 
 
+#: checkpoint entry: the audio encoder as the speaker's own voice trained it, kept when
+#: train.voice_encoder_steps refits it for other voices (``load_run(audio_encoder="trained")``)
+TRAINED_ENCODER = "audio_encoder_trained"
+#: which audio encoder ``load_run`` puts in the model
+AUDIO_ENCODERS = ("refitted", "trained")
+
+
 class CheckpointError(RuntimeError):
     """A run folder or checkpoint file is missing or unreadable (named in the message)."""
 
@@ -267,12 +274,18 @@ class LoadedRun:
     dataset: dict = dataclasses.field(default_factory=dict)  #: fingerprint at training time
     #: how the audio encoder was refitted for other voices (train.voice_encoder_steps), or None
     voice_fit: dict | None = None
+    #: the encoder in ``model``: "refitted" (the run's, as saved) or "trained" (the one the
+    #: speaker's own voice trained, kept beside a refitted one)
+    audio_encoder: str = "refitted"
 
     def audio_encoder_note(self) -> str:
         """One line on the audio encoder: refitted for other voices, or the speaker's own."""
         f = self.voice_fit
         if not f:
             return "trained on the speaker's voice (not refitted for other voices)"
+        if self.audio_encoder == "trained":
+            return ("trained on the speaker's voice, as chosen (--audio-encoder trained); the "
+                    f"run's default is refitted for other voices ({f['voices']} in the dataset)")
         return (f"refitted for other voices ({f['voices']} in the dataset, {f['steps']} steps): "
                 f"code error in them {sum(f['error_before']) / len(f['error_before']):.2f} -> "
                 f"{sum(f['error_after']) / len(f['error_after']):.2f}, in the speaker's own "
@@ -298,15 +311,31 @@ def run_dataset(run: LoadedRun, data=None) -> Path:
     return data
 
 
-def load_run(run_dir, device="cpu", checkpoint=None) -> LoadedRun:
+def load_run(run_dir, device="cpu", checkpoint=None, audio_encoder: str = "refitted") -> LoadedRun:
     """Load a run folder's newest checkpoint (or ``checkpoint``: step number or file name).
 
     ``run_dir`` may also be a checkpoint file; its run folder is then the file's grandparent.
+    ``audio_encoder``: "refitted" (the run's encoder, as saved) or "trained": for a run whose
+    encoder was refitted for other voices (train.voice_encoder_steps), the encoder as the
+    speaker's own voice trained it, which the refit keeps in the checkpoint (for a run never
+    refitted the two are the same).
     """
+    if audio_encoder not in AUDIO_ENCODERS:
+        raise ValueError(f"audio_encoder {audio_encoder!r}: use one of {', '.join(AUDIO_ENCODERS)}")
     ckpt = read_checkpoint(run_dir, checkpoint)
     path = Path(ckpt["path"])
     model = model_from_checkpoint(ckpt, device).eval()
+    if audio_encoder == "trained" and ckpt.get("voice_fit"):
+        state = ckpt.get(TRAINED_ENCODER)
+        if state is None:
+            raise CheckpointError(
+                f"{path}: its audio encoder was refitted for other voices by an older nerfhead, "
+                "which did not keep the encoder as the speaker's voice trained it, so "
+                "--audio-encoder trained cannot be had from this run: use its refitted encoder "
+                "(the default), or train the stage again into a new --out")
+        model.audio_encoder.load_state_dict(state)
     return LoadedRun(run_dir=path.parent.parent, model=model, configs=configs_from_checkpoint(ckpt),
                      stage=ckpt["stage"], step=int(ckpt["step"]), dataset_dir=Path(ckpt["dataset_dir"]),
                      camera=model.camera, dataset=dict(ckpt.get("dataset") or {}),
-                     voice_fit=ckpt.get("voice_fit"))
+                     voice_fit=ckpt.get("voice_fit"),
+                     audio_encoder="trained" if ckpt.get("voice_fit") is None else audio_encoder)

@@ -92,6 +92,12 @@ class TrainConfig:
     (``nerfhead.train.lipsync_check``; MediaPipe landmarks): a warning when the mouth hardly
     follows (correlation or amplitude under 0.3), which validation PSNR cannot see. 0: off;
     skipped, with the reason in the log, without the landmark model or a face."""
+    lipsync_check_every: int = 0
+    """Head and lips stages: also run the lip-sync check every this many steps (0: only at
+    the stage's end), so TensorBoard's ``lipsync_check/correlation`` shows the mouth learning
+    to follow the audio. Early checks may be low (the mouth is not learned yet); a check
+    that falls ``LIPSYNC_DROP`` (0.3) below the best earlier one warns: the mouth stopped
+    following while validation PSNR may still rise."""
     collapse_db: float = 6.0
     """Stop the run when a validation PSNR falls this many dB below the best one so far (a
     run that collapsed: a learning rate or loss weight too high). The best validation's

@@ -24,6 +24,8 @@ log = logging.getLogger("nerfhead.train")
 #: below these the check warns: a mouth that hardly follows the footage
 MIN_CORRELATION = 0.3
 MIN_AMPLITUDE = 0.3
+#: a check during a stage this far below the best earlier one warns (train.lipsync_check_every)
+LIPSYNC_DROP = 0.3
 #: footage frames probed for a face before rendering anything (synthetic data has none)
 PROBE_FRAMES = 3
 
@@ -68,6 +70,10 @@ def check_lipsync(model, dataset, count: int, detector=None) -> LipSyncCheck | s
         detector, reason = load_detector()
         if detector is None:
             return f"no face landmark detector ({reason})"
+        try:  # a check during training runs many times: close the detector it opened
+            return check_lipsync(model, dataset, count, detector)
+        finally:
+            detector.close()
     t0 = time.perf_counter()
     if all(detector(dataset.image(j)) is None for j in ids[:PROBE_FRAMES]):
         return f"no face found in the first {PROBE_FRAMES} footage frames checked"

@@ -29,6 +29,7 @@ from nerfhead.models.field import Conditions
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
 from nerfhead.train import losses
 from nerfhead.train.checkpoint import (
+    TRAINED_ENCODER,
     RunMismatchError,
     append_metrics,
     checkpoint_step,
@@ -40,7 +41,7 @@ from nerfhead.train.checkpoint import (
     set_aside_after,
     set_rng_state,
 )
-from nerfhead.train.lipsync_check import LipSyncCheck, check_lipsync
+from nerfhead.train.lipsync_check import LIPSYNC_DROP, LipSyncCheck, check_lipsync
 from nerfhead.train.voice_encoder import VoiceFit, refit_audio_encoder
 
 log = logging.getLogger("nerfhead.train")
@@ -53,7 +54,8 @@ RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train"
                      ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
                      ("train", "cpu_threads"), ("train", "prefetch_frames"), ("train", "collapse_db"),
                      ("train", "voice_encoder_steps"), ("train", "voice_encoder_own_fraction"),
-                     ("train", "lipsync_check_frames"), ("data", "cache_size")}
+                     ("train", "lipsync_check_frames"), ("train", "lipsync_check_every"),
+                     ("data", "cache_size")}
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
@@ -183,12 +185,15 @@ class Trainer:
         # the audio encoder's refit at the stage's end (train.voice_encoder_steps): a run
         # resumed at its last step keeps its checkpoint's record; the torso stage, whose
         # encoder is frozen, carries its --init's record on
-        fit = resume_ckpt.get("voice_fit") if resume_ckpt is not None else None
-        if self.stage == "torso":
-            fit = fit or (init_ckpt or {}).get("voice_fit")
-        elif self.step < self.tcfg.iters:
-            fit = None  # the encoder trains on: the record will be made again at the end
+        # (and, with it, the encoder as the speaker's voice trained it, which the refit keeps)
+        kept = resume_ckpt if resume_ckpt is not None and resume_ckpt.get("voice_fit") else {}
+        if self.stage == "torso" and not kept:
+            kept = init_ckpt or {}
+        elif self.stage != "torso" and self.step < self.tcfg.iters:
+            kept = {}  # the encoder trains on: the record will be made again at the end
+        fit = kept.get("voice_fit")
         self.voice_fit: VoiceFit | None = VoiceFit(**fit) if fit else None
+        self.trained_encoder: dict | None = kept.get(TRAINED_ENCODER) if fit else None
         # a fresh run ignores a metrics.jsonl left in its folder: only a resumed run's count
         self._earlier_validations = ([r for r in read_metrics(self.run_dir) if "psnr" in r
                                       and 0 < r["step"] <= self.step] if resume_ckpt is not None else [])
@@ -290,7 +295,11 @@ class Trainer:
 
     def save(self) -> Path:
         best = self.best_validation()
-        extra = {"voice_fit": dataclasses.asdict(self.voice_fit)} if self.voice_fit else None
+        extra = None
+        if self.voice_fit:
+            extra = {"voice_fit": dataclasses.asdict(self.voice_fit)}
+            if self.trained_encoder is not None:
+                extra[TRAINED_ENCODER] = self.trained_encoder
         return save_checkpoint(self.run_dir, self.step, self.model, self.configs, self.stage,
                                self.data_dir, self.optimizer, self.scheduler,
                                keep=self.tcfg.keep_checkpoints, dataset=self.dataset,
@@ -311,6 +320,9 @@ class Trainer:
             self.model.audio_encoder, ds.audio, ds.audio_voices, ds.aud_ids,
             steps=t.voice_encoder_steps, own_fraction=t.voice_encoder_own_fraction,
             seed=t.seed, progress=progress)
+        # kept in the checkpoint: `--audio-encoder trained` renders with it
+        self.trained_encoder = {k: v.detach().cpu().clone()
+                                for k, v in self.model.audio_encoder.state_dict().items()}
         self.model.audio_encoder.load_state_dict(student.state_dict())
         self.voice_fit = fit
         log.info("%s", fit.summary())
@@ -321,16 +333,31 @@ class Trainer:
         append_metrics(self.run_dir, {"step": self.step, "voice_fit": dataclasses.asdict(fit)})
         return fit
 
-    def lipsync_check(self) -> LipSyncCheck | None:
-        """The end-of-stage lip-sync check (train.lipsync_check_frames): logged, written to
-        metrics.jsonl and TensorBoard; a warning when the mouth hardly follows the footage."""
+    def lipsync_check(self, final: bool = True) -> LipSyncCheck | None:
+        """The lip-sync check (train.lipsync_check_frames) at the stage's end (``final``) or
+        during it (train.lipsync_check_every): logged, written to metrics.jsonl and
+        TensorBoard. At the end a warning when the mouth hardly follows the footage; during
+        the stage when it follows much less than at an earlier check (early checks are low
+        while the mouth is learned, so only a fall is news)."""
         vs = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
         result = check_lipsync(self.model, vs, self.tcfg.lipsync_check_frames)
         if isinstance(result, str):
             log.info("lip-sync check skipped: %s (`nerfhead evaluate RUN` measures lip sync)", result)
             return None
-        self.lipsync = result
-        if result.doubtful:
+        earlier = [r["lipsync_check"]["correlation"] for r in read_metrics(self.run_dir)
+                   if isinstance(r.get("lipsync_check"), dict) and r["step"] < self.step
+                   and r["lipsync_check"].get("correlation") is not None]
+        fell = (max(earlier) - result.correlation if earlier and result.correlation is not None
+                else (max(earlier) if earlier and result.doubtful else 0.0))
+        if final:
+            self.lipsync = result
+        if fell >= LIPSYNC_DROP:
+            log.warning("%s at step %d, %.2f below the best earlier check (%.2f): the mouth "
+                        "follows the audio less than it did, which validation PSNR may not "
+                        "show. A loss weight or learning rate raised for this run is the usual "
+                        "cause (docs/troubleshooting.md); `nerfhead evaluate %s` measures it on "
+                        "every frame", result.summary(), self.step, fell, max(earlier), self.run_dir)
+        elif result.doubtful and final:
             log.warning("%s: the rendered mouth hardly follows the footage (a trained head "
                         "reaches 0.8 on held-out speech). Too few steps, or a setting that cut "
                         "the audio path: see docs/troubleshooting.md; `nerfhead evaluate %s` "
@@ -652,6 +679,12 @@ class Trainer:
                     validated_at = self.step
                     bar.write(f"step {self.step}: val PSNR {res['psnr']:.2f} dB -> {res['image']}")
                     self.check_collapse(res)
+                if (t.lipsync_check_every and self.step % t.lipsync_check_every == 0
+                        and self.step < t.iters and t.lipsync_check_frames > 0
+                        and self.stage in ("head", "lips")):
+                    check = self.lipsync_check(final=False)
+                    if check is not None:
+                        bar.write(f"step {self.step}: {check.summary()}")
             # a run already at its last step trains nothing: leave its checkpoint (and so its
             # time stamp, which tells `nerfhead run` whether renders are stale) as it is,
             # unless its audio encoder is yet to be refitted for other voices
