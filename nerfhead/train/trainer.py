@@ -363,7 +363,7 @@ class Trainer:
                         "the audio path: see docs/troubleshooting.md; `nerfhead evaluate %s` "
                         "measures it on every frame", result.summary(), self.run_dir)
         else:
-            log.info("%s", result.summary())
+            log.info("step %d: %s", self.step, result.summary())
         for key in ("correlation", "amplitude_ratio"):
             value = getattr(result, key)
             if value is not None:
@@ -682,9 +682,7 @@ class Trainer:
                 if (t.lipsync_check_every and self.step % t.lipsync_check_every == 0
                         and self.step < t.iters and t.lipsync_check_frames > 0
                         and self.stage in ("head", "lips")):
-                    check = self.lipsync_check(final=False)
-                    if check is not None:
-                        bar.write(f"step {self.step}: {check.summary()}")
+                    self.lipsync_check(final=False)  # logged, in metrics.jsonl and TensorBoard
             # a run already at its last step trains nothing: leave its checkpoint (and so its
             # time stamp, which tells `nerfhead run` whether renders are stale) as it is,
             # unless its audio encoder is yet to be refitted for other voices
