@@ -69,9 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--previews", type=int, default=4, help="GT|render|error PNGs to write")
     p.add_argument("--no-torso", action="store_true", help="render without the torso")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the run's latest)")
-    from nerfhead.render.cli import add_audio_encoder_argument
+    from nerfhead.render.cli import add_loading_arguments
 
-    add_audio_encoder_argument(p)
+    add_loading_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the cores not busy with other processes, "
@@ -104,6 +104,15 @@ def load_lpips(device):
         return LPIPS.load(device=device), None
     except LPIPSUnavailable as e:
         return None, str(e)
+
+
+def floaters_note(run) -> str:
+    """One line on the occupancy cells cleared as floaters when ``run`` was loaded."""
+    f = run.floaters
+    if f is None:
+        return "kept as trained (--keep-floaters)"
+    return (f"{f['cells']} occupancy cells in {f['pieces']} pieces apart from the head cleared "
+            f"({f['kept']} kept)" if f["cells"] else "none found apart from the head")
 
 
 def load_detector():
@@ -236,7 +245,7 @@ def evaluate(args) -> dict:
     device = pick_device(args.device)
     set_torch_threads(getattr(args, "threads", None), device, "nerfhead evaluate")
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint,
-                   audio_encoder=args.audio_encoder)
+                   audio_encoder=args.audio_encoder, prune_floaters=not args.keep_floaters)
     check_output_dir(Path(args.out) if args.out else Path(run.run_dir) / "eval", "nerfhead evaluate --out")
     model = run.model
     clip = args.audio_from is not None
@@ -305,6 +314,7 @@ def evaluate(args) -> dict:
     info = {"run": str(run.run_dir), "step": run.step, "stage": run.stage, "data": str(data_dir),
             "split": split, "resolution": [H, W], "device": device, "audio_kind": kind,
             "audio_encoder": run.audio_encoder_note(),
+            "floaters": floaters_note(run),
             "torso": ("GT torso image over the plate (no trained torso)" if gt_torso
                       else "rendered by the torso field"),
             "composite": composite_description(gt_torso, clip, args.no_torso),
@@ -340,7 +350,7 @@ def drive_run(args) -> dict:
     device = pick_device(args.device)
     set_torch_threads(getattr(args, "threads", None), device, "nerfhead evaluate --drive")
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint,
-                   audio_encoder=args.audio_encoder)
+                   audio_encoder=args.audio_encoder, prune_floaters=not args.keep_floaters)
     detector, reason = load_detector()
     if detector is None:
         raise SystemExit(f"--drive needs the face landmark detector: {reason}")

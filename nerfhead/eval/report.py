@@ -308,6 +308,8 @@ def markdown(result: dict) -> str:
              f"{result.get('resolution')}", f"- driving audio: {result.get('audio')}"]
     if result.get("audio_encoder"):
         lines.append(f"- audio encoder: {result['audio_encoder']}")
+    if result.get("floaters"):
+        lines.append(f"- floaters: {result['floaters']}")
     lines.append("")
     lines += lipsync_lines(result)
     lines += ["## Image quality", "",

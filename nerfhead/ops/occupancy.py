@@ -227,6 +227,50 @@ class OccupancyGrid(nn.Module):
         self.repack(threshold)
 
     @torch.no_grad()
+    def prune_floaters(self) -> dict:
+        """Clear the bitfield's occupied cells that lie apart from the largest occupied piece
+        of each cascade (the head): floaters, small clouds of density in empty space that
+        training left where few rays check them (on the benchmark's seed-0 run a dark speck
+        beside the hair in every frame). A piece counts as part of the head when it comes
+        within ``resolution // 32`` cells of it (26-connected at 32^3; the same distance in
+        space at finer grids, where strands of hair may break up), so only pieces clearly
+        apart go.
+
+        Only the bitfield changes (what rendering marches through); ``density_grid`` is left
+        as training made it, so a later ``update`` or ``repack`` brings the cells back: prune
+        for rendering, after loading. Returns {"cells": cleared, "pieces": pieces cleared,
+        "kept": occupied cells kept}."""
+        from scipy import ndimage
+
+        G = self.resolution
+        xyz = morton3d_invert(torch.arange(G ** 3, dtype=torch.int32)).long().numpy()
+        bits = np.unpackbits(self.bitfield.cpu().numpy(), bitorder="little").astype(bool)
+        bits = bits.reshape(self.cascades, G ** 3)
+        cleared = pieces = 0
+        conn = np.ones((3, 3, 3), bool)
+        for cas in range(self.cascades):
+            vol = np.zeros((G, G, G), bool)
+            vol[xyz[:, 0], xyz[:, 1], xyz[:, 2]] = bits[cas]
+            labels, n = ndimage.label(vol, structure=conn)
+            if n <= 1:
+                continue
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            near = labels == int(sizes.argmax())
+            if G // 32 > 1:  # at 32^3 and below the labels' own 26-connectivity is the reach
+                near = ndimage.binary_dilation(near, structure=conn, iterations=G // 32)
+            head = np.isin(labels, np.unique(labels[near]))
+            drop = vol & ~head
+            if drop.any():
+                cleared += int(drop.sum())
+                pieces += len(np.unique(labels[drop]))
+                bits[cas] &= ~drop[xyz[:, 0], xyz[:, 1], xyz[:, 2]]
+        if cleared:
+            packed = np.packbits(bits.reshape(-1), bitorder="little")
+            self.bitfield.copy_(torch.from_numpy(packed).to(self.bitfield.device))
+        return {"cells": cleared, "pieces": pieces, "kept": int(bits.sum())}
+
+    @torch.no_grad()
     def repack(self, threshold: float = 0.01) -> None:
         """Rebuild the bitfield from density_grid with threshold min(mean_density, threshold)."""
         thresh = min(self.mean_density, threshold)

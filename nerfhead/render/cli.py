@@ -33,8 +33,9 @@ ON_INTERRUPT = ("interrupted; the partial video was not kept (its temporary file
                 "so rerunning the command renders from the first frame again")
 
 
-def add_audio_encoder_argument(p: argparse.ArgumentParser) -> None:
-    """``--audio-encoder``, for every command that renders a run (render, evaluate, serve)."""
+def add_loading_arguments(p: argparse.ArgumentParser) -> None:
+    """``--audio-encoder`` and ``--keep-floaters``, for every command that renders a run
+    (render, evaluate, serve): how ``load_run`` loads it."""
     from nerfhead.train.checkpoint import AUDIO_ENCODERS
 
     p.add_argument("--audio-encoder", default="refitted", choices=AUDIO_ENCODERS,
@@ -42,6 +43,9 @@ def add_audio_encoder_argument(p: argparse.ArgumentParser) -> None:
                         "where training did that (train.voice_encoder_steps, `nerfhead run`'s "
                         "default); trained: the encoder as the speaker's own voice trained it, "
                         "which the refit keeps: compare the two on your own driving audio")
+    p.add_argument("--keep-floaters", action="store_true",
+                   help="render the occupancy grid as trained: by default the pieces of it apart "
+                        "from the head (floaters: specks in empty space) are cleared on loading")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "dataset: train, val or smooth)")
     p.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's latest)")
-    add_audio_encoder_argument(p)
+    add_loading_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--max-frames", type=int, default=None, help="render at most this many frames")
     p.add_argument("--ahead", type=int, default=2,
@@ -99,7 +103,8 @@ def render_video(args) -> Path:
     if args.out:  # before any work: a folder or an unwritable place fails now, not at the end
         check_output_file(args.out, "nerfhead render --out")
     set_torch_threads(getattr(args, "threads", None), pick_device(args.device), "nerfhead render")
-    renderer = Renderer.load(args.run_dir, args.device, args.checkpoint, args.data, args.audio_encoder)
+    renderer = Renderer.load(args.run_dir, args.device, args.checkpoint, args.data, args.audio_encoder,
+                             not args.keep_floaters)
     run, frames, data_dir = renderer.run, renderer.frames, renderer.data_dir
     gt_torso = getattr(args, "gt_torso", False)
     warn_missing_torso(run, args.no_torso, gt_torso)

@@ -143,13 +143,14 @@ class Renderer:
 
     @classmethod
     def load(cls, run_dir, device: str = "auto", checkpoint=None, data=None,
-             audio_encoder: str = "refitted") -> "Renderer":
+             audio_encoder: str = "refitted", prune_floaters: bool = True) -> "Renderer":
         """Load ``run_dir`` (newest checkpoint, or ``checkpoint``) on ``device`` with the
-        dataset it was trained on (or ``data``); ``audio_encoder``: see ``load_run``."""
+        dataset it was trained on (or ``data``); ``audio_encoder``, ``prune_floaters``: see
+        ``load_run``."""
         from nerfhead.train.checkpoint import load_run, run_dataset
 
         run = load_run(run_dir, device=pick_device(device), checkpoint=checkpoint,
-                       audio_encoder=audio_encoder)
+                       audio_encoder=audio_encoder, prune_floaters=prune_floaters)
         return cls(run, DatasetFrames(run_dataset(run, data)))
 
     # ------------------------------------------------------------------ what it renders

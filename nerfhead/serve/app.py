@@ -421,12 +421,13 @@ def build_app(server: Server):
 
 
 def load_server(run_dir, cfg: ServeConfig, device: str = "auto", checkpoint=None, data=None,
-                motion: str = "auto", audio_encoder: str = "refitted") -> Server:
+                motion: str = "auto", audio_encoder: str = "refitted",
+                prune_floaters: bool = True) -> Server:
     """Load a run and its head-motion model, and warm up (``motion``: auto, model, clip;
-    ``audio_encoder``: see ``nerfhead.train.checkpoint.load_run``)."""
+    ``audio_encoder``, ``prune_floaters``: see ``nerfhead.train.checkpoint.load_run``)."""
     from nerfhead.render.renderer import Renderer
 
-    renderer = Renderer.load(run_dir, device, checkpoint, data, audio_encoder)
+    renderer = Renderer.load(run_dir, device, checkpoint, data, audio_encoder, prune_floaters)
     model = None
     if motion != "clip":
         from nerfhead.data.dataset import DatasetError

@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of head motion and blinks")
     p.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint (default: the run's latest)")
-    from nerfhead.render.cli import add_audio_encoder_argument
+    from nerfhead.render.cli import add_loading_arguments
 
-    add_audio_encoder_argument(p)
+    add_loading_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for rendering (default 1: rendering shares the CPU "
@@ -75,7 +75,7 @@ def run(args) -> int:
                     "sessions and push audio", cfg.host)
     try:
         server = load_server(args.run_dir, cfg, args.device, args.checkpoint, args.data, args.motion,
-                             args.audio_encoder)
+                             args.audio_encoder, not args.keep_floaters)
     except known_errors() as e:
         print(f"nerfhead serve: {e}", file=sys.stderr)
         return 2

@@ -277,6 +277,9 @@ class LoadedRun:
     #: the encoder in ``model``: "refitted" (the run's, as saved) or "trained" (the one the
     #: speaker's own voice trained, kept beside a refitted one)
     audio_encoder: str = "refitted"
+    #: what ``OccupancyGrid.prune_floaters`` cleared on loading ({"cells", "pieces", "kept"}),
+    #: or None when the run was loaded with its floaters kept
+    floaters: dict | None = None
 
     def audio_encoder_note(self) -> str:
         """One line on the audio encoder: refitted for other voices, or the speaker's own."""
@@ -311,14 +314,16 @@ def run_dataset(run: LoadedRun, data=None) -> Path:
     return data
 
 
-def load_run(run_dir, device="cpu", checkpoint=None, audio_encoder: str = "refitted") -> LoadedRun:
+def load_run(run_dir, device="cpu", checkpoint=None, audio_encoder: str = "refitted",
+             prune_floaters: bool = True) -> LoadedRun:
     """Load a run folder's newest checkpoint (or ``checkpoint``: step number or file name).
 
     ``run_dir`` may also be a checkpoint file; its run folder is then the file's grandparent.
     ``audio_encoder``: "refitted" (the run's encoder, as saved) or "trained": for a run whose
     encoder was refitted for other voices (train.voice_encoder_steps), the encoder as the
     speaker's own voice trained it, which the refit keeps in the checkpoint (for a run never
-    refitted the two are the same).
+    refitted the two are the same). ``prune_floaters``: clear the occupancy cells apart from
+    the head (``OccupancyGrid.prune_floaters``) so renders show no specks in empty space.
     """
     if audio_encoder not in AUDIO_ENCODERS:
         raise ValueError(f"audio_encoder {audio_encoder!r}: use one of {', '.join(AUDIO_ENCODERS)}")
@@ -334,8 +339,13 @@ def load_run(run_dir, device="cpu", checkpoint=None, audio_encoder: str = "refit
                 "--audio-encoder trained cannot be had from this run: use its refitted encoder "
                 "(the default), or train the stage again into a new --out")
         model.audio_encoder.load_state_dict(state)
+    floaters = model.grid.prune_floaters() if prune_floaters else None
+    if floaters and floaters["cells"]:
+        log.info("%s: %d occupancy cells in %d pieces apart from the head cleared (floaters; "
+                 "--keep-floaters keeps them)", path, floaters["cells"], floaters["pieces"])
     return LoadedRun(run_dir=path.parent.parent, model=model, configs=configs_from_checkpoint(ckpt),
                      stage=ckpt["stage"], step=int(ckpt["step"]), dataset_dir=Path(ckpt["dataset_dir"]),
                      camera=model.camera, dataset=dict(ckpt.get("dataset") or {}),
                      voice_fit=ckpt.get("voice_fit"),
-                     audio_encoder="trained" if ckpt.get("voice_fit") is None else audio_encoder)
+                     audio_encoder="trained" if ckpt.get("voice_fit") is None else audio_encoder,
+                     floaters=floaters)
