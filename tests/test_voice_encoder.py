@@ -51,6 +51,13 @@ def test_the_refit_maps_other_voices_onto_the_own_voice_codes_and_keeps_those():
         err_teacher = float(((enc(x) - target) ** 2).mean() / var)
         err_student = float(((student(x) - target) ** 2).mean() / var)
     assert err_student < 0.5 * err_teacher, (err_student, err_teacher)
+    assert fit.checked_on == "43 training frames"  # every 7th of the 300 learnt from
+    # measured on the frames it never drew instead: the figure the record then carries
+    _, held = refit_audio_encoder(enc, own, voices, np.arange(300), steps=400, batch=64,
+                                  lr=3e-3, seed=0, check_frames=np.arange(300, 400))
+    assert held.checked_on == "100 validation frames"
+    # the same student, the same frames (the unit, the codes' spread, is the training frames')
+    assert held.error_after[0] / held.error_before[0] == pytest.approx(err_student / err_teacher, rel=1e-4)
 
 
 def test_the_refit_needs_voices():
@@ -87,6 +94,7 @@ def test_a_stage_ends_with_the_refit_and_only_the_encoder_changes(voiced_data, t
     assert changed and all(k.startswith("audio_encoder.") for k in changed), changed
     ck = read_checkpoint(tmp_path / "refit")
     assert ck["voice_fit"]["steps"] == 30 and ck["voice_fit"]["voices"] == 2
+    assert ck["voice_fit"]["checked_on"].endswith("validation frames")
     assert torch.equal(ck["model"]["audio_encoder.head.2.weight"], b["audio_encoder.head.2.weight"])
     rows = [json.loads(x) for x in (tmp_path / "refit" / "metrics.jsonl").read_text().splitlines()]
     assert [("voice_fit" in r, "psnr" in r) for r in rows] == [(True, False), (False, True)]

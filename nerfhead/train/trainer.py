@@ -319,7 +319,8 @@ class Trainer:
         student, fit = refit_audio_encoder(
             self.model.audio_encoder, ds.audio, ds.audio_voices, ds.aud_ids,
             steps=t.voice_encoder_steps, own_fraction=t.voice_encoder_own_fraction,
-            seed=t.seed, progress=progress)
+            seed=t.seed, progress=progress,
+            check_frames=self.val_set.aud_ids if self.val_set is not None else None)
         # kept in the checkpoint: `--audio-encoder trained` renders with it
         self.trained_encoder = {k: v.detach().cpu().clone()
                                 for k, v in self.model.audio_encoder.state_dict().items()}

@@ -38,7 +38,10 @@ log = logging.getLogger("nerfhead.train")
 class VoiceFit:
     """What one refit did. Errors are mean squared code differences from the trained
     encoder's own-voice codes, over the variance of those codes (0: the same codes; 1: as far
-    apart as two random frames' codes), on every 7th training frame."""
+    apart as two random frames' codes), on frames the refit did not learn from (the
+    validation split's) where there are any, else on every 7th training frame (``checked_on``).
+    On a short clip the refit learns its few training frames by heart: only the first says how
+    it reads speech it has not seen."""
 
     steps: int
     seconds: float
@@ -46,12 +49,14 @@ class VoiceFit:
     error_own: float  #: the refitted encoder on the own voice (the trained one's is 0)
     error_before: list[float] = field(default_factory=list)  #: trained encoder, per voice
     error_after: list[float] = field(default_factory=list)  #: refitted encoder, per voice
+    checked_on: str = "training frames"  #: the frames the errors are measured on
 
     def summary(self) -> str:
         return (f"audio encoder refitted for other voices ({self.voices} in the dataset, "
                 f"{self.steps} steps, {self.seconds:.0f} s): code error in those voices "
                 f"{np.mean(self.error_before):.2f} -> {np.mean(self.error_after):.2f} of the "
-                f"codes' spread; in the speaker's own voice 0 -> {self.error_own:.3f}")
+                f"codes' spread; in the speaker's own voice 0 -> {self.error_own:.3f} (on "
+                f"{self.checked_on})")
 
 
 def _windows(array, rows: np.ndarray, device) -> torch.Tensor:
@@ -69,11 +74,14 @@ def _errors(teacher: AudioEncoder, student: AudioEncoder, own, voices, rows, var
 
 def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, steps: int,
                         own_fraction: float = 0.25, batch: int = 256, lr: float = 1e-3,
-                        seed: int = 0, progress: bool = False) -> tuple[AudioEncoder, VoiceFit]:
+                        seed: int = 0, progress: bool = False,
+                        check_frames: np.ndarray | None = None) -> tuple[AudioEncoder, VoiceFit]:
     """A copy of ``encoder`` refitted so that the windows of ``voices`` [V, N, T, C] give the
     codes ``encoder`` gives for ``own`` [N, T, C] at the same frame; ``frames``: the rows to
-    learn from (the training frames). ``own_fraction`` of each batch reads the own voice.
-    Adam, ``lr`` decaying to lr / 10, seeded by ``seed``. ``encoder`` is not changed."""
+    learn from (the training frames); ``check_frames``: rows to measure the errors on (the
+    validation frames; None: every 7th of ``frames``). ``own_fraction`` of each batch reads
+    the own voice. Adam, ``lr`` decaying to lr / 10, seeded by ``seed``. ``encoder`` is not
+    changed."""
     if voices is None or voices.shape[0] == 0:
         raise ValueError("refit_audio_encoder needs the clip's speech in other voices")
     device = next(encoder.parameters()).device
@@ -120,7 +128,13 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
     if bar is not None:
         bar.close()
     student.eval()
-    check = frames[::7] if len(frames) >= 7 else frames
+    if check_frames is not None and len(check_frames):
+        check = np.unique(np.asarray(check_frames, dtype=np.int64))
+        checked_on = f"{len(check)} validation frames"
+    else:
+        check = frames[::7] if len(frames) >= 7 else frames
+        checked_on = f"{len(check)} training frames"
     error_own, before, after = _errors(teacher, student, own, voices, check, var, device)
     return student, VoiceFit(steps=steps, seconds=round(time.perf_counter() - t0, 1), voices=V,
-                             error_own=error_own, error_before=before, error_after=after)
+                             error_own=error_own, error_before=before, error_after=after,
+                             checked_on=checked_on)
