@@ -48,6 +48,10 @@ def test_pieces_apart_from_the_head_go_and_touching_ones_stay():
     assert g.prune_floaters() == {"cells": 0, "pieces": 0, "kept": 1008}  # nothing left to do
     g.repack(0.01)  # training's next update brings the cells back: pruning is for rendering
     assert _occupied(g, speck).all()
+    before = g.bitfield.clone()
+    with g.floaters_pruned() as found:  # training's validation renders: pruned, then restored
+        assert found["cells"] == 9 and not _occupied(g, speck).any()
+    assert torch.equal(g.bitfield, before)
 
 
 def test_the_reach_scales_with_the_resolution():

@@ -16,6 +16,7 @@ Layout, shared with the kernels (``csrc/raymarch_kernels.h``):
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -269,6 +270,17 @@ class OccupancyGrid(nn.Module):
             packed = np.packbits(bits.reshape(-1), bitorder="little")
             self.bitfield.copy_(torch.from_numpy(packed).to(self.bitfield.device))
         return {"cells": cleared, "pieces": pieces, "kept": int(bits.sum())}
+
+    @contextmanager
+    def floaters_pruned(self):
+        """``prune_floaters`` for the duration of a ``with`` block (training's validation
+        renders, so that they show what ``render`` will), then the bitfield as it was: the
+        training steps after it march exactly as they would have. Yields the counts."""
+        saved = self.bitfield.clone()
+        try:
+            yield self.prune_floaters()
+        finally:
+            self.bitfield.copy_(saved)
 
     @torch.no_grad()
     def repack(self, threshold: float = 0.01) -> None:

@@ -341,7 +341,8 @@ class Trainer:
         the stage when it follows much less than at an earlier check (early checks are low
         while the mouth is learned, so only a fall is news)."""
         vs = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
-        result = check_lipsync(self.model, vs, self.tcfg.lipsync_check_frames)
+        with self.model.grid.floaters_pruned():
+            result = check_lipsync(self.model, vs, self.tcfg.lipsync_check_frames)
         if isinstance(result, str):
             log.info("lip-sync check skipped: %s (`nerfhead evaluate RUN` measures lip sync)", result)
             return None
@@ -598,15 +599,16 @@ class Trainer:
         m = self.model.eval()
         picks = np.linspace(0, len(vs) - 1, min(len(vs), max(1, self.tcfg.val_frames))).astype(int)
         rows, psnrs = [], []
-        for j in picks:
-            gt = torch.from_numpy(vs.image(j)).float().div(255).to(self.device)
-            torso = self.stage == "torso"
-            bg = None if torso else torch.from_numpy(vs.head_background(j)).float().div(255)
-            out = m.render_frame(vs.poses_file[j], vs.audio, int(vs.aud_ids[j]), vs.expression(j),
-                                 None, bg=bg, with_torso=torso)
-            psnrs.append(losses.psnr(out["rgb"], gt))
-            err = (out["rgb"] - gt).abs().mean(-1, keepdim=True).expand(-1, -1, 3).mul(4).clamp(0, 1)
-            rows.append(torch.cat([gt, out["rgb"], err], 1).cpu().numpy())
+        with m.grid.floaters_pruned():  # as render and evaluate will load the run
+            for j in picks:
+                gt = torch.from_numpy(vs.image(j)).float().div(255).to(self.device)
+                torso = self.stage == "torso"
+                bg = None if torso else torch.from_numpy(vs.head_background(j)).float().div(255)
+                out = m.render_frame(vs.poses_file[j], vs.audio, int(vs.aud_ids[j]),
+                                     vs.expression(j), None, bg=bg, with_torso=torso)
+                psnrs.append(losses.psnr(out["rgb"], gt))
+                err = (out["rgb"] - gt).abs().mean(-1, keepdim=True).expand(-1, -1, 3).mul(4).clamp(0, 1)
+                rows.append(torch.cat([gt, out["rgb"], err], 1).cpu().numpy())
         strip = (np.concatenate(rows, 0) * 255).round().astype(np.uint8)
         out_dir = self.run_dir / "val"
         out_dir.mkdir(parents=True, exist_ok=True)
