@@ -188,3 +188,27 @@ def test_the_record_reaches_the_torso_stage_and_the_evaluation(voiced_data, tmp_
     plain = tmp_path / "plain"
     Trainer(voiced_data, _configs(), plain).fit(progress=False)
     assert "not refitted" in load_run(plain).audio_encoder_note()
+
+
+def test_a_lips_stage_trains_on_from_the_encoder_as_trained(voiced_data, tmp_path, caplog):
+    """--init from a refitted head: the lips stage starts from the encoder the speaker's voice
+    trained (not the refit), says whether it will refit again, and the torso stage keeps the
+    run's refitted encoder (it renders with it)."""
+    head = tmp_path / "head"
+    Trainer(voiced_data, _configs(voice_encoder_steps=20), head).fit(progress=False)
+    ck = read_checkpoint(head)
+    with caplog.at_level(logging.INFO, logger="nerfhead.train"):
+        lips = Trainer(voiced_data, _configs(stage="lips", voice_encoder_steps=20), tmp_path / "l",
+                       init=head)
+    enc = lips.model.audio_encoder.state_dict()
+    assert all(torch.equal(enc[k], v) for k, v in ck["audio_encoder_trained"].items())
+    assert "refits it again at its end" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nerfhead.train"):
+        Trainer(voiced_data, _configs(stage="lips"), tmp_path / "l0", init=head)
+    assert "does not refit it" in caplog.text
+    torso = Trainer(voiced_data, _configs(stage="torso"), tmp_path / "t", init=head)
+    refitted = {k[len("audio_encoder."):]: v for k, v in ck["model"].items()
+                if k.startswith("audio_encoder.")}
+    enc = torso.model.audio_encoder.state_dict()
+    assert all(torch.equal(enc[k], v) for k, v in refitted.items())

@@ -225,6 +225,26 @@ class Trainer:
                                    f"Refusing to resume it with the new ones. Rerun with the "
                                    f"settings it was started with, or: {how}")
 
+    def _init_audio_encoder(self, init_ckpt: dict) -> None:
+        """A head or lips stage started from a run whose encoder was refitted for other voices
+        trains on from the encoder as the speaker's voice trained it (kept beside the refit),
+        so that the training chain stays the speaker's own voice and each stage's refit is a
+        student of what that stage trained (``--audio-encoder trained`` then means that)."""
+        trained = init_ckpt.get(TRAINED_ENCODER)
+        if self.stage == "torso" or not init_ckpt.get("voice_fit") or trained is None:
+            return
+        self.model.audio_encoder.load_state_dict(trained)
+        if self.tcfg.voice_encoder_steps > 0:
+            log.info("init: the audio encoder trains on from --init's as the speaker's voice "
+                     "trained it (not its refit for other voices); this stage refits it again "
+                     "at its end (train.voice_encoder_steps %d)", self.tcfg.voice_encoder_steps)
+        else:
+            log.warning("init: --init's audio encoder was refitted for other voices; this stage "
+                        "trains on from the encoder as the speaker's voice trained it and, with "
+                        "train.voice_encoder_steps 0, does not refit it: other voices will move "
+                        "the mouth less. Set train.voice_encoder_steps (3000, as `nerfhead run` "
+                        "does) to refit it at this stage's end")
+
     def _fresh_start(self, init_ckpt: dict | None) -> None:
         ds, model = self.train_set, self.model
         if init_ckpt is not None:
@@ -239,6 +259,7 @@ class Trainer:
                 log.warning("init: not loaded (shape differs): %s", sorted(skip - {"background"}))
             if missing.unexpected_keys:
                 log.warning("init: unexpected keys ignored: %s", missing.unexpected_keys)
+            self._init_audio_encoder(init_ckpt)
         else:
             rows = np.linspace(0, ds.audio.shape[0] - 1, min(ds.audio.shape[0], 2048)).astype(int)
             model.audio_encoder.set_statistics(np.asarray(ds.audio[rows], np.float32))
