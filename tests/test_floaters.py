@@ -103,8 +103,10 @@ def test_loading_a_run_clears_its_floaters_unless_asked_to_keep_them(tmp_path):
     torch.save(ck, path)
     run = load_run(tmp_path / "run")
     assert run.floaters == {"cells": 1, "pieces": 1, "kept": 16 ** 3}
+    assert run.floaters_note() == "1 occupancy cell in 1 piece apart from the head cleared (4096 kept)"
     assert not _occupied(run.model.grid, np.array([[1, 1, 30]])).any()
     kept = load_run(tmp_path / "run", prune_floaters=False)
     assert kept.floaters is None and _occupied(kept.model.grid, np.array([[1, 1, 30]])).all()
+    assert "--keep-floaters" in kept.floaters_note()
     with pytest.raises(ValueError):
         load_run(tmp_path / "run", audio_encoder="x")

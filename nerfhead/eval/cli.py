@@ -106,15 +106,6 @@ def load_lpips(device):
         return None, str(e)
 
 
-def floaters_note(run) -> str:
-    """One line on the occupancy cells cleared as floaters when ``run`` was loaded."""
-    f = run.floaters
-    if f is None:
-        return "kept as trained (--keep-floaters)"
-    return (f"{f['cells']} occupancy cells in {f['pieces']} pieces apart from the head cleared "
-            f"({f['kept']} kept)" if f["cells"] else "none found apart from the head")
-
-
 def load_detector():
     from nerfhead.eval.lipsync import FaceLandmarks
     from nerfhead.weights import WeightsUnavailable
@@ -314,7 +305,7 @@ def evaluate(args) -> dict:
     info = {"run": str(run.run_dir), "step": run.step, "stage": run.stage, "data": str(data_dir),
             "split": split, "resolution": [H, W], "device": device, "audio_kind": kind,
             "audio_encoder": run.audio_encoder_note(),
-            "floaters": floaters_note(run),
+            "floaters": run.floaters_note(),
             "torso": ("GT torso image over the plate (no trained torso)" if gt_torso
                       else "rendered by the torso field"),
             "composite": composite_description(gt_torso, clip, args.no_torso),

@@ -74,7 +74,6 @@ def footage_opening(video_path, num_frames: int, detector) -> np.ndarray | None:
 def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: int | None = None,
           detector=None) -> dict:
     """Render ``run`` speaking ``audio_path`` and measure how its mouth follows the audio."""
-    from nerfhead.eval.cli import floaters_note
     from nerfhead.eval.report import json_safe, mouth_strip
     from nerfhead.render.cli import DatasetFrames, driving_features, render_sequence
     from nerfhead.render.poses import build_sequence
@@ -108,7 +107,7 @@ def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: in
     result = {
         "run": str(run.run_dir), "step": run.step, "stage": run.stage, "audio": str(audio_path),
         "poses": seq.source, "data": str(data_dir), "frames": n, "audio_kind": run.model.audio_kind,
-        "audio_encoder": run.audio_encoder_note(), "floaters": floaters_note(run),
+        "audio_encoder": run.audio_encoder_note(), "floaters": run.floaters_note(),
         "lipsync_proxy": proxy, "faces_missing": int((~valid).sum()),
         "speech_frames": int(speech.sum()),
         "render_opening": {

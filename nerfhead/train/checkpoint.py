@@ -294,6 +294,17 @@ class LoadedRun:
                 f"{sum(f['error_after']) / len(f['error_after']):.2f}, in the speaker's own "
                 f"voice {f['error_own']:.3f}")
 
+    def floaters_note(self) -> str:
+        """One line on the occupancy cells cleared as floaters when the run was loaded."""
+        f = self.floaters
+        if f is None:
+            return "kept as trained (--keep-floaters)"
+        if not f["cells"]:
+            return "none found apart from the head"
+        s = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
+        return (f"{s(f['cells'], 'occupancy cell')} in {s(f['pieces'], 'piece')} apart from the "
+                f"head cleared ({f['kept']} kept)")
+
 
 def run_dataset(run: LoadedRun, data=None) -> Path:
     """The dataset folder to read for ``run``: ``data`` when given (a warning when its content
