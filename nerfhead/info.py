@@ -1,4 +1,5 @@
-"""``nerfhead info``: what this machine can run and, for what it cannot, why."""
+"""``nerfhead info``: what this machine can run and, for what it cannot, why; ``nerfhead info
+RUN``: what a run folder holds (``nerfhead.train.describe``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import platform
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
+                   help="a run folder: its stage and step, dataset, audio encoder, floaters, "
+                        "validation PSNR and lip-sync checks (instead of this machine's info)")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
@@ -65,6 +69,8 @@ def _programs() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.run_dir is not None:
+        return run_info(args)
     info = collect()
     if args.json:
         import json
@@ -82,4 +88,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:16s} {ver}")
     for name, where in info["programs"].items():
         print(f"{name:16s} {where}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from nerfhead.train.checkpoint import CheckpointError
+    from nerfhead.train.describe import describe_lines, describe_run
+
+    try:
+        d = describe_run(args.run_dir)
+    except CheckpointError as e:
+        print(f"nerfhead info: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(d, indent=2) if args.json else "\n".join(describe_lines(d)))
     return 0

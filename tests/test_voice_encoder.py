@@ -212,3 +212,32 @@ def test_a_lips_stage_trains_on_from_the_encoder_as_trained(voiced_data, tmp_pat
                 if k.startswith("audio_encoder.")}
     enc = torso.model.audio_encoder.state_dict()
     assert all(torch.equal(enc[k], v) for k, v in refitted.items())
+
+
+def test_info_describes_a_run_folder(voiced_data, tmp_path, capsys):
+    """`nerfhead info RUN`: stage and step, the encoder and whether the trained one is kept,
+    floaters, validations and lip-sync checks from metrics.jsonl; --json the same as data;
+    a folder without checkpoints is refused (exit 2)."""
+    import json as _json
+
+    from nerfhead.cli import main
+
+    run = tmp_path / "refit"
+    Trainer(voiced_data, _configs(voice_encoder_steps=20), run).fit(progress=False)
+    with open(run / "metrics.jsonl", "a") as f:  # as a head stage's check writes it
+        f.write(_json.dumps({"step": 4, "lipsync_check": {"correlation": 0.812, "amplitude_ratio": 0.9,
+                                                           "frames_used": 100}}) + "\n")
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "stage        head, step 4 of 4\n" in out
+    assert "refitted for other voices (2 in the dataset, 20 steps)" in out
+    assert "the encoder as trained is kept: --audio-encoder trained renders with it" in out
+    assert "lip sync     step 4: r 0.81, amplitude 0.90" in out and "floaters     on loading: " in out
+    assert main(["info", str(run), "--json"]) == 0
+    d = _json.loads(capsys.readouterr().out)
+    assert d["finished"] and d["trained_encoder_kept"] is True and d["checkpoints"] == ["step_0000004.pt"]
+    assert d["last_validation"]["step"] == 4 and d["lipsync_checks"][0]["correlation"] == 0.812
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
