@@ -298,16 +298,34 @@ def train(args, k: int, stage: str, init: Path | None) -> Path:
     return run_dir
 
 
+def trained_torso(args, run_dir: Path) -> bool:
+    """Whether ``run_dir``, the last stage, is a torso stage (its config.yaml; before it is
+    written, the preset's last stage name)."""
+    import yaml
+
+    cfg = Path(run_dir) / "config.yaml"
+    if cfg.is_file():
+        stage = ((yaml.safe_load(cfg.read_text()) or {}).get("train") or {}).get("stage")
+        if stage:
+            return stage == "torso"
+    return stage_names(args.preset)[-1] == "torso"
+
+
 def render(args, run_dir: Path) -> bool:
     """OUT/render.mp4: the validation audio with the validation poses; False when skipped
-    (the video is newer than the run's newest checkpoint and ``args.force`` is not set)."""
+    (the video is newer than the run's newest checkpoint and ``args.force`` is not set).
+    Without a torso stage (``tiny``, ``head``, ``head,lips``) the head goes over the clip's
+    own torso images of those frames (``--gt-torso``), not floating over the plate."""
     out = Path(args.out)
     audio = write_val_audio(out / "data", out / "val_audio.wav")
     video = out / "render.mp4"
     if not args.force and _newer_than(video, run_dir):
         return False
-    _subcommand(["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
-                 str(video), "--device", args.device])
+    cmd = ["render", str(run_dir), "--audio", str(audio), "--poses", "val", "--out",
+           str(video), "--device", args.device]
+    if not trained_torso(args, run_dir):
+        cmd.append("--gt-torso")
+    _subcommand(cmd)
     return True
 
 

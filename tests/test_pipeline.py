@@ -39,6 +39,7 @@ def test_pipeline_chains_steps_and_skips_finished_ones(tmp_path, monkeypatch):
     assert lips[lips.index("--init") + 1] == str(out / "run")  # the lips stage starts from head
     assert calls[3][calls[3].index("--poses") + 1] == "val"
     assert calls[3][1] == str(out / "run_lips")
+    assert "--gt-torso" in calls[3]  # no torso stage: the clip's torso behind the head
     # rerun: render.mp4 exists -> skipped; evaluate runs again as metrics.json is missing
     calls.clear()
     assert pipeline.run(args) == 0
@@ -63,6 +64,7 @@ def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
     assert f"audio.respeak_words={words}" in calls[0]
     head, torso = calls[1], calls[2]
     assert "train.voice_encoder_steps=3000" in head and not any("voice" in o for o in torso)
+    assert calls[3][0] == "render" and "--gt-torso" not in calls[3]  # the trained torso
     assert not any("voice_augment" in o for o in head)
     calls.clear()
     args = _args(str(video), "--preset", "head", "--out", str(tmp_path / "out2"), "--words",
@@ -268,3 +270,13 @@ def test_run_end_to_end_on_real_clip(hdtf_video, tmp_path):
         assert read_checkpoint(out / "run")["voice_fit"]["voices"] >= 3  # the encoder refitted
         other = json.loads((out / "eval_other_voice" / "metrics.json").read_text())
         assert other["frames"] == 4 and "flite_slt.wav" in other["audio"]
+
+
+def test_trained_torso_reads_the_run_before_the_preset_name(tmp_path):
+    """The render step's --gt-torso choice: the run's config.yaml says its stage; before it is
+    written, the preset's last stage name does."""
+    args = _args("v.mp4", "--preset", "tiny", "--out", str(tmp_path))
+    assert not pipeline.trained_torso(args, tmp_path / "none")
+    assert pipeline.trained_torso(_args("v.mp4", "--preset", "head,torso"), tmp_path / "none")
+    (tmp_path / "config.yaml").write_text("train:\n  stage: torso\n")
+    assert pipeline.trained_torso(args, tmp_path)
