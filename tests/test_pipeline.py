@@ -277,6 +277,7 @@ def test_trained_torso_reads_the_run_before_the_preset_name(tmp_path):
     written, the preset's last stage name does."""
     args = _args("v.mp4", "--preset", "tiny", "--out", str(tmp_path))
     assert not pipeline.trained_torso(args, tmp_path / "none")
-    assert pipeline.trained_torso(_args("v.mp4", "--preset", "head,torso"), tmp_path / "none")
+    assert pipeline.trained_torso(_args("v.mp4", "--preset", "head,torso", "--out", str(tmp_path)),
+                                  tmp_path / "none")
     (tmp_path / "config.yaml").write_text("train:\n  stage: torso\n")
     assert pipeline.trained_torso(args, tmp_path)
