@@ -432,3 +432,23 @@ def test_cuda_inference_matches_reference_and_training_path():
     sig, rgb = _field(s.positions, s.dirs, s.ray_indices)
     _, ws, depth, img = composite_rays_train(sig, rgb, s.deltas, s.packed_info, ts=s.t_mids, backend="cuda")
     assert torch.allclose(img, cu[0], atol=1e-5) and torch.allclose(ws, cu[2], atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_floater_pruning_matches_cpu_and_restores():
+    """OccupancyGrid.prune_floaters on a CUDA grid: the same bitfield as on the CPU, left on
+    the device (render and the CUDA-graph frame read it there), and floaters_pruned puts
+    the device bitfield back."""
+    gen = torch.Generator().manual_seed(0)
+    cpu = OccupancyGrid(bound=1.0, resolution=64, cascades=2)
+    cpu.density_grid.copy_((torch.rand(cpu.density_grid.shape, generator=gen) > 0.93).float())
+    cpu.repack(0.01)
+    gpu = OccupancyGrid(bound=1.0, resolution=64, cascades=2).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    before = gpu.bitfield.clone()
+    with gpu.floaters_pruned() as found:
+        assert found["cells"] > 0 and gpu.bitfield.is_cuda
+        pruned = gpu.bitfield.cpu()
+    assert torch.equal(gpu.bitfield, before)
+    assert cpu.prune_floaters() == found
+    assert torch.equal(cpu.bitfield, pruned)
