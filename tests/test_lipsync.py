@@ -312,3 +312,22 @@ def test_driving_footage_offset_is_found_and_explained():
     text = "\n".join(footage_offset_rows({"opening_by_offset": in_step}))
     assert "1.000 at +0 |" in text and "out of step" not in text
     assert footage_offset_rows({}) == []
+
+
+def test_evaluate_report_finds_a_lagging_mouth():
+    """The held-out report: the opening correlation at every offset within 5 frames, and a
+    note when the render follows the real mouth best 2+ frames off (a clip out of step with
+    the training clip); none for a render in step."""
+    from nerfhead.eval.report import OPENING_MAX_OFFSET, _opening_offset_note
+
+    rng = np.random.default_rng(1)
+    gt = np.convolve(rng.standard_normal(330), np.ones(5) / 5, mode="same")[:300]
+    late = np.r_[np.full(2, gt[0]), gt[:-2]]
+    o = lipsync.offset_correlation(late, gt, OPENING_MAX_OFFSET)
+    assert o["best_offset"] == 2
+    note = " ".join(_opening_offset_note({"by_offset": o}))
+    assert "best 2 frames after it" in note and "av_sync" in note
+    early = lipsync.offset_correlation(gt[2:], gt[:-2], OPENING_MAX_OFFSET)
+    assert early["best_offset"] == -2 and "before it" in " ".join(_opening_offset_note({"by_offset": early}))
+    assert _opening_offset_note({"by_offset": lipsync.offset_correlation(gt, gt, 5)}) == []
+    assert _opening_offset_note({}) == []

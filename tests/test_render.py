@@ -260,6 +260,7 @@ def test_evaluate_audio_from_another_clip(tiny_run, tmp_path):
                  "--max-frames", "3", "--device", "cpu", "--previews", "1"]) == 0
     result = json.loads((tmp_path / "metrics.json").read_text())
     assert result["frames"] == 3 and result["per_frame"]["frame_ids"] == [0, 1, 2]
+    assert "offsets" in result["mouth_opening"]["by_offset"]  # the lag search (no face: no best)
     assert result["data"] == str(clip) and result["split"].startswith("all")
     # a mask covering the whole frame makes portrait mode equal to the plain render vs ori_imgs
     assert result["modes"]["portrait"]["psnr"]["mean"] == pytest.approx(

@@ -142,6 +142,11 @@ class SequenceEvaluator:
         out["mouth_opening"] = (L.opening_agreement(opening["render"], opening["gt"])
                                 if self.detector is not None else
                                 {"unavailable": f"no landmark detector: {self.detector_reason}"})
+        if self.detector is not None:  # a lag between render and footage shows as an offset
+            out["mouth_opening"]["by_offset"] = L.offset_correlation(
+                [np.nan if v is None else v for v in opening["render"]],
+                [np.nan if v is None else v for v in opening["gt"]],
+                min(OPENING_MAX_OFFSET, n // 5))  # short sequences: fewer offsets
         if speech is not None:
             out["speech_frames"] = {"count": int(speech.sum()), "of": n,
                                     "method": "band-energy detector (nerfhead.eval.lipsync.speech_frames)"}
@@ -237,6 +242,26 @@ def _offset(p: dict) -> str:
     return f"{p['best_offset']:+d} (r = {p['best_correlation']:.3f})"
 
 
+#: offsets (frames either way) searched between the rendered and the real mouth opening
+OPENING_MAX_OFFSET = 5
+
+
+def _opening_offset_note(mo: dict) -> list[str]:
+    """A note when the rendered mouth follows the real one best 2+ frames off: the model (or
+    the clip it is compared with) is out of step, which the figure at offset 0 hides."""
+    o = mo.get("by_offset") or {}
+    d = o.get("best_offset")
+    if d is None or abs(d) < 2 or o.get("best_at_edge"):
+        return []
+    side = "after" if d > 0 else "before"
+    return [f"The rendered mouth follows the real one best {abs(d)} frames {side} it (r "
+            f"{o['best_correlation']:.3f} there, {_num(o.get('zero_offset_correlation'))} at 0): "
+            "the sound and picture of this clip are out of step relative to the training "
+            "clip's, or the model learnt a lag from its training clip. Check the `av_sync` "
+            "step of both datasets (previews/av_sync.png; `--set decode.audio_offset=S` "
+            "moves the sound).", ""]
+
+
 def lipsync_lines(result: dict) -> list[str]:
     """The report's first section: does the mouth follow the speech?"""
     mo = result.get("mouth_opening", {})
@@ -256,6 +281,8 @@ def lipsync_lines(result: dict) -> list[str]:
              "| measure | render | ground truth / ideal |", "|---|---|---|",
              f"| mouth-opening correlation with the GT, per frame ↑ | "
              f"{_num(mo.get('correlation'))}{L.format_interval(mo.get('correlation_interval'))} | 1 |",
+             f"| mouth-opening correlation at its best offset (frames, + = render trails the GT) | "
+             f"{_offset(mo.get('by_offset') or {})} | 0 |",
              f"| mouth-opening amplitude ratio, std render / std GT | {amp} | 1 |",
              f"| mouth-opening spread (std), render vs GT | {spread} | |",
              f"| energy proxy at offset 0 (as the GT's is best) | {_num(z_r)}{share} | {_num(z_g)} |",
@@ -266,6 +293,7 @@ def lipsync_lines(result: dict) -> list[str]:
                                                 if sync.get("available") else
                                                 f"unavailable ({sync.get('reason', 'not run')})")
              + " | |", ""]
+    lines += _opening_offset_note(mo)
     if "unavailable" in mo:
         lines += [f"Mouth opening not compared: {mo['unavailable']}", ""]
     elif mo.get("correlation") is None:
