@@ -261,15 +261,9 @@ def _voice_settings(args, run_dir: Path, data: Path) -> list[str]:
     audio encoder refitted for other voices"). A stage begun earlier keeps what it was begun
     with (work from before this default trained with train.voice_augment 0.5), and what the
     user sets with --set wins."""
-    import yaml
-
     user = {o.split("=", 1)[0] for o in args.overrides}
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        try:
-            had = (yaml.safe_load(saved.read_text()) or {}).get("train") or {}
-        except (OSError, yaml.YAMLError):
-            had = {}
+    had = _saved_train_settings(run_dir)
+    if had is not None:
         return [f for name in VOICE_SETTINGS if f"train.{name}" not in user
                 for f in ("--set", f"train.{name}={had.get(name, 0)}")]
     if ((getattr(args, "words", None) or getattr(args, "transcript", None))
@@ -298,17 +292,26 @@ def train(args, k: int, stage: str, init: Path | None) -> Path:
     return run_dir
 
 
+def _saved_train_settings(run_dir: Path) -> dict | None:
+    """The ``train`` section of a stage's RUN/config.yaml (written when it began); None before
+    it exists, {} when it cannot be read (the stage's own train command then says why)."""
+    import yaml
+
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        train = (yaml.safe_load(saved.read_text()) or {}).get("train")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return train if isinstance(train, dict) else {}
+
+
 def trained_torso(args, run_dir: Path) -> bool:
     """Whether ``run_dir``, the last stage, is a torso stage (its config.yaml; before it is
     written, the preset's last stage name)."""
-    import yaml
-
-    cfg = Path(run_dir) / "config.yaml"
-    if cfg.is_file():
-        stage = ((yaml.safe_load(cfg.read_text()) or {}).get("train") or {}).get("stage")
-        if stage:
-            return stage == "torso"
-    return stage_names(args.preset)[-1] == "torso"
+    stage = (_saved_train_settings(run_dir) or {}).get("stage")
+    return stage == "torso" if stage else stage_names(args.preset)[-1] == "torso"
 
 
 def render(args, run_dir: Path) -> bool:

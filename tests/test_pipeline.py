@@ -281,3 +281,5 @@ def test_trained_torso_reads_the_run_before_the_preset_name(tmp_path):
                                   tmp_path / "none")
     (tmp_path / "config.yaml").write_text("train:\n  stage: torso\n")
     assert pipeline.trained_torso(args, tmp_path)
+    (tmp_path / "config.yaml").write_text("train: [cut short by a kill")  # unreadable: the name
+    assert not pipeline.trained_torso(args, tmp_path)

@@ -280,6 +280,10 @@ class LoadedRun:
     #: what ``OccupancyGrid.prune_floaters`` cleared on loading ({"cells", "pieces", "kept"}),
     #: or None when the run was loaded with its floaters kept
     floaters: dict | None = None
+    #: a refitted run's checkpoint also holds the encoder as trained (``--audio-encoder
+    #: trained``); None for a run never refitted
+    trained_encoder_kept: bool | None = None
+    checkpoint: Path | None = None  #: the file loaded
 
     def audio_encoder_note(self) -> str:
         """One line on the audio encoder: refitted for other voices, or the speaker's own."""
@@ -350,13 +354,14 @@ def load_run(run_dir, device="cpu", checkpoint=None, audio_encoder: str = "refit
                 "--audio-encoder trained cannot be had from this run: use its refitted encoder "
                 "(the default), or train the stage again into a new --out")
         model.audio_encoder.load_state_dict(state)
-    floaters = model.grid.prune_floaters() if prune_floaters else None
-    if floaters and floaters["cells"]:
-        log.info("%s: %d occupancy cells in %d pieces apart from the head cleared (floaters; "
-                 "--keep-floaters keeps them)", path, floaters["cells"], floaters["pieces"])
-    return LoadedRun(run_dir=path.parent.parent, model=model, configs=configs_from_checkpoint(ckpt),
-                     stage=ckpt["stage"], step=int(ckpt["step"]), dataset_dir=Path(ckpt["dataset_dir"]),
-                     camera=model.camera, dataset=dict(ckpt.get("dataset") or {}),
-                     voice_fit=ckpt.get("voice_fit"),
-                     audio_encoder="trained" if ckpt.get("voice_fit") is None else audio_encoder,
-                     floaters=floaters)
+    fit = ckpt.get("voice_fit")
+    run = LoadedRun(run_dir=path.parent.parent, model=model, configs=configs_from_checkpoint(ckpt),
+                    stage=ckpt["stage"], step=int(ckpt["step"]), dataset_dir=Path(ckpt["dataset_dir"]),
+                    camera=model.camera, dataset=dict(ckpt.get("dataset") or {}), voice_fit=fit,
+                    audio_encoder="trained" if fit is None else audio_encoder,
+                    floaters=model.grid.prune_floaters() if prune_floaters else None,
+                    trained_encoder_kept=(TRAINED_ENCODER in ckpt) if fit else None,
+                    checkpoint=path)
+    if run.floaters and run.floaters["cells"]:
+        log.info("%s: floaters: %s (--keep-floaters keeps them)", path, run.floaters_note())
+    return run

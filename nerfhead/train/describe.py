@@ -7,28 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nerfhead.train.checkpoint import (
-    TRAINED_ENCODER,
-    LoadedRun,
-    configs_from_checkpoint,
-    list_checkpoints,
-    model_from_checkpoint,
-    read_checkpoint,
-    read_metrics,
-)
+from nerfhead.train.checkpoint import list_checkpoints, load_run, read_metrics
 
 
 def describe_run(run_dir) -> dict:
-    """A summary of the run folder ``run_dir`` (its newest readable checkpoint)."""
-    ckpt = read_checkpoint(run_dir)
-    path = Path(ckpt["path"])
-    root = path.parent.parent
-    model = model_from_checkpoint(ckpt)
-    run = LoadedRun(run_dir=root, model=model, configs=configs_from_checkpoint(ckpt),
-                    stage=ckpt["stage"], step=int(ckpt["step"]),
-                    dataset_dir=Path(ckpt["dataset_dir"]), camera=model.camera,
-                    dataset=dict(ckpt.get("dataset") or {}), voice_fit=ckpt.get("voice_fit"),
-                    floaters=model.grid.prune_floaters())
+    """A summary of the run folder ``run_dir`` (its newest readable checkpoint, loaded as
+    render and evaluate load it)."""
+    run = load_run(run_dir)
+    root = Path(run.run_dir)
     rows = read_metrics(root)
     validations = [r for r in rows if "psnr" in r]
     checks = [{"step": r["step"], **{k: r["lipsync_check"].get(k) for k in
@@ -37,15 +23,15 @@ def describe_run(run_dir) -> dict:
     best = max(validations, key=lambda r: r["psnr"]) if validations else None
     train = run.configs["train"]
     return {
-        "run": str(root), "checkpoint": str(path), "stage": run.stage, "step": run.step,
+        "run": str(root), "checkpoint": str(run.checkpoint), "stage": run.stage, "step": run.step,
         "iters": train.iters, "finished": run.step >= train.iters,
         "checkpoints": [p.name for p in list_checkpoints(root)],
         "collapsed": sorted(p.name for p in (root / "collapsed").glob("*.pt")),
         "dataset": str(run.dataset_dir), "dataset_exists": run.dataset_dir.is_dir(),
-        "audio_kind": model.audio_kind,
+        "audio_kind": run.model.audio_kind,
         "resolution": [run.camera.height, run.camera.width],
         "audio_encoder": run.audio_encoder_note(),
-        "trained_encoder_kept": TRAINED_ENCODER in ckpt if run.voice_fit else None,
+        "trained_encoder_kept": run.trained_encoder_kept,
         "floaters": run.floaters_note(),
         "last_validation": ({"step": validations[-1]["step"], "psnr": validations[-1]["psnr"]}
                             if validations else None),

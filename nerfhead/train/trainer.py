@@ -367,11 +367,12 @@ class Trainer:
         if isinstance(result, str):
             log.info("lip-sync check skipped: %s (`nerfhead evaluate RUN` measures lip sync)", result)
             return None
-        earlier = [r["lipsync_check"]["correlation"] for r in read_metrics(self.run_dir)
-                   if isinstance(r.get("lipsync_check"), dict) and r["step"] < self.step
-                   and r["lipsync_check"].get("correlation") is not None]
-        fell = (max(earlier) - result.correlation if earlier and result.correlation is not None
-                else (max(earlier) if earlier and result.doubtful else 0.0))
+        best = max((r["lipsync_check"]["correlation"] for r in read_metrics(self.run_dir)
+                    if isinstance(r.get("lipsync_check"), dict) and r["step"] < self.step
+                    and r["lipsync_check"].get("correlation") is not None), default=None)
+        # a frozen mouth has no correlation: as low as it gets
+        now = result.correlation if result.correlation is not None else 0.0 if result.doubtful else None
+        fell = best - now if best is not None and now is not None else 0.0
         if final:
             self.lipsync = result
         if fell >= LIPSYNC_DROP:
@@ -379,7 +380,7 @@ class Trainer:
                         "follows the audio less than it did, which validation PSNR may not "
                         "show. A loss weight or learning rate raised for this run is the usual "
                         "cause (docs/troubleshooting.md); `nerfhead evaluate %s` measures it on "
-                        "every frame", result.summary(), self.step, fell, max(earlier), self.run_dir)
+                        "every frame", result.summary(), self.step, fell, best, self.run_dir)
         elif result.doubtful and final:
             log.warning("%s: the rendered mouth hardly follows the footage (a trained head "
                         "reaches 0.8 on held-out speech). Too few steps, or a setting that cut "
