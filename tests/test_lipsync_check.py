@@ -93,6 +93,7 @@ def test_a_stage_ends_with_the_check_and_records_it(tmp_path, monkeypatch, caplo
     import json
 
     from nerfhead.data.synthetic import make_dataset
+    from nerfhead.train import lipsync_check as L
     from nerfhead.train import trainer as T
     from nerfhead.train.config import load_configs
 
@@ -105,7 +106,8 @@ def test_a_stage_ends_with_the_check_and_records_it(tmp_path, monkeypatch, caplo
     caplog.clear()
     frozen = T.LipSyncCheck(frames=20, frames_used=20, correlation=None, amplitude_ratio=0.0,
                             seconds=1.0, doubtful=True)
-    monkeypatch.setattr(T, "check_lipsync", lambda model, ds, n: frozen)
+    # the trainer reports the check through nerfhead.train.lipsync_check.report_lipsync_check
+    monkeypatch.setattr(L, "check_lipsync", lambda model, ds, n: frozen)
     with caplog.at_level(logging.WARNING, logger="nerfhead.train"):
         tr = T.Trainer(data, cfg, tmp_path / "b")
         tr.fit(progress=False)
@@ -126,6 +128,7 @@ def test_checks_during_a_stage_warn_only_when_the_mouth_falls(tmp_path, monkeypa
     import json
 
     from nerfhead.data.synthetic import make_dataset
+    from nerfhead.train import lipsync_check as L
     from nerfhead.train import trainer as T
     from nerfhead.train.config import load_configs
 
@@ -136,7 +139,7 @@ def test_checks_during_a_stage_warn_only_when_the_mouth_falls(tmp_path, monkeypa
     for name, series, warns in [("learns", [0.1, 0.5, 0.85], False),
                                 ("falls", [0.5, 0.9, 0.4], True)]:
         results = iter(series)
-        monkeypatch.setattr(T, "check_lipsync", lambda model, ds, n, it=results: _check(next(it)))
+        monkeypatch.setattr(L, "check_lipsync", lambda model, ds, n, it=results: _check(next(it)))
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="nerfhead.train"):
             tr = T.Trainer(data, cfg, tmp_path / name)

@@ -241,3 +241,44 @@ def test_info_describes_a_run_folder(voiced_data, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["info", str(tmp_path / "empty")]) == 2
     assert "no checkpoints" in capsys.readouterr().err
+
+
+def test_a_refit_worse_on_validation_frames_is_not_kept(voiced_data, tmp_path, caplog, monkeypatch):
+    """A refit that reads the held-out frames' other voices worse than the trained encoder (on
+    an 8-s clip: 0.43 -> 1.48) is recorded, warned about and not loaded: the run is the plain
+    model, renders and reports say the encoder is the trained one, and a rerun does not refit
+    again. A fit measured on training frames only cannot be judged so, and stays."""
+    from nerfhead.train import voice_encoder as VE
+    from nerfhead.train.checkpoint import load_run
+
+    real = VE.refit_audio_encoder
+
+    def worse(*args, **kwargs):  # the real refit, its held-out errors made worse
+        student, fit = real(*args, **kwargs)
+        fit.error_after = [b + 0.5 for b in fit.error_before]
+        return student, fit
+
+    monkeypatch.setattr(VE, "refit_audio_encoder", worse)
+    plain = Trainer(voiced_data, _configs(), tmp_path / "plain")
+    plain.fit(progress=False)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="nerfhead.train"):
+        tr = Trainer(voiced_data, _configs(voice_encoder_steps=20), run)
+        tr.fit(progress=False)
+    assert tr.voice_fit.kept is False
+    assert "not kept" in caplog.text and "training frames are too few" in caplog.text
+    a, b = plain.model.state_dict(), tr.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the plain model, encoder included
+    ck = read_checkpoint(run)
+    assert ck["voice_fit"]["kept"] is False
+    loaded = load_run(run)
+    assert loaded.audio_encoder == "trained"
+    assert "its refit for other voices (2 in the dataset) was not kept" in loaded.audio_encoder_note()
+    rows = (run / "metrics.jsonl").read_text().count('"voice_fit"')
+    Trainer(voiced_data, _configs(voice_encoder_steps=20), run).fit(progress=False)
+    assert (run / "metrics.jsonl").read_text().count('"voice_fit"') == rows  # not refitted again
+    fit = VE.VoiceFit(steps=1, seconds=0.0, voices=1, error_own=0.0, error_before=[0.1],
+                      error_after=[0.5], checked_on="43 training frames")
+    assert not VE.refit_is_worse(fit)
+    fit.checked_on = "18 validation frames"
+    assert VE.refit_is_worse(fit)

@@ -290,6 +290,11 @@ class LoadedRun:
         f = self.voice_fit
         if not f:
             return "trained on the speaker's voice (not refitted for other voices)"
+        if f.get("kept") is False:
+            return (f"trained on the speaker's voice: its refit for other voices ({f['voices']} "
+                    "in the dataset) was not kept, it read them worse on validation frames "
+                    f"(code error {sum(f['error_before']) / len(f['error_before']):.2f} -> "
+                    f"{sum(f['error_after']) / len(f['error_after']):.2f})")
         if self.audio_encoder == "trained":
             return ("trained on the speaker's voice, as chosen (--audio-encoder trained); the "
                     f"run's default is refitted for other voices ({f['voices']} in the dataset)")
@@ -358,7 +363,8 @@ def load_run(run_dir, device="cpu", checkpoint=None, audio_encoder: str = "refit
     run = LoadedRun(run_dir=path.parent.parent, model=model, configs=configs_from_checkpoint(ckpt),
                     stage=ckpt["stage"], step=int(ckpt["step"]), dataset_dir=Path(ckpt["dataset_dir"]),
                     camera=model.camera, dataset=dict(ckpt.get("dataset") or {}), voice_fit=fit,
-                    audio_encoder="trained" if fit is None else audio_encoder,
+                    audio_encoder="trained" if fit is None or fit.get("kept") is False
+                    else audio_encoder,
                     floaters=model.grid.prune_floaters() if prune_floaters else None,
                     trained_encoder_kept=(TRAINED_ENCODER in ckpt) if fit else None,
                     checkpoint=path)

@@ -138,11 +138,3 @@ def last_validation(run_dir) -> dict | None:
     from nerfhead.train.checkpoint import read_metrics
 
     return next((r for r in reversed(read_metrics(run_dir)) if "psnr" in r), None)
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
-        if isinstance(rec, dict) and "psnr" in rec and "step" in rec:
-            return rec
-    return None

@@ -12,12 +12,14 @@ warns. ``nerfhead evaluate RUN`` measures the same on every frame, with LMD and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from nerfhead.train.checkpoint import append_metrics, read_metrics
 
 log = logging.getLogger("nerfhead.train")
 
@@ -97,3 +99,44 @@ def check_lipsync(model, dataset, count: int, detector=None) -> LipSyncCheck | s
     return LipSyncCheck(frames=len(ids), frames_used=agree["frames_used"], correlation=r,
                         amplitude_ratio=amp, seconds=round(time.perf_counter() - t0, 1),
                         doubtful=doubtful)
+
+
+def report_lipsync_check(model, dataset, frames: int, run_dir, step: int, get_writer,
+                         final: bool = True) -> LipSyncCheck | None:
+    """The lip-sync check of ``model`` at ``step`` on ``frames`` frames of ``dataset``, as
+    train.lipsync_check_frames runs it at the stage's end (``final``) or during it
+    (train.lipsync_check_every): logged, written to RUN/metrics.jsonl and TensorBoard
+    (``get_writer()``: the run's SummaryWriter, asked for only when there is a value to
+    write). At the end a warning when the mouth hardly follows the footage; during the stage
+    when it follows much less than at an earlier check of the run (early checks are low while
+    the mouth is learned, so only a fall is news). None when the check could not be made."""
+    with model.grid.floaters_pruned():  # as render and evaluate will load the run
+        result = check_lipsync(model, dataset, frames)
+    if isinstance(result, str):
+        log.info("lip-sync check skipped: %s (`nerfhead evaluate RUN` measures lip sync)", result)
+        return None
+    best = max((r["lipsync_check"]["correlation"] for r in read_metrics(run_dir)
+                if isinstance(r.get("lipsync_check"), dict) and r["step"] < step
+                and r["lipsync_check"].get("correlation") is not None), default=None)
+    # a frozen mouth has no correlation: as low as it gets
+    now = result.correlation if result.correlation is not None else 0.0 if result.doubtful else None
+    fell = best - now if best is not None and now is not None else 0.0
+    if fell >= LIPSYNC_DROP:
+        log.warning("%s at step %d, %.2f below the best earlier check (%.2f): the mouth "
+                    "follows the audio less than it did, which validation PSNR may not "
+                    "show. A loss weight or learning rate raised for this run is the usual "
+                    "cause (docs/troubleshooting.md); `nerfhead evaluate %s` measures it on "
+                    "every frame", result.summary(), step, fell, best, run_dir)
+    elif result.doubtful and final:
+        log.warning("%s: the rendered mouth hardly follows the footage (a trained head "
+                    "reaches 0.8 on held-out speech). Too few steps, or a setting that cut "
+                    "the audio path: see docs/troubleshooting.md; `nerfhead evaluate %s` "
+                    "measures it on every frame", result.summary(), run_dir)
+    else:
+        log.info("step %d: %s", step, result.summary())
+    for key in ("correlation", "amplitude_ratio"):
+        value = getattr(result, key)
+        if value is not None:
+            get_writer().add_scalar(f"lipsync_check/{key}", value, step)
+    append_metrics(run_dir, {"step": step, "lipsync_check": dataclasses.asdict(result)})
+    return result

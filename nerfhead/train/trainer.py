@@ -27,22 +27,23 @@ from nerfhead.fileio import atomic_path, clean_stale_temps, move_aside, write_im
 from nerfhead.models.rays import pixel_rays
 from nerfhead.models.field import Conditions
 from nerfhead.models.talking_head import ModelMeta, TalkingHead
-from nerfhead.train import losses
+from nerfhead.train import collapse, losses
 from nerfhead.train.checkpoint import (
     TRAINED_ENCODER,
     RunMismatchError,
     append_metrics,
-    checkpoint_step,
     configs_from_checkpoint,
     list_checkpoints,
     read_checkpoint,
     read_metrics,
     save_checkpoint,
-    set_aside_after,
     set_rng_state,
 )
-from nerfhead.train.lipsync_check import LIPSYNC_DROP, LipSyncCheck, check_lipsync
-from nerfhead.train.voice_encoder import VoiceFit, refit_audio_encoder
+# beside the collapse check; exported here too (__all__), where `nerfhead train` imports them
+from nerfhead.train.collapse import TrainingCollapsed, TrainingDiverged
+from nerfhead.train.lipsync_check import LipSyncCheck, report_lipsync_check
+from nerfhead.train.voice_encoder import (VoiceFit, init_trained_encoder, kept_refit,
+                                         refit_model_audio_encoder, voices_for_augment)
 
 log = logging.getLogger("nerfhead.train")
 
@@ -67,15 +68,6 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
             if (section, key) not in RESUMABLE_CHANGES and a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return out
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
-
-
-class TrainingCollapsed(TrainingDiverged):
-    """A validation PSNR fell train.collapse_db below the best; the run stopped, and the
-    best validation's checkpoint is again the run's latest."""
 
 
 def step_generator(seed: int, step: int, stream: int = 0, device="cpu") -> torch.Generator:
@@ -173,7 +165,7 @@ class Trainer:
             self.scheduler.load_state_dict(resume_ckpt["scheduler"])
             set_rng_state(resume_ckpt["rng"])
             self.step = int(resume_ckpt["step"])
-        self.voices = self._voices_for_augment()
+        self.voices = voices_for_augment(self.tcfg, self.stage, self.train_set)
         self.perceptual = (losses.PatchPerceptualLoss(self.device, self.tcfg.lambda_lpips,
                                                       self.tcfg.lambda_patch_ssim)
                            if self.stage == "lips" else None)
@@ -182,18 +174,12 @@ class Trainer:
         self.prefetcher = None  # the frame prefetcher of the running fit() (train.prefetch_frames)
         self.validations: list[dict] = []
         self.lipsync: LipSyncCheck | None = None  # the end-of-stage lip-sync check
-        # the audio encoder's refit at the stage's end (train.voice_encoder_steps): a run
-        # resumed at its last step keeps its checkpoint's record; the torso stage, whose
-        # encoder is frozen, carries its --init's record on
-        # (and, with it, the encoder as the speaker's voice trained it, which the refit keeps)
-        kept = resume_ckpt if resume_ckpt is not None and resume_ckpt.get("voice_fit") else {}
-        if self.stage == "torso" and not kept:
-            kept = init_ckpt or {}
-        elif self.stage != "torso" and self.step < self.tcfg.iters:
-            kept = {}  # the encoder trains on: the record will be made again at the end
-        fit = kept.get("voice_fit")
-        self.voice_fit: VoiceFit | None = VoiceFit(**fit) if fit else None
-        self.trained_encoder: dict | None = kept.get(TRAINED_ENCODER) if fit else None
+        # the audio encoder's refit at the stage's end (train.voice_encoder_steps), and the
+        # encoder as the speaker's voice trained it, which the refit keeps in the checkpoint
+        self.voice_fit: VoiceFit | None
+        self.trained_encoder: dict | None
+        self.voice_fit, self.trained_encoder = kept_refit(resume_ckpt, init_ckpt, self.stage,
+                                                          self.step, self.tcfg.iters)
         # a fresh run ignores a metrics.jsonl left in its folder: only a resumed run's count
         self._earlier_validations = ([r for r in read_metrics(self.run_dir) if "psnr" in r
                                       and 0 < r["step"] <= self.step] if resume_ckpt is not None else [])
@@ -225,26 +211,6 @@ class Trainer:
                                    f"Refusing to resume it with the new ones. Rerun with the "
                                    f"settings it was started with, or: {how}")
 
-    def _init_audio_encoder(self, init_ckpt: dict) -> None:
-        """A head or lips stage started from a run whose encoder was refitted for other voices
-        trains on from the encoder as the speaker's voice trained it (kept beside the refit),
-        so that the training chain stays the speaker's own voice and each stage's refit is a
-        student of what that stage trained (``--audio-encoder trained`` then means that)."""
-        trained = init_ckpt.get(TRAINED_ENCODER)
-        if self.stage == "torso" or not init_ckpt.get("voice_fit") or trained is None:
-            return
-        self.model.audio_encoder.load_state_dict(trained)
-        if self.tcfg.voice_encoder_steps > 0:
-            log.info("init: the audio encoder trains on from --init's as the speaker's voice "
-                     "trained it (not its refit for other voices); this stage refits it again "
-                     "at its end (train.voice_encoder_steps %d)", self.tcfg.voice_encoder_steps)
-        else:
-            log.warning("init: --init's audio encoder was refitted for other voices; this stage "
-                        "trains on from the encoder as the speaker's voice trained it and, with "
-                        "train.voice_encoder_steps 0, does not refit it: other voices will move "
-                        "the mouth less. Set train.voice_encoder_steps (3000, as `nerfhead run` "
-                        "does) to refit it at this stage's end")
-
     def _fresh_start(self, init_ckpt: dict | None) -> None:
         ds, model = self.train_set, self.model
         if init_ckpt is not None:
@@ -259,7 +225,7 @@ class Trainer:
                 log.warning("init: not loaded (shape differs): %s", sorted(skip - {"background"}))
             if missing.unexpected_keys:
                 log.warning("init: unexpected keys ignored: %s", missing.unexpected_keys)
-            self._init_audio_encoder(init_ckpt)
+            init_trained_encoder(model, init_ckpt, self.stage, self.tcfg.voice_encoder_steps)
         else:
             rows = np.linspace(0, ds.audio.shape[0] - 1, min(ds.audio.shape[0], 2048)).astype(int)
             model.audio_encoder.set_statistics(np.asarray(ds.audio[rows], np.float32))
@@ -329,112 +295,37 @@ class Trainer:
     def refit_voice_encoder(self, progress: bool = False) -> VoiceFit | None:
         """Refit the audio encoder for the dataset's other voices (train.voice_encoder_steps;
         ``nerfhead.train.voice_encoder``); None, with a warning, when the dataset has none."""
-        t, ds = self.tcfg, self.train_set
-        if ds.audio_voices is None:
-            log.warning("train.voice_encoder_steps %d: %s has no %s features in other voices "
-                        "(aud_<kind>_voices.npy), so the audio encoder is not refitted and "
-                        "other speakers' voices will move the mouth less. Rerun `nerfhead "
-                        "preprocess` on the video (only its audio step runs again), then train "
-                        "again", t.voice_encoder_steps, ds.root, ds.audio_kind)
+        # the writer is passed lazily: a refit skipped for want of voices opens no event file
+        refit = refit_model_audio_encoder(self.model, self.train_set, self.val_set, self.tcfg,
+                                          self.run_dir, self.step, lambda: self.writer, progress)
+        if refit is None:
             return None
-        student, fit = refit_audio_encoder(
-            self.model.audio_encoder, ds.audio, ds.audio_voices, ds.aud_ids,
-            steps=t.voice_encoder_steps, own_fraction=t.voice_encoder_own_fraction,
-            seed=t.seed, progress=progress,
-            check_frames=self.val_set.aud_ids if self.val_set is not None else None)
-        # kept in the checkpoint: `--audio-encoder trained` renders with it
-        self.trained_encoder = {k: v.detach().cpu().clone()
-                                for k, v in self.model.audio_encoder.state_dict().items()}
-        self.model.audio_encoder.load_state_dict(student.state_dict())
-        self.voice_fit = fit
-        log.info("%s", fit.summary())
-        w = self.writer
-        w.add_scalar("voice_encoder/error_before", float(np.mean(fit.error_before)), self.step)
-        w.add_scalar("voice_encoder/error_after", float(np.mean(fit.error_after)), self.step)
-        w.add_scalar("voice_encoder/error_own", fit.error_own, self.step)
-        append_metrics(self.run_dir, {"step": self.step, "voice_fit": dataclasses.asdict(fit)})
-        return fit
+        # the encoder as trained is kept in the checkpoint: `--audio-encoder trained` renders with it
+        self.voice_fit, self.trained_encoder = refit
+        return self.voice_fit
 
     def lipsync_check(self, final: bool = True) -> LipSyncCheck | None:
         """The lip-sync check (train.lipsync_check_frames) at the stage's end (``final``) or
-        during it (train.lipsync_check_every): logged, written to metrics.jsonl and
-        TensorBoard. At the end a warning when the mouth hardly follows the footage; during
-        the stage when it follows much less than at an earlier check (early checks are low
-        while the mouth is learned, so only a fall is news)."""
+        during it (train.lipsync_check_every), logged and recorded
+        (``nerfhead.train.lipsync_check.report_lipsync_check``)."""
         vs = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
-        with self.model.grid.floaters_pruned():
-            result = check_lipsync(self.model, vs, self.tcfg.lipsync_check_frames)
-        if isinstance(result, str):
-            log.info("lip-sync check skipped: %s (`nerfhead evaluate RUN` measures lip sync)", result)
-            return None
-        best = max((r["lipsync_check"]["correlation"] for r in read_metrics(self.run_dir)
-                    if isinstance(r.get("lipsync_check"), dict) and r["step"] < self.step
-                    and r["lipsync_check"].get("correlation") is not None), default=None)
-        # a frozen mouth has no correlation: as low as it gets
-        now = result.correlation if result.correlation is not None else 0.0 if result.doubtful else None
-        fell = best - now if best is not None and now is not None else 0.0
-        if final:
+        # the writer is passed lazily, as to the refit: a skipped check opens no event file
+        result = report_lipsync_check(self.model, vs, self.tcfg.lipsync_check_frames, self.run_dir,
+                                      self.step, lambda: self.writer, final)
+        if final and result is not None:
             self.lipsync = result
-        if fell >= LIPSYNC_DROP:
-            log.warning("%s at step %d, %.2f below the best earlier check (%.2f): the mouth "
-                        "follows the audio less than it did, which validation PSNR may not "
-                        "show. A loss weight or learning rate raised for this run is the usual "
-                        "cause (docs/troubleshooting.md); `nerfhead evaluate %s` measures it on "
-                        "every frame", result.summary(), self.step, fell, best, self.run_dir)
-        elif result.doubtful and final:
-            log.warning("%s: the rendered mouth hardly follows the footage (a trained head "
-                        "reaches 0.8 on held-out speech). Too few steps, or a setting that cut "
-                        "the audio path: see docs/troubleshooting.md; `nerfhead evaluate %s` "
-                        "measures it on every frame", result.summary(), self.run_dir)
-        else:
-            log.info("step %d: %s", self.step, result.summary())
-        for key in ("correlation", "amplitude_ratio"):
-            value = getattr(result, key)
-            if value is not None:
-                self.writer.add_scalar(f"lipsync_check/{key}", value, self.step)
-        append_metrics(self.run_dir, {"step": self.step, "lipsync_check": dataclasses.asdict(result)})
         return result
 
     def best_validation(self) -> dict | None:
         """The highest-PSNR validation of this run so far (a resumed run's earlier ones
         included, from its metrics.jsonl), or None."""
-        rows = [r for r in self._earlier_validations + self.validations if math.isfinite(r["psnr"])]
-        return max(rows, key=lambda r: r["psnr"]) if rows else None
+        return collapse.best_validation(self._earlier_validations + self.validations)
 
     def check_collapse(self, result: dict) -> None:
         """Stop with TrainingCollapsed when validation ``result`` is train.collapse_db below
         the best so far: the checkpoints after the best one go to RUN/collapsed/."""
-        limit, best = self.tcfg.collapse_db, self.best_validation()
-        if limit <= 0 or best is None or result["psnr"] >= best["psnr"] - limit:
-            return
-        kept, moved = set_aside_after(self.run_dir, best["step"])
-        where = (f"the run's latest checkpoint is again {kept} (step {checkpoint_step(kept)})"
-                 + (f"; the {len(moved)} after it were moved to {moved[0].parent}" if moved else "")
-                 if kept else f"no checkpoint of step {best['step']} or before is left to fall back to")
-        raise TrainingCollapsed(
-            f"training collapsed: validation PSNR {result['psnr']:.2f} dB at step {self.step}, "
-            f"{best['psnr'] - result['psnr']:.1f} dB below the best, {best['psnr']:.2f} dB at step "
-            f"{best['step']} (train.collapse_db {limit:g}); {where}. Rerunning the same command "
-            "would collapse the same way: lower the learning rates or the loss weight you raised "
-            "(train.lr_grid, train.lr_net, train.lambda_*) and train a new --out, e.g. with "
-            f"--init {kept or 'CHECKPOINT'} to start from the best weights, or set "
-            "train.collapse_db=0 to train on regardless")
-
-    def _voices_for_augment(self):
-        """The dataset's other voices when train.voice_augment mixes them in, else None."""
-        t, ds = self.tcfg, self.train_set
-        if t.voice_augment <= 0 or self.stage == "torso":
-            return None
-        if ds.audio_voices is None:
-            log.warning("train.voice_augment %.2f: %s has no voice-shifted %s features "
-                        "(aud_<kind>_voices.npy); training on the clip's own voice only, so "
-                        "other speakers' voices will move the mouth less. Rerun `nerfhead "
-                        "preprocess` on the video (only its audio step runs again) to add them",
-                        t.voice_augment, ds.root, ds.audio_kind)
-            return None
-        log.info("voice augmentation: %d other voices of the clip's speech, each frame's audio "
-                 "from one of them with probability %.2f", ds.audio_voices.shape[0], t.voice_augment)
-        return ds.audio_voices
+        collapse.check_collapse(result, self.best_validation(), self.tcfg.collapse_db,
+                                self.run_dir, self.step)
 
     def _frame_audio(self, g: torch.Generator):
         """The features a training frame's audio code is taken from: the clip's own, or with
@@ -735,3 +626,7 @@ class Trainer:
                 self._writer.flush()
         return {"step": self.step, "validations": self.validations,
                 "checkpoint": str(list_checkpoints(self.run_dir)[-1])}
+
+
+__all__ = ["RESUMABLE_CHANGES", "Trainer", "TrainingCollapsed", "TrainingDiverged",
+           "config_differences", "step_generator"]

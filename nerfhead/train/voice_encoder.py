@@ -17,11 +17,17 @@ voice itself, so that voice keeps its codes. No rendering is involved: a few tho
 steps, about two minutes on one CPU core. The temporal smoother and the field are unchanged.
 
 Measured in docs/benchmarks.md ("One face field, an audio encoder refitted for other voices").
+
+Beside the refit, what the trainer does with it: ``refit_model_audio_encoder`` at a stage's
+end (logged and recorded), ``kept_refit`` and ``init_trained_encoder`` when a stage resumes
+or starts from a refitted run; and ``voices_for_augment``, the voices train.voice_augment
+mixes into training instead.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 
 from nerfhead.models.audio import AudioEncoder
+from nerfhead.train.checkpoint import TRAINED_ENCODER, append_metrics
 
 log = logging.getLogger("nerfhead.train")
 
@@ -50,13 +57,25 @@ class VoiceFit:
     error_before: list[float] = field(default_factory=list)  #: trained encoder, per voice
     error_after: list[float] = field(default_factory=list)  #: refitted encoder, per voice
     checked_on: str = "training frames"  #: the frames the errors are measured on
+    #: whether the run renders with the refitted encoder: False when, on validation frames,
+    #: it read the other voices no better than the trained one (a refit that learnt a short
+    #: clip's few frames by heart), so the run kept the encoder as trained
+    kept: bool = True
 
     def summary(self) -> str:
-        return (f"audio encoder refitted for other voices ({self.voices} in the dataset, "
+        text = (f"audio encoder refitted for other voices ({self.voices} in the dataset, "
                 f"{self.steps} steps, {self.seconds:.0f} s): code error in those voices "
                 f"{np.mean(self.error_before):.2f} -> {np.mean(self.error_after):.2f} of the "
                 f"codes' spread; in the speaker's own voice 0 -> {self.error_own:.3f} (on "
                 f"{self.checked_on})")
+        return text if self.kept else text + "; not kept: the run keeps the encoder as trained"
+
+
+def refit_is_worse(fit: VoiceFit) -> bool:
+    """True when the refit, measured on frames it did not learn from, reads the other voices
+    no closer to the speaker's codes than the trained encoder does."""
+    return ("validation" in fit.checked_on
+            and float(np.mean(fit.error_after)) >= float(np.mean(fit.error_before)))
 
 
 def _windows(array, rows: np.ndarray, device) -> torch.Tensor:
@@ -138,3 +157,101 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
     return student, VoiceFit(steps=steps, seconds=round(time.perf_counter() - t0, 1), voices=V,
                              error_own=error_own, error_before=before, error_after=after,
                              checked_on=checked_on)
+
+
+def refit_model_audio_encoder(model, train_set, val_set, train, run_dir, step: int, get_writer,
+                              progress: bool = False) -> tuple[VoiceFit, dict] | None:
+    """Refit ``model``'s audio encoder in place for ``train_set``'s other voices, as a
+    stage's end does (``train``: the TrainConfig, whose voice_encoder_steps,
+    voice_encoder_own_fraction and seed it uses; the errors are measured on ``val_set``'s
+    frames where there is one): logged, written to RUN/metrics.jsonl and TensorBoard
+    (``get_writer()``: the run's SummaryWriter). Returns the fit and the encoder's state dict
+    as the speaker's voice trained it (on the CPU: the checkpoint keeps it, and
+    ``--audio-encoder trained`` renders with it), or None, with a warning, when the dataset
+    has no other voices. A refit that reads the validation frames' other voices worse than the
+    trained encoder (``refit_is_worse``) is not loaded: the fit, with ``kept`` False, is
+    recorded all the same, with a warning, so a rerun does not refit again."""
+    if train_set.audio_voices is None:
+        log.warning("train.voice_encoder_steps %d: %s has no %s features in other voices "
+                    "(aud_<kind>_voices.npy), so the audio encoder is not refitted and "
+                    "other speakers' voices will move the mouth less. Rerun `nerfhead "
+                    "preprocess` on the video (only its audio step runs again), then train "
+                    "again", train.voice_encoder_steps, train_set.root, train_set.audio_kind)
+        return None
+    student, fit = refit_audio_encoder(
+        model.audio_encoder, train_set.audio, train_set.audio_voices, train_set.aud_ids,
+        steps=train.voice_encoder_steps, own_fraction=train.voice_encoder_own_fraction,
+        seed=train.seed, progress=progress,
+        check_frames=val_set.aud_ids if val_set is not None else None)
+    trained = {k: v.detach().cpu().clone() for k, v in model.audio_encoder.state_dict().items()}
+    if refit_is_worse(fit):
+        fit.kept = False
+        log.warning("%s. On frames it did not learn from, the refit reads the other voices "
+                    "worse than the encoder as trained: %d training frames are too few to "
+                    "learn how other voices say the speaker's sounds (on 240 s of GRID the "
+                    "refit cut the error from 0.64 to 0.29)", fit.summary(),
+                    len(np.unique(train_set.aud_ids)))
+    else:
+        model.audio_encoder.load_state_dict(student.state_dict())
+        log.info("%s", fit.summary())
+    w = get_writer()
+    w.add_scalar("voice_encoder/error_before", float(np.mean(fit.error_before)), step)
+    w.add_scalar("voice_encoder/error_after", float(np.mean(fit.error_after)), step)
+    w.add_scalar("voice_encoder/error_own", fit.error_own, step)
+    append_metrics(run_dir, {"step": step, "voice_fit": dataclasses.asdict(fit)})
+    return fit, trained
+
+
+def kept_refit(resume_ckpt: dict | None, init_ckpt: dict | None, stage: str, step: int,
+               iters: int) -> tuple[VoiceFit | None, dict | None]:
+    """The record of the audio encoder's refit (train.voice_encoder_steps) a stage starts
+    with, and the encoder as the speaker's voice trained it that goes with the record:
+    (None, None) unless a run resumed at its last step keeps its checkpoint's, or the torso
+    stage, whose encoder is frozen, carries its --init's on."""
+    kept = resume_ckpt if resume_ckpt is not None and resume_ckpt.get("voice_fit") else {}
+    if stage == "torso" and not kept:
+        kept = init_ckpt or {}
+    elif stage != "torso" and step < iters:
+        kept = {}  # the encoder trains on: the record will be made again at the end
+    fit = kept.get("voice_fit")
+    return (VoiceFit(**fit) if fit else None), (kept.get(TRAINED_ENCODER) if fit else None)
+
+
+def init_trained_encoder(model, init_ckpt: dict, stage: str, voice_encoder_steps: int) -> None:
+    """A head or lips stage started from a run whose encoder was refitted for other voices
+    trains on from the encoder as the speaker's voice trained it (kept beside the refit),
+    so that the training chain stays the speaker's own voice and each stage's refit is a
+    student of what that stage trained (``--audio-encoder trained`` then means that)."""
+    trained = init_ckpt.get(TRAINED_ENCODER)
+    if stage == "torso" or not init_ckpt.get("voice_fit") or trained is None:
+        return
+    model.audio_encoder.load_state_dict(trained)
+    if voice_encoder_steps > 0:
+        log.info("init: the audio encoder trains on from --init's as the speaker's voice "
+                 "trained it (not its refit for other voices); this stage refits it again "
+                 "at its end (train.voice_encoder_steps %d)", voice_encoder_steps)
+    else:
+        log.warning("init: --init's audio encoder was refitted for other voices; this stage "
+                    "trains on from the encoder as the speaker's voice trained it and, with "
+                    "train.voice_encoder_steps 0, does not refit it: other voices will move "
+                    "the mouth less. Set train.voice_encoder_steps (3000, as `nerfhead run` "
+                    "does) to refit it at this stage's end")
+
+
+def voices_for_augment(train, stage: str, train_set):
+    """``train_set``'s other voices when train.voice_augment mixes them into training (the
+    alternative to the refit, see the module doc), else None: for the torso stage, whose head
+    is frozen, and, with a warning, for a dataset without them."""
+    if train.voice_augment <= 0 or stage == "torso":
+        return None
+    if train_set.audio_voices is None:
+        log.warning("train.voice_augment %.2f: %s has no voice-shifted %s features "
+                    "(aud_<kind>_voices.npy); training on the clip's own voice only, so "
+                    "other speakers' voices will move the mouth less. Rerun `nerfhead "
+                    "preprocess` on the video (only its audio step runs again) to add them",
+                    train.voice_augment, train_set.root, train_set.audio_kind)
+        return None
+    log.info("voice augmentation: %d other voices of the clip's speech, each frame's audio "
+             "from one of them with probability %.2f", train_set.audio_voices.shape[0],
+             train.voice_augment)
+    return train_set.audio_voices
