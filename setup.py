@@ -104,7 +104,11 @@ setup(
                        "eos-py==1.5.0",
                        # optional "ow" audio feature: Google's speech-embedding ONNX model
                        # shipped inside the openwakeword wheel, run with onnxruntime
-                       "onnxruntime", "openwakeword==0.4.0"],
+                       "onnxruntime", "openwakeword==0.4.0",
+                       # optional "hubert" audio feature (HuBERT-large, ER-NeRF's): the model
+                       # code; its weights come from the HuggingFace hub or a weights folder.
+                       # Needs no torchvision for this model (checked with transformers 5.24)
+                       "transformers>=4.40"],
         "dev": ["pytest>=7", "ninja"],
         # nerfhead batch: speakers as Ray tasks (ray[default] brings the dashboard), live
         # status table (rich). Without them `nerfhead batch` runs the speakers one by one.

@@ -55,7 +55,37 @@ def collect() -> dict:
                       "facexlib", "lpips", "tinycudann", "nerfacc", "ray", "rich",
                       "pocketsphinx")},
         "programs": _programs(),
+        "audio_features": _audio_features(),
     }
+
+
+def _audio_features() -> dict:
+    """Each audio feature kind: available here, or what it needs (``data.audio``)."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    from nerfhead.audio.features import ow_available
+    from nerfhead.audio.hubert import HUBERT_DIR, HUBERT_MODEL, find_local
+
+    try:
+        transformers = version("transformers")  # not imported: that takes seconds
+    except PackageNotFoundError:
+        transformers = None
+    local = find_local()
+    if transformers is None:
+        hubert = "unavailable (needs the transformers package: pip install transformers)"
+    elif local is not None:
+        hubert = f"available (transformers {transformers}, weights {local})"
+    elif os.environ.get("NERFHEAD_OFFLINE", "0") == "1":
+        hubert = (f"unavailable (no {HUBERT_DIR}/ in the weights folders and NERFHEAD_OFFLINE=1; "
+                  f"download {HUBERT_MODEL} where you have a network)")
+    else:
+        hubert = (f"transformers {transformers}; weights not here: {HUBERT_MODEL} is downloaded "
+                  "on first use (1.26 GB)")
+    return {"mel": "available",
+            "ow": "available" if ow_available() else
+                  "unavailable (pip install onnxruntime openwakeword==0.4.0)",
+            "hubert": hubert}
 
 
 def _programs() -> dict:
@@ -88,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:16s} {ver}")
     for name, where in info["programs"].items():
         print(f"{name:16s} {where}")
+    for name, what in info["audio_features"].items():
+        print(f"{'audio ' + name:16s} {what}")
     return 0
 
 

@@ -11,7 +11,11 @@ speech covers less than ``min_speech_fraction`` of the clip or the track ends mo
 
 ``audio`` writes ``aud_mel.npy`` [N, 16, 80] always and ``aud_ow.npy`` [N, 16, 96] when the
 speech embedding model (onnxruntime + openwakeword's shipped ONNX files) is installed; which
-kinds were written is recorded in the manifest so training can pick one that exists. Beside
+kinds were written is recorded in the manifest so training can pick one that exists. Asked
+for (``kinds`` with ``hubert``), it also writes HuBERT's features, ``aud_hu.npy`` [N, 2, 1024]
+(ER-NeRF's layout; ``nerfhead.audio.hubert``: transformers and the model's weights, or the
+step refuses saying which is missing), without other voices (HuBERT was trained on many
+speakers; the voices would take 16 times the space). Beside
 each it writes the same features of the clip's speech in other voices (``voice_shifts``,
 semitones; ``nerfhead.audio.voice``), ``aud_<kind>_voices.npy`` [V, N, 16, C] float16, which
 training mixes in (``train.voice_augment``) so that the mouth follows other speakers too.
@@ -36,9 +40,9 @@ from preprocess.steps import Step, StepContext, StepError, atomic_path
 
 STEP = "audio"
 SPEECH_STEP = "speech"
-FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy"}
+FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy", "hubert": "aud_hu.npy"}
 VOICE_FILES = {"mel": "aud_mel_voices.npy", "ow": "aud_ow_voices.npy"}
-CHANNELS = {"mel": 80, "ow": 96}
+CHANNELS = {"mel": 80, "ow": 96, "hubert": 1024}
 
 
 @dataclass
@@ -46,6 +50,8 @@ class AudioConfig:
     """Audio features written for training."""
 
     #: feature kinds to write: 'mel' always works; 'ow' needs onnxruntime + openwakeword
+    #: (skipped with a warning without them); 'hubert' needs transformers and HuBERT-large's
+    #: weights (refused without them: it is only there when asked for)
     kinds: list[str] = field(default_factory=lambda: ["mel", "ow"])
     require_all: bool = False  #: fail instead of warning when a requested kind is not installed
     window: int = 16  #: feature frames per video frame
@@ -143,8 +149,10 @@ def speech_settings(cfg) -> dict:
 
 def _available(kind: str) -> bool:
     from nerfhead.audio.features import ow_available
+    from nerfhead.audio.hubert import transformers_available
 
-    return kind == "mel" or (kind == "ow" and ow_available())
+    return (kind == "mel" or (kind == "ow" and ow_available())
+            or (kind == "hubert" and transformers_available()))
 
 
 def _kinds(cfg: AudioConfig) -> list[str]:
@@ -161,6 +169,19 @@ def run(ctx: StepContext) -> dict:
     n = ctx.num_frames()
     fps = float(ctx.manifest["video"].get("fps", 25.0))
     missing = [k for k in cfg.kinds if k in FILES and not _available(k)]
+    if "hubert" in missing:
+        raise StepError(STEP, "audio feature 'hubert' needs the transformers package, which "
+                              "is not installed (pip install transformers), or leave hubert "
+                              "out of audio.kinds")
+    if "hubert" in cfg.kinds:  # before the minutes of other voices: its weights may be missing
+        from nerfhead.audio.hubert import load_hubert
+        from nerfhead.weights import WeightsUnavailable
+
+        try:
+            load_hubert()
+        except WeightsUnavailable as e:
+            raise StepError(STEP, f"{e} (or leave hubert out of audio.kinds)",
+                            ctx.path(FILES["hubert"])) from e
     if missing and cfg.require_all:
         raise StepError(STEP, f"audio feature(s) {missing} not installed "
                               "(pip install onnxruntime openwakeword==0.4.0)")
@@ -179,6 +200,9 @@ def run(ctx: StepContext) -> dict:
             ctx.path(f).unlink(missing_ok=True)
     written = {}
     for kind in _kinds(cfg):
+        if kind == "hubert":
+            written[kind] = _write_hubert(ctx, samples, n, fps)
+            continue
         feat = extract(samples, kind=kind, num_frames=n, fps=fps, window=cfg.window)
         with atomic_path(ctx.path(FILES[kind])) as tmp:
             np.save(tmp, feat)
@@ -195,6 +219,22 @@ def run(ctx: StepContext) -> dict:
             "respeak_words_from": None if not respoken else "transcript" if cfg.transcript
             else "recognised" if cfg.respeak_words == "auto" else "file",
             "respoken_unfitted_words": {r.voice: len(r.unfitted) for r in respoken}}
+
+
+def _write_hubert(ctx: StepContext, samples: np.ndarray, n: int, fps: float) -> dict:
+    """aud_hu.npy [n, 2, 1024]: HuBERT's 50-Hz frames, two per video frame."""
+    from nerfhead.audio.hubert import HUBERT_MODEL, hubert_stream, per_video_frame
+    from nerfhead.weights import WeightsUnavailable
+
+    try:
+        feat = per_video_frame(hubert_stream(samples), n, fps)
+    except (WeightsUnavailable, ValueError) as e:
+        raise StepError(STEP, f"{e} (or leave hubert out of audio.kinds)",
+                        ctx.path(FILES["hubert"])) from e
+    with atomic_path(ctx.path(FILES["hubert"])) as tmp:
+        np.save(tmp, feat)
+    return {"file": FILES["hubert"], "shape": list(feat.shape), "model": HUBERT_MODEL,
+            "mean": float(feat.mean()), "std": float(feat.std()), "voices": None}
 
 
 def _voice_shifts(cfg: AudioConfig, log=None) -> list[float]:
@@ -236,9 +276,13 @@ def check(ctx: StepContext) -> None:
             arr = np.load(p, mmap_mode="r")
         except (OSError, ValueError) as e:
             raise StepError(STEP, f"unreadable: {e}", p) from e
-        if arr.shape != (n, cfg.window, CHANNELS[kind]) or arr.dtype != np.float32:
-            raise StepError(STEP, f"expected float32 {(n, cfg.window, CHANNELS[kind])}, "
-                                  f"got {arr.dtype} {arr.shape}", p)
+        want = (n, 2 if kind == "hubert" else cfg.window, CHANNELS[kind])
+        if kind == "hubert" and arr.ndim == 3:  # channels: the model's hidden size (1024 for
+            want = (*want[:2], arr.shape[2])     # HuBERT-large; smaller models in the tests)
+        if arr.shape != want or arr.dtype != np.float32:
+            raise StepError(STEP, f"expected float32 {want}, got {arr.dtype} {arr.shape}", p)
+        if kind not in VOICE_FILES:  # written without other voices
+            continue
         shifts = len(_voice_shifts(cfg))
         v = shifts + (len(cfg.respeak_voices) if synthetic_voices.respeaks(cfg) else 0)
         # optional synthetic voices may have been left out (warned about when the step ran)
@@ -270,7 +314,9 @@ def settings(cfg) -> dict:
     elif synthetic_voices.respeaks(cfg.audio):  # installing what was missing makes a rerun add the voices
         audio["respeak_missing"] = synthetic_voices.missing(cfg.audio)
     words = cfg.audio.respeak_words
-    out = {**audio, "available": [k for k in FILES if _available(k)],
+    # hubert only where asked for: installing transformers must not redo other datasets' step
+    out = {**audio, "available": [k for k in FILES if _available(k)
+                                  and (k != "hubert" or k in cfg.audio.kinds)],
            "voices_available": rubberband_available(),
            "respeak_words_sha256": "auto" if words == "auto" else _file_sha256(words)}
     if cfg.audio.transcript or words == "auto":  # another recogniser makes other words

@@ -9,6 +9,9 @@ Two kinds, and their combination:
   run with onnxruntime from the ONNX files that the ``openwakeword`` package ships (no
   download). Embeddings are linearly resampled to 50/s (two per video frame, the rate of the
   DeepSpeech/wav2vec features of ER-NeRF) and windowed 16 per frame -> [N, 16, 96].
+* ``hubert``: HuBERT-large's last hidden layer (1024-d at 50/s; ``nerfhead.audio.hubert``:
+  needs ``transformers`` and the model's weights), windowed 16 per frame -> [N, 16, 1024]:
+  the feature of ER-NeRF and the 3D-Gaussian heads, for users who can have its weights.
 * ``mel+ow``: both, each windowed on its own clock, concatenated per window row ->
   [N, 16, 176] (the encoder standardises every channel with the training clip's statistics,
   so the two scales need no matching). The best of the three on held-out GRID speech
@@ -236,7 +239,7 @@ def _ow_stream(samples: np.ndarray, sr: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- extract
 #: kinds made of others, concatenated along the channels in this order
 COMBINED = {"mel+ow": ("mel", "ow")}
-KINDS = ("mel", "ow", *COMBINED)
+KINDS = ("mel", "ow", "hubert", *COMBINED)
 
 
 def extract(path_or_samples, kind: str = "mel", num_frames: int | None = None,
@@ -259,6 +262,10 @@ def extract(path_or_samples, kind: str = "mel", num_frames: int | None = None,
         feat, rate = log_mel(samples, sr), sr / 160.0
     elif kind == "ow":
         feat, rate = _ow_stream(samples, sr), OW_RATE
+    elif kind == "hubert":
+        from nerfhead.audio.hubert import HUBERT_RATE, hubert_stream
+
+        feat, rate = hubert_stream(samples, sr), HUBERT_RATE
     else:
         raise ValueError(f"unknown audio feature kind {kind!r}; use one of {', '.join(KINDS)}")
     return frame_windows(feat, num_frames, fps, window, rate).astype(np.float32)

@@ -269,9 +269,12 @@ class StreamingFeatures:
 
     def __init__(self, kind: str, fps: float = 25.0, window: int = 16, smoother_window: int = 1):
         if kind not in FRONT_ENDS:
+            why = ("HuBERT reads whole utterances: its features are not computed from live "
+                   "audio here" if kind == "hubert" else
+                   "a run trained on precomputed features cannot be driven live")
             raise ValueError(f"streaming features of kind {kind!r}: only {sorted(FRONT_ENDS)} "
-                             "can be computed from live audio (a run trained on precomputed "
-                             "features cannot be driven live)")
+                             f"can be computed from live audio ({why}); serve a run trained "
+                             "on mel or ow features, or render the audio with `nerfhead render`")
         self.kind, self.fps, self.window = kind, fps, window
         self.smoother = max(1, int(smoother_window))
         self.front = FRONT_ENDS[kind]()

@@ -42,13 +42,17 @@ MEDIAPIPE_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 2
                   37, 39, 40, 185, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415,
                   310, 311, 312, 13, 82, 81, 80, 191)
 IBUG_MOUTH = tuple(range(48, 68))
-AUDIO_FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy", "precomputed": "aud.npy"}
+AUDIO_FILES = {"mel": "aud_mel.npy", "ow": "aud_ow.npy", "hubert": "aud_hu.npy",
+               "precomputed": "aud.npy"}
 #: the same features of the clip's speech in other voices, [V, N, T, C] (preprocess/audio.py)
 VOICE_FILES = {"mel": "aud_mel_voices.npy", "ow": "aud_ow_voices.npy"}
 #: kinds read as several files concatenated along the channels
 COMBINED_AUDIO = COMBINED
 #: what data.audio = auto picks: the first whose files all exist
-AUTO_AUDIO_ORDER = ("mel+ow", "mel", "ow", "precomputed")
+AUTO_AUDIO_ORDER = ("mel+ow", "mel", "ow", "hubert", "precomputed")
+#: kinds stored as a 50-Hz stream, two rows per video frame ([N, 2, C], ER-NeRF's layout),
+#: read as windows of this many rows centred on each frame
+STREAM_WINDOW = 16
 
 
 class DatasetError(RuntimeError):
@@ -61,9 +65,10 @@ class DataConfig:
 
     image_size: int = 0
     """Resize frames so the longer side has this many pixels (0: native resolution)."""
-    audio: Literal["auto", "mel+ow", "mel", "ow", "precomputed"] = "auto"
+    audio: Literal["auto", "mel+ow", "mel", "ow", "hubert", "precomputed"] = "auto"
     """Audio feature: auto = mel+ow (aud_mel.npy and aud_ow.npy side by side, the best on
-    held-out speech) where both exist, else aud_mel.npy, else aud_ow.npy, else SyncTalk's
+    held-out speech) where both exist, else aud_mel.npy, else aud_ow.npy, else HuBERT's
+    aud_hu.npy (``audio.kinds`` with hubert, or an ER-NeRF/SyncTalk folder), else SyncTalk's
     aud.npy. A run resumed, or a stage started with --init, keeps its checkpoint's kind."""
     cache_size: int = 256
     """Decoded frames kept in memory (LRU; each is H*W*3 bytes per image kind)."""
@@ -169,6 +174,19 @@ def _load_audio_file(p: Path) -> np.ndarray:
     return arr
 
 
+def _stream_windows(arr: np.ndarray, p: Path) -> np.ndarray:
+    """[N, 2, C] (two 50-Hz rows per 25-fps frame) -> [N, STREAM_WINDOW, C] windows centred
+    on each frame, edge-padded: what ``nerfhead.audio.features.extract`` gives new audio."""
+    from nerfhead.audio.features import frame_windows
+
+    if arr.shape[1] != 2:
+        raise DatasetError(f"dataset: {p} must be [N, 2, C] (two 50-Hz feature frames per "
+                           f"video frame, ER-NeRF's layout), got {arr.shape}")
+    n = arr.shape[0]
+    stream = np.asarray(arr, np.float32).reshape(2 * n, arr.shape[2])
+    return frame_windows(stream, n, fps=25.0, window=STREAM_WINDOW, rate=50.0)
+
+
 def audio_files(kind: str) -> list[str]:
     """The feature files a kind reads (one, or one per part of a combined kind)."""
     return [AUDIO_FILES[k] for k in COMBINED_AUDIO.get(kind, (kind,))]
@@ -183,6 +201,8 @@ def load_audio_features(root: Path, kind: str = "auto") -> tuple[np.ndarray, str
         if not all(p.exists() for p in paths):
             continue
         parts = [_load_audio_file(p) for p in paths]
+        if k == "hubert":
+            parts = [_stream_windows(parts[0], paths[0])]
         if len(parts) == 1:
             return parts[0], k
         if len({(a.shape[0], a.shape[1]) for a in parts}) != 1:

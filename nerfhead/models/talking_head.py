@@ -38,7 +38,7 @@ class ModelMeta:
 
     audio_len: int  #: T of the [N, T, C] audio features
     audio_channels: int  #: C
-    audio_kind: str  #: "mel+ow", "mel", "ow" or "precomputed"
+    audio_kind: str  #: "mel+ow", "mel", "ow", "hubert" or "precomputed"
     num_latents: int  #: training frames (one latent each)
     camera: dict  #: Camera fields at the training resolution
 
@@ -46,8 +46,9 @@ class ModelMeta:
 class TalkingHead(nn.Module):
     """Audio-driven head + torso model of one speaker.
 
-    ``audio_kind`` names the feature it was trained on ("mel+ow", "mel", "ow", "precomputed"); driving
-    audio must be the same kind (``nerfhead.audio.features`` makes mel / ow for new audio).
+    ``audio_kind`` names the feature it was trained on ("mel+ow", "mel", "ow", "hubert",
+    "precomputed"); driving audio must be the same kind (``nerfhead.audio.features`` makes all
+    but "precomputed" for new audio).
     """
 
     def __init__(self, cfg: ModelConfig, meta: ModelMeta):

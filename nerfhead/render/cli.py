@@ -166,9 +166,11 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from nerfhead.data.dataset import DatasetError
     from nerfhead.fileio import DiskFullError, OutputLocationError
     from nerfhead.train.checkpoint import CheckpointError
+    from nerfhead.weights import WeightsUnavailable
 
+    # WeightsUnavailable: a run on HuBERT features rendered where its weights cannot be had
     return (AudioError, DatasetError, CheckpointError, FileNotFoundError, ValueError,
-            OutputLocationError, DiskFullError)
+            OutputLocationError, DiskFullError, WeightsUnavailable)
 
 
 def run(args) -> int:
