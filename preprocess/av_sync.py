@@ -380,6 +380,14 @@ def run(ctx: StepContext) -> dict:
 
 def _report(ctx: StepContext, cfg: AvSyncConfig, r: dict, fps: float, timing: str) -> None:
     status = r["status"]
+    if status == "unmeasured" and r["windows_total"] == 0:
+        ctx.log.warning("av_sync: A/V sync not measured: the clip is %.1f s long, shorter than "
+                        "av_sync.min_seconds (%g s), too little speech to tell its sync from "
+                        "chance. Preprocess a longer clip of the speaker to have it checked; "
+                        "or, with footage of the speaker's mouth, train and check the model's "
+                        "mouth against it (`nerfhead evaluate RUN --drive VIDEO` gives the "
+                        "offset at which it follows best)", r["duration_s"], cfg.min_seconds)
+        return
     if status == "unmeasured":
         ctx.log.warning("av_sync: A/V sync not measured: %d of %d windows reliable, %d with "
                         "speech (need %d and %.0f%% of those with speech; a window needs speech "

@@ -291,9 +291,13 @@ def run_tracking(ctx: StepContext, cfg: TrackingConfig) -> dict:
         # (bundle adjustment only uses the samples that pass the check)
         cap = float(min(cfg.max_candidate_failures_relaxed,
                         np.sort(fail)[min(len(fail), enough) - 1]))
-        ctx.log.warning("tracking: few candidates pass the forward-backward check in %.0f%% "
-                        "of frames; accepting up to %.0f%% failures", 100 * cfg.max_candidate_failures,
-                        100 * cap)
+        ctx.log.warning("tracking: only %d of %d candidate points track reliably (forward-"
+                        "backward check) in %.0f%% of the frames, fewer than the %d to choose "
+                        "keypoints from: the head moves far from the reference frame. Taking "
+                        "points that track in %.0f%% of the frames instead; bundle adjustment "
+                        "uses each only where it tracks. Look at previews/keypoints.png and "
+                        "previews/pose_curves.png", int((fail <= cfg.max_candidate_failures).sum()),
+                        len(fail), 100 * (1 - cfg.max_candidate_failures), enough, 100 * (1 - cap))
     scores[fail > cap] = np.inf
     sel = select_stable_points(xy[ref], scores, cfg.num_keypoints, cfg.min_distance_px)
     if len(sel) < 8:

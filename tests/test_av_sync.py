@@ -207,6 +207,20 @@ def test_step_passes_in_sync_audio_and_records_it(speech, tmp_path):
         run_step(d, on_fail="ignore")
 
 
+def test_step_says_a_short_clip_is_too_short_to_measure(speech, tmp_path, caplog):
+    """An 8-s clip (as the HDTF one) gets no window: the warning says it is the length, and
+    the manifest records it unmeasured, never in sync."""
+    rng = np.random.default_rng(6)
+    short = speech[:8 * SR]
+    d = tmp_path / "short"
+    write_dataset(d, synthetic_landmarks(mouth_from(short, rng)), short)
+    with caplog.at_level(logging.WARNING, logger="preprocess"):
+        rec = run_step(d)
+    assert rec["status"] == "unmeasured" and rec["windows_total"] == 0
+    assert "8.0 s long, shorter than av_sync.min_seconds (10 s)" in caplog.text
+    assert "--drive VIDEO" in caplog.text and "0 of 0 windows" not in caplog.text
+
+
 # --------------------------------------------------------------------------- real mouth
 @pytest.fixture(scope="module")
 def grid_delayed(grid_video, tmp_path_factory):
