@@ -63,6 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the words said in the clip (plain text, of the clip as cut by "
                         "--max-seconds): aligned to its audio for the synthetic voices, as "
                         "--words does with timings")
+    p.add_argument("--audio-feature", default="auto", choices=["auto", "hubert"],
+                   help="auto: the log-mel spectrum and speech embedding (mel+ow); hubert: "
+                        "HuBERT-large's features, as ER-NeRF (needs transformers and the "
+                        "model's weights: a hubert-large-ls960-ft/ folder under --weights / "
+                        "NERFHEAD_WEIGHTS, or a 1.26 GB download; docs/lipsync.md). The audio "
+                        "encoder is then not refitted for other voices")
     p.add_argument("--iters", type=int, default=None, help="override train.iters for every stage")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="training config override (repeatable)")
@@ -218,7 +224,17 @@ def preprocess_options(args) -> list[str]:
         options += ["--set", f"audio.respeak_words={words if words == 'auto' else Path(words).resolve()}"]
     if getattr(args, "transcript", None):
         options += ["--set", f"audio.transcript={Path(args.transcript).resolve()}"]
+    if _hubert(args):
+        options += ["--set", HUBERT_KINDS]
     return options
+
+
+#: what ``--audio-feature hubert`` adds to preprocessing: HuBERT's features beside the others
+HUBERT_KINDS = "audio.kinds=[mel,ow,hubert]"
+
+
+def _hubert(args) -> bool:
+    return getattr(args, "audio_feature", "auto") == "hubert"
 
 
 def preprocess(args, extra: list[str] | tuple = ()) -> Path:
@@ -262,6 +278,8 @@ def _voice_settings(args, run_dir: Path, data: Path) -> list[str]:
     with (work from before this default trained with train.voice_augment 0.5), and what the
     user sets with --set wins."""
     user = {o.split("=", 1)[0] for o in args.overrides}
+    if _hubert(args):  # the other voices are written for mel and ow only: nothing to refit
+        return []
     had = _saved_train_settings(run_dir)
     if had is not None:
         return [f for name in VOICE_SETTINGS if f"train.{name}" not in user
@@ -286,6 +304,8 @@ def train(args, k: int, stage: str, init: Path | None) -> Path:
     resolve_words(args)
     if stage != "torso":
         cmd += _voice_settings(args, run_dir, out / "data")
+    if _hubert(args) and not any(o.startswith("data.audio=") for o in args.overrides):
+        cmd += ["--set", "data.audio=hubert"]
     for o in args.overrides:
         cmd += ["--set", o]
     _subcommand(cmd)

@@ -62,6 +62,8 @@ def video(tmp_path) -> Path:
      "'pose_from' chooses the poses of the driven render; it needs 'drive_audio'"),
     ({"defaults": {"name": "x"}, "speakers": [{"name": "a", "video": "clips/a.mp4"}]},
      "'defaults' cannot set 'name'"),
+    ({"speakers": [{"name": "a", "video": "clips/a.mp4", "audio_feature": "wav2vec"}]},
+     "'audio_feature' must be 'auto' or 'hubert', got 'wav2vec'"),
 ])
 def test_speakers_file_errors_name_file_entry_and_field(tmp_path, video, doc, expected):
     path = _write(tmp_path, doc)
@@ -127,6 +129,10 @@ def test_words_and_transcript_become_run_options(tmp_path, video):
     a, b, c = load_speakers(path)
     assert a.run_args(tmp_path / "o", "cpu").transcript == str(tmp_path / "said.txt")
     assert b.run_args(tmp_path / "o", "cpu").words == "auto" and b.input_error is None
+    assert a.run_args(tmp_path / "o", "cpu").audio_feature == "auto"
+    hub = load_speakers(_write(tmp_path, [{"name": "h", "video": "clips/a.mp4",
+                                           "audio_feature": "hubert"}]))[0]
+    assert hub.run_args(tmp_path / "o", "cpu").audio_feature == "hubert"
     assert "words " + str(tmp_path / "gone.json") + " not found" in c.input_error
     bad = _write(tmp_path, [{"name": "a", "video": "clips/a.mp4", "words": "w.json",
                              "transcript": "said.txt"}])

@@ -81,6 +81,34 @@ def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
         assert want in calls[0] and "train.voice_encoder_steps=3000" in calls[1]
 
 
+def test_hubert_reaches_preprocessing_and_every_stage_without_a_refit(tmp_path, monkeypatch):
+    """--audio-feature hubert: preprocessing also writes HuBERT's features (recorded in
+    run.json, so a rerun without it is refused), every stage trains on them, none refits the
+    encoder for the other voices (written for mel and ow only); --set data.audio wins."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really a video: preprocess is replaced below")
+    words = tmp_path / "words.json"
+    words.write_text("[]")
+    calls = []
+    monkeypatch.setattr(pipeline, "_subcommand", lambda argv: calls.append(argv))
+    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    out = tmp_path / "out"
+    pipeline.run(_args(str(video), "--preset", "head,torso", "--out", str(out), "--words",
+                       str(words), "--audio-feature", "hubert", "--device", "cpu"))
+    assert pipeline.HUBERT_KINDS in calls[0]
+    head, torso = calls[1], calls[2]
+    assert "data.audio=hubert" in head and "data.audio=hubert" in torso
+    assert not any("voice_encoder" in o for o in head)
+    with pytest.raises(SystemExit, match="preprocessing options"):
+        pipeline.run(_args(str(video), "--preset", "head,torso", "--out", str(out), "--words",
+                           str(words), "--device", "cpu"))
+    calls.clear()
+    pipeline.run(_args(str(video), "--preset", "head", "--out", str(tmp_path / "o2"),
+                       "--audio-feature", "hubert", "--set", "data.audio=mel", "--words", "none",
+                       "--device", "cpu"))
+    assert [o for o in calls[1] if o.startswith("data.audio")] == ["data.audio=mel"]
+
+
 def test_synthetic_voices_are_the_default_where_they_can_be_made(tmp_path, monkeypatch, caplog):
     """No --words: the recognised words said by synthetic voices, optional in preprocessing,
     and train.voice_encoder_steps=3000 only when preprocessing wrote them; where the tools are

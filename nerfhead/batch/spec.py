@@ -14,6 +14,7 @@
         preprocess_overrides: [av_sync.on_fail=proceed]   # nerfhead preprocess --set
         words: clips/obama_words.json     # run --words: word timings, or auto (recognised)
         transcript: clips/obama.txt       # run --transcript: the words said, aligned
+        audio_feature: hubert             # run --audio-feature: auto (mel+ow) or hubert
         drive_audio: speech/new.wav       # also render this audio: DIR/obama/drive.mp4
         pose_from: may                    # its poses: train, val, smooth, static, a dataset
                                           # folder, a transforms .json / .npy, or a speaker
@@ -60,6 +61,7 @@ class SpeakerSpec:
     #: the video's word timings for synthetic training voices (run --words), or "auto"
     words: str | None = None
     transcript: Path | None = None  #: the words said in the video, plain text (run --transcript)
+    audio_feature: str = "auto"  #: "auto" (mel+ow) or "hubert" (run --audio-feature)
     drive_audio: Path | None = None  #: extra render with this audio: DIR/<name>/drive.mp4
     pose_from: str | None = None  #: poses of that render (see module doc); None: ``train``
     entry: int = 0  #: position in the file (1-based), for messages
@@ -84,6 +86,8 @@ class SpeakerSpec:
         for flag, value in (("--words", self.words), ("--transcript", self.transcript)):
             if value is not None:
                 argv += [flag, str(value)]
+        if self.audio_feature != "auto":
+            argv += ["--audio-feature", self.audio_feature]
         for o in self.overrides:
             argv += ["--set", o]
         return build_parser().parse_args(argv)
@@ -196,6 +200,11 @@ def _speaker(raw: Any, defaults: dict, base: Path, where: str, entry: int) -> Sp
         if data.get("transcript") is not None and words != "auto":
             raise SpeakersFileError(f"{where}: 'words' (timings) and 'transcript' both give the "
                                     "words: keep one")
+    feature = data.get("audio_feature", "auto")
+    if feature not in ("auto", "hubert"):
+        raise SpeakersFileError(f"{where}: 'audio_feature' must be 'auto' or 'hubert', got "
+                                f"{feature!r}")
+    kw["audio_feature"] = feature
     v = data.get("max_seconds")
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
         raise SpeakersFileError(f"{where}: 'max_seconds' must be a positive number, got {v!r}")
