@@ -282,3 +282,23 @@ def test_collapse_check_off(data, tmp_path):
     tr.tcfg.iters = 8
     tr.fit(progress=False)  # trains on: the check is off
     assert tr.step == 8 and not (tmp_path / "collapsed").exists()
+
+
+def test_a_short_clip_is_warned_about_once_at_the_start(data, tmp_path, caplog, monkeypatch):
+    """A head stage on seconds of video warns that the mouth will follow new speech poorly
+    (not on resume, not for the torso stage); enough frames train without it."""
+    import nerfhead.train.trainer as T
+
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="nerfhead.train"):
+        Trainer(data, configs(iters=2), run).fit(progress=False)
+    assert "head stage on 31 training frames (1 s at 25 fps): few sounds" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nerfhead.train"):
+        Trainer(data, configs(iters=4), run).fit(progress=False)  # resumed
+        Trainer(data, configs(iters=2, stage="torso"), tmp_path / "torso", init=run)
+    assert "training frames" not in caplog.text
+    monkeypatch.setattr(T, "SHORT_CLIP_SECONDS", 1)
+    with caplog.at_level(logging.WARNING, logger="nerfhead.train"):
+        Trainer(data, configs(iters=2), tmp_path / "enough")
+    assert "training frames" not in caplog.text

@@ -79,6 +79,10 @@ def step_generator(seed: int, step: int, stream: int = 0, device="cpu") -> torch
 
 
 
+#: a head or lips stage on fewer seconds of training frames than this is warned about
+SHORT_CLIP_SECONDS = 60
+
+
 class Trainer:
     """Trains ``configs["train"].stage`` on ``data_dir`` into ``run_dir``.
 
@@ -139,6 +143,14 @@ class Trainer:
         self.val_set = (TalkingHeadDataset(self.data_dir, self.dcfg, "val")
                         if (self.data_dir / "transforms_val.json").exists() else None)
         ds = self.train_set
+        if resume_ckpt is None and self.stage != "torso" and len(ds) < SHORT_CLIP_SECONDS * 25:
+            log.warning("%s stage on %d training frames (%.0f s at 25 fps)%s: few sounds and "
+                        "mouth shapes to learn from, so the mouth will follow new speech "
+                        "poorly (SyncTalk and ER-NeRF train on 3-5 minutes; the lip-sync "
+                        "figures of docs/benchmarks.md are from 240 s). Fine for a first look; "
+                        "for a model to use, preprocess a longer clip of the speaker",
+                        self.stage, len(ds), len(ds) / 25,
+                        f" (data.max_frames {self.dcfg.max_frames})" if self.dcfg.max_frames else "")
         meta = ModelMeta(audio_len=int(ds.audio.shape[1]), audio_channels=int(ds.audio.shape[2]),
                          audio_kind=ds.audio_kind, num_latents=len(ds),
                          camera=dict(vars(ds.camera)))
