@@ -78,7 +78,6 @@ def step_generator(seed: int, step: int, stream: int = 0, device="cpu") -> torch
     return g
 
 
-
 #: a head or lips stage on fewer seconds of training frames than this is warned about
 SHORT_CLIP_SECONDS = 60
 
