@@ -282,3 +282,8 @@ def test_a_refit_worse_on_validation_frames_is_not_kept(voiced_data, tmp_path, c
     assert not VE.refit_is_worse(fit)
     fit.checked_on = "18 validation frames"
     assert VE.refit_is_worse(fit)
+    # closer in the other voices, but at a larger cost in the own voice (GRID, 60 s)
+    fit.error_before, fit.error_after, fit.error_own = [0.48], [0.46], 0.255
+    assert VE.refit_is_worse(fit)
+    fit.error_before, fit.error_after, fit.error_own = [0.64], [0.29], 0.074  # GRID, 240 s
+    assert not VE.refit_is_worse(fit)
