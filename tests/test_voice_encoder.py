@@ -274,6 +274,7 @@ def test_a_refit_worse_on_validation_frames_is_not_kept(voiced_data, tmp_path, c
     loaded = load_run(run)
     assert loaded.audio_encoder == "trained"
     assert "its refit for other voices (2 in the dataset) was not kept" in loaded.audio_encoder_note()
+    assert loaded.trained_encoder_kept is None  # nothing beside it: `info` has no such line
     rows = (run / "metrics.jsonl").read_text().count('"voice_fit"')
     Trainer(voiced_data, _configs(voice_encoder_steps=20), run).fit(progress=False)
     assert (run / "metrics.jsonl").read_text().count('"voice_fit"') == rows  # not refitted again

@@ -281,7 +281,7 @@ class LoadedRun:
     #: or None when the run was loaded with its floaters kept
     floaters: dict | None = None
     #: a refitted run's checkpoint also holds the encoder as trained (``--audio-encoder
-    #: trained``); None for a run never refitted
+    #: trained``); None for a run never refitted, or whose refit was not kept
     trained_encoder_kept: bool | None = None
     checkpoint: Path | None = None  #: the file loaded
 
@@ -366,7 +366,9 @@ def load_run(run_dir, device="cpu", checkpoint=None, audio_encoder: str = "refit
                     audio_encoder="trained" if fit is None or fit.get("kept") is False
                     else audio_encoder,
                     floaters=model.grid.prune_floaters() if prune_floaters else None,
-                    trained_encoder_kept=(TRAINED_ENCODER in ckpt) if fit else None,
+                    # a refit not kept left the trained encoder in place: nothing beside it
+                    trained_encoder_kept=((TRAINED_ENCODER in ckpt)
+                                          if fit and fit.get("kept", True) else None),
                     checkpoint=path)
     if run.floaters and run.floaters["cells"]:
         log.info("%s: floaters: %s (--keep-floaters keeps them)", path, run.floaters_note())
