@@ -1,8 +1,8 @@
 """HuBERT speech features (``hubert``): the last hidden layer of ``facebook/hubert-large-ls960-ft``
 at 50 frames/s, 1024-d, the audio feature of ER-NeRF, SyncTalk's HuBERT option, TalkingGaussian
-and GaussianTalker. Trained on 960 hours of many speakers, it reads other people's speech more
-alike than a spectrum does; it needs the ``transformers`` package and the model's weights
-(1.26 GB).
+and GaussianTalker, which use it for the mouth to follow other people's speech (it was
+trained on 960 hours of many speakers; not measured against ``mel+ow`` here, where its weights
+cannot be downloaded). It needs the ``transformers`` package and the model's weights (1.26 GB).
 
 Weights: a folder ``hubert-large-ls960-ft/`` in the HuggingFace layout (``config.json``,
 ``preprocessor_config.json``, ``model.safetensors`` or ``pytorch_model.bin``) in ``--weights
