@@ -46,10 +46,9 @@ def test_pipeline_chains_steps_and_skips_finished_ones(tmp_path, monkeypatch):
     assert [c[0] for c in calls] == ["preprocess", "train", "train", "evaluate"]
 
 
-def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
-    """--words: preprocessing gets audio.respeak_words (an absolute path), the head and lips
-    stages train.voice_encoder_steps=3000 (the audio encoder refitted for the synthetic
-    voices) unless --set gives another value; the torso stage none."""
+def _recording_pipeline(tmp_path, monkeypatch):
+    """A stand-in video, an empty words file, and the list the pipeline's subcommands are
+    recorded in instead of run."""
     video = tmp_path / "v.mp4"
     video.write_bytes(b"not really a video: preprocess is replaced below")
     words = tmp_path / "words.json"
@@ -57,6 +56,14 @@ def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(pipeline, "_subcommand", lambda argv: calls.append(argv))
     monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    return video, words, calls
+
+
+def test_words_reach_preprocessing_and_training(tmp_path, monkeypatch):
+    """--words: preprocessing gets audio.respeak_words (an absolute path), the head and lips
+    stages train.voice_encoder_steps=3000 (the audio encoder refitted for the synthetic
+    voices) unless --set gives another value; the torso stage none."""
+    video, words, calls = _recording_pipeline(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     args = _args(str(video), "--preset", "head,torso", "--out", str(tmp_path / "out"),
                  "--words", "words.json", "--device", "cpu")
@@ -85,13 +92,7 @@ def test_hubert_reaches_preprocessing_and_every_stage_without_a_refit(tmp_path, 
     """--audio-feature hubert: preprocessing also writes HuBERT's features (recorded in
     run.json, so a rerun without it is refused), every stage trains on them, none refits the
     encoder for the other voices (written for mel and ow only); --set data.audio wins."""
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"not really a video: preprocess is replaced below")
-    words = tmp_path / "words.json"
-    words.write_text("[]")
-    calls = []
-    monkeypatch.setattr(pipeline, "_subcommand", lambda argv: calls.append(argv))
-    monkeypatch.setattr(pipeline, "write_val_audio", lambda data, dest: dest)
+    video, words, calls = _recording_pipeline(tmp_path, monkeypatch)
     out = tmp_path / "out"
     pipeline.run(_args(str(video), "--preset", "head,torso", "--out", str(out), "--words",
                        str(words), "--audio-feature", "hubert", "--device", "cpu"))
