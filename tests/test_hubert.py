@@ -234,3 +234,18 @@ def test_info_says_where_hubert_stands(weights, tmp_path):
     missing = info(NERFHEAD_WEIGHTS=str(tmp_path), NERFHEAD_OFFLINE="1",
                    XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert missing.startswith("unavailable") and "NERFHEAD_OFFLINE=1" in missing
+
+
+def test_an_earlier_download_is_found_offline(tmp_path, monkeypatch):
+    """The snapshot a hub download leaves in ~/.cache/nerfhead/huggingface is used without
+    the network (and `info` calls it available)."""
+    save_small_hubert(tmp_path / "fresh")
+    snap = (tmp_path / "cache" / "nerfhead" / "huggingface" / "models--facebook--hubert-large-ls960-ft"
+            / "snapshots" / "0123abc")
+    snap.parent.mkdir(parents=True)
+    (tmp_path / "fresh" / H.HUBERT_DIR).rename(snap)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("NERFHEAD_WEIGHTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("NERFHEAD_OFFLINE", "1")
+    assert H.find_local() == snap
+    assert H.hubert_stream(speechlike(0.5)).shape == (25, HIDDEN)

@@ -6,9 +6,9 @@ cannot be downloaded). It needs the ``transformers`` package and the model's wei
 
 Weights: a folder ``hubert-large-ls960-ft/`` in the HuggingFace layout (``config.json``,
 ``preprocessor_config.json``, ``model.safetensors`` or ``pytorch_model.bin``) in ``--weights
-DIR``, ``$NERFHEAD_WEIGHTS`` or ``~/.cache/nerfhead`` (``nerfhead.weights.search_dirs``); else
-downloaded from the HuggingFace hub into ``~/.cache/nerfhead/huggingface`` unless
-``NERFHEAD_OFFLINE=1``. What cannot be had raises ``WeightsUnavailable`` naming every place
+DIR``, ``$NERFHEAD_WEIGHTS`` or ``~/.cache/nerfhead`` (``nerfhead.weights.search_dirs``), or
+the snapshot an earlier download left; else downloaded from the HuggingFace hub into
+``~/.cache/nerfhead/huggingface`` unless ``NERFHEAD_OFFLINE=1``. What cannot be had raises ``WeightsUnavailable`` naming every place
 looked at; nothing else is substituted.
 
 The clock: HuBERT's convolutional front end turns each 400 samples into a frame every 320
@@ -52,19 +52,17 @@ def transformers_available() -> bool:
 
 
 def find_local(weights_dir=None) -> Path | None:
-    """The first ``hubert-large-ls960-ft`` folder with a config.json in the weights search
-    path, or None."""
-    from nerfhead.weights import search_dirs
+    """The model's files on this machine, or None: the first ``hubert-large-ls960-ft`` folder
+    with a config.json in the weights search path, else the snapshot an earlier download left
+    in ``~/.cache/nerfhead/huggingface``."""
+    from nerfhead.weights import cache_dir, search_dirs
 
     for d in search_dirs(weights_dir):
         if (d / HUBERT_DIR / "config.json").is_file():
             return d / HUBERT_DIR
-    return None
-
-
-def hubert_available(weights_dir=None) -> bool:
-    """True when the features can be made here without a download."""
-    return transformers_available() and find_local(weights_dir) is not None
+    repo = cache_dir() / "huggingface" / ("models--" + HUBERT_MODEL.replace("/", "--"))
+    snapshots = sorted((repo / "snapshots").glob("*/config.json"), key=lambda f: f.stat().st_mtime)
+    return snapshots[-1].parent if snapshots else None
 
 
 @lru_cache(maxsize=2)
@@ -79,7 +77,7 @@ def _load(source: str, device: str, cache: str | None):
 
 
 def load_hubert(weights_dir=None, device: str | None = None):
-    """(feature extractor, HubertModel in eval mode) from a local folder, else the hub.
+    """(feature extractor, HubertModel in eval mode) from this machine's files, else the hub.
     ``WeightsUnavailable`` when neither works, with what was tried and why."""
     import torch
 
@@ -93,7 +91,7 @@ def load_hubert(weights_dir=None, device: str | None = None):
     if local is not None:
         try:
             return _load(str(local), device, None)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # missing or damaged files come in many types: say which
             raise WeightsUnavailable(f"hubert weights in {local} cannot be loaded: {e}. "
                                      f"It must hold {HUBERT_MODEL} in the HuggingFace layout "
                                      "(config.json, preprocessor_config.json, "
@@ -106,12 +104,14 @@ def load_hubert(weights_dir=None, device: str | None = None):
             log.info("audio: loading %s from the HuggingFace hub (1.26 GB on first use)",
                      HUBERT_MODEL)
             return _load(HUBERT_MODEL, device, str(cache_dir() / "huggingface"))
-        except (OSError, ValueError) as e:  # no network, no such file, a broken download
-            reason = f"download of {HUBERT_MODEL} failed: {str(e).splitlines()[0]}"
+        except Exception as e:  # network errors come in many types: report, do not hide
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = f"download of {HUBERT_MODEL} failed: {first}"
     raise WeightsUnavailable(f"hubert weights ({HUBERT_MODEL}) unavailable: no {HUBERT_DIR}/ "
                              f"with a config.json in {tried}; {reason}. Download it where you "
                              f"have a network (`hf download {HUBERT_MODEL} --local-dir "
-                             f"DIR/{HUBERT_DIR}`, huggingface_hub's command) and set NERFHEAD_WEIGHTS=DIR")
+                             f"DIR/{HUBERT_DIR}`, huggingface_hub's command) and set "
+                             "NERFHEAD_WEIGHTS=DIR")
 
 
 def num_hubert_frames(num_samples: int) -> int:
