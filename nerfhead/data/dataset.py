@@ -176,15 +176,20 @@ def _load_audio_file(p: Path) -> np.ndarray:
 
 def _stream_windows(arr: np.ndarray, p: Path) -> np.ndarray:
     """[N, 2, C] (two 50-Hz rows per 25-fps frame) -> [N, STREAM_WINDOW, C] windows centred
-    on each frame, edge-padded: what ``nerfhead.audio.features.extract`` gives new audio."""
-    from nerfhead.audio.features import frame_windows
-
+    on each frame, edge-padded: what ``nerfhead.audio.features.extract`` gives new audio. A
+    read-only strided view of the stream (edge rows added), not a copy: the windows overlap
+    eightfold, and each split of a 5-minute clip would otherwise hold 0.5 GB of them."""
     if arr.shape[1] != 2:
         raise DatasetError(f"dataset: {p} must be [N, 2, C] (two 50-Hz feature frames per "
                            f"video frame, ER-NeRF's layout), got {arr.shape}")
-    n = arr.shape[0]
-    stream = np.asarray(arr, np.float32).reshape(2 * n, arr.shape[2])
-    return frame_windows(stream, n, fps=25.0, window=STREAM_WINDOW, rate=50.0)
+    n, c = arr.shape[0], arr.shape[2]
+    half = STREAM_WINDOW // 2  # frame i's window: stream rows 2i - half .. 2i + half - 1
+    stream = np.asarray(arr, np.float32).reshape(2 * n, c)
+    padded = np.concatenate([np.repeat(stream[:1], half, axis=0), stream,
+                             np.repeat(stream[-1:], half - 1, axis=0)])
+    rows, cols = padded.strides
+    return np.lib.stride_tricks.as_strided(padded, shape=(n, STREAM_WINDOW, c),
+                                           strides=(2 * rows, rows, cols), writeable=False)
 
 
 def audio_files(kind: str) -> list[str]:
