@@ -14,8 +14,9 @@ speech embedding model (onnxruntime + openwakeword's shipped ONNX files) is inst
 kinds were written is recorded in the manifest so training can pick one that exists. Asked
 for (``kinds`` with ``hubert``), it also writes HuBERT's features, ``aud_hu.npy`` [N, 2, 1024]
 (ER-NeRF's layout; ``nerfhead.audio.hubert``: transformers and the model's weights, or the
-step refuses saying which is missing), without other voices (HuBERT was trained on many
-speakers; the voices would take 16 times the space). Beside
+step refuses saying which is missing), without other voices (the refit and
+``train.voice_augment`` read the ``mel`` and ``ow`` ones; HuBERT was trained on many
+speakers). Beside
 each it writes the same features of the clip's speech in other voices (``voice_shifts``,
 semitones; ``nerfhead.audio.voice``), ``aud_<kind>_voices.npy`` [V, N, 16, C] float16, which
 training mixes in (``train.voice_augment``) so that the mouth follows other speakers too.
@@ -169,11 +170,8 @@ def run(ctx: StepContext) -> dict:
     n = ctx.num_frames()
     fps = float(ctx.manifest["video"].get("fps", 25.0))
     missing = [k for k in cfg.kinds if k in FILES and not _available(k)]
-    if "hubert" in missing:
-        raise StepError(STEP, "audio feature 'hubert' needs the transformers package, which "
-                              "is not installed (pip install transformers), or leave hubert "
-                              "out of audio.kinds")
-    if "hubert" in cfg.kinds:  # before the minutes of other voices: its weights may be missing
+    if "hubert" in cfg.kinds:  # before the minutes of other voices: transformers or the
+        # weights may be missing (asked for, so refused, not skipped as 'ow' is)
         from nerfhead.audio.hubert import load_hubert
         from nerfhead.weights import WeightsUnavailable
 
