@@ -56,6 +56,16 @@ def test_the_refit_maps_other_voices_onto_the_own_voice_codes_and_keeps_those():
     _, held = refit_audio_encoder(enc, own, voices, np.arange(300), steps=400, batch=64,
                                   lr=3e-3, seed=0, check_frames=np.arange(300, 400))
     assert held.checked_on == "100 validation frames"
+    # the curve along the refit: at step 0 the student is the trained encoder, at the end the
+    # figures of the record; steps every check_every (500 > 400: the start and the end only)
+    assert [c[0] for c in held.curve] == [0, 400]
+    assert held.curve[0][1] == pytest.approx(np.mean(held.error_before), abs=1e-4)
+    assert held.curve[0][2] == pytest.approx(0.0, abs=1e-6)
+    assert held.curve[-1][1:] == [round(float(np.mean(held.error_after)), 4), round(held.error_own, 4)]
+    _, every = refit_audio_encoder(enc, own, voices, np.arange(300), steps=400, batch=64,
+                                   lr=3e-3, seed=0, check_frames=np.arange(300, 400), check_every=100)
+    assert [c[0] for c in every.curve] == [0, 100, 200, 300, 400]
+    assert every.error_after == held.error_after  # measuring along the way changes nothing
     # the same student, the same frames (the unit, the codes' spread, is the training frames')
     assert held.error_after[0] / held.error_before[0] == pytest.approx(err_student / err_teacher, rel=1e-4)
 

@@ -61,6 +61,9 @@ class VoiceFit:
     #: it brought the codes no closer on the whole (``refit_is_worse``: a refit that learnt a
     #: short clip's few frames by heart), so the run kept the encoder as trained
     kept: bool = True
+    #: [[refit step, other voices' error, own voice's error], ...] along the refit, on the same
+    #: frames, every ``check_every`` steps: where it stops getting better, or never does
+    curve: list = field(default_factory=list)
 
     def summary(self) -> str:
         text = (f"audio encoder refitted for other voices ({self.voices} in the dataset, "
@@ -100,13 +103,14 @@ def _errors(teacher: AudioEncoder, student: AudioEncoder, own, voices, rows, var
 def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, steps: int,
                         own_fraction: float = 0.25, batch: int = 256, lr: float = 1e-3,
                         seed: int = 0, progress: bool = False,
-                        check_frames: np.ndarray | None = None) -> tuple[AudioEncoder, VoiceFit]:
+                        check_frames: np.ndarray | None = None,
+                        check_every: int = 500) -> tuple[AudioEncoder, VoiceFit]:
     """A copy of ``encoder`` refitted so that the windows of ``voices`` [V, N, T, C] give the
     codes ``encoder`` gives for ``own`` [N, T, C] at the same frame; ``frames``: the rows to
     learn from (the training frames); ``check_frames``: rows to measure the errors on (the
-    validation frames; None: every 7th of ``frames``). ``own_fraction`` of each batch reads
-    the own voice. Adam, ``lr`` decaying to lr / 10, seeded by ``seed``. ``encoder`` is not
-    changed."""
+    validation frames; None: every 7th of ``frames``), also every ``check_every`` steps
+    (``VoiceFit.curve``; 0: only at the end). ``own_fraction`` of each batch reads the own
+    voice. Adam, ``lr`` decaying to lr / 10, seeded by ``seed``. ``encoder`` is not changed."""
     if voices is None or voices.shape[0] == 0:
         raise ValueError("refit_audio_encoder needs the clip's speech in other voices")
     device = next(encoder.parameters()).device
@@ -124,6 +128,21 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
         var = teacher(_windows(own, rng.choice(frames, min(2048, len(frames)), replace=False),
                                device)).var(0).mean().clamp(min=1e-8)
     V = voices.shape[0]
+    if check_frames is not None and len(check_frames):
+        check = np.unique(np.asarray(check_frames, dtype=np.int64))
+        checked_on = f"{len(check)} validation frames"
+    else:
+        check = frames[::7] if len(frames) >= 7 else frames
+        checked_on = f"{len(check)} training frames"
+    curve = []
+
+    def measure(step: int) -> tuple[float, list, list]:
+        student.eval()
+        own_error, before, after = _errors(teacher, student, own, voices, check, var, device)
+        student.train()
+        curve.append([step, round(float(np.mean(after)), 4), round(own_error, 4)])
+        return own_error, before, after
+
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -131,7 +150,9 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
 
         bar = tqdm(total=steps, unit="it", desc="refit audio encoder for other voices",
                    dynamic_ncols=True)
-    for _ in range(steps):
+    for s in range(steps):
+        if check_every and s % check_every == 0:
+            measure(s)
         rows = rng.choice(frames, batch)
         voice = rng.integers(0, V, batch)
         use_own = rng.random(batch) < own_fraction
@@ -152,17 +173,11 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
             bar.set_postfix(error=f"{loss.item():.3f}")
     if bar is not None:
         bar.close()
+    error_own, before, after = measure(steps)
     student.eval()
-    if check_frames is not None and len(check_frames):
-        check = np.unique(np.asarray(check_frames, dtype=np.int64))
-        checked_on = f"{len(check)} validation frames"
-    else:
-        check = frames[::7] if len(frames) >= 7 else frames
-        checked_on = f"{len(check)} training frames"
-    error_own, before, after = _errors(teacher, student, own, voices, check, var, device)
     return student, VoiceFit(steps=steps, seconds=round(time.perf_counter() - t0, 1), voices=V,
                              error_own=error_own, error_before=before, error_after=after,
-                             checked_on=checked_on)
+                             checked_on=checked_on, curve=curve)
 
 
 def refit_model_audio_encoder(model, train_set, val_set, train, run_dir, step: int, get_writer,
@@ -205,6 +220,9 @@ def refit_model_audio_encoder(model, train_set, val_set, train, run_dir, step: i
     w.add_scalar("voice_encoder/error_before", float(np.mean(fit.error_before)), step)
     w.add_scalar("voice_encoder/error_after", float(np.mean(fit.error_after)), step)
     w.add_scalar("voice_encoder/error_own", fit.error_own, step)
+    for refit_step, others, own_error in fit.curve:  # x: the refit's own steps
+        w.add_scalar("voice_encoder/refit_error_others", others, refit_step)
+        w.add_scalar("voice_encoder/refit_error_own", own_error, refit_step)
     append_metrics(run_dir, {"step": step, "voice_fit": dataclasses.asdict(fit)})
     return fit, trained
 
