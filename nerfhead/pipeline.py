@@ -160,15 +160,17 @@ def run_dir_of(out: Path, k: int, stage: str) -> Path:
 AUTO_WORDS = "audio.respeak_words=auto"
 
 
-def synthetic_voices_missing() -> str | None:
-    """Why the synthetic voices of recognised words cannot be made here, or None."""
+def synthetic_voices_missing(voices: list[str] | None = None) -> str | None:
+    """Why the synthetic voices of recognised words (``voices``, default preprocessing's
+    ``audio.respeak_voices``) cannot be made here, or None."""
     from nerfhead.audio.respeak import AudioError, parse_voice, voice_unavailable
     from nerfhead.audio.words import unavailable_reason
     from preprocess.audio import AudioConfig
 
     reasons = [unavailable_reason()]
     try:
-        reasons += [voice_unavailable(parse_voice(v)) for v in AudioConfig().respeak_voices]
+        reasons += [voice_unavailable(parse_voice(v))
+                    for v in (AudioConfig().respeak_voices if voices is None else voices)]
     except (AudioError, OSError) as e:  # flite -lv failing
         reasons.append(str(e))
     reasons = list(dict.fromkeys(r for r in reasons if r))
@@ -195,6 +197,17 @@ def resolve_words(args) -> None:
         args.words = (None if AUTO_WORDS not in had else
                       "default" if "audio.respeak_optional=true" in had else "auto")
         return
+    if _hubert(args):  # no voices to train on: the words only give the score under EVAL_VOICE
+        reason = synthetic_voices_missing([EVAL_VOICE])
+        if reason:
+            log.warning("nerfhead run: no lip-sync score under another voice (%s). --words none "
+                        "silences this", reason)
+            args.words = None
+            return
+        log.info("nerfhead run: the clip's words will be recognised, to score lip sync under "
+                 "another voice (--transcript FILE gives the right words; --words none: without)")
+        args.words = "default"
+        return
     reason = synthetic_voices_missing()
     if reason:
         log.warning("nerfhead run: training without synthetic voices of the clip's words (%s); "
@@ -218,19 +231,25 @@ def preprocess_options(args) -> list[str]:
     if getattr(args, "rotate", None):
         options += ["--rotate", str(args.rotate)]
     words = getattr(args, "words", None)
+    hubert = _hubert(args)
     if words == "default":  # recognised, and optional: run goes on where they cannot be made
         options += ["--set", AUTO_WORDS, "--set", "audio.respeak_optional=true"]
-    elif words:
+    elif words == "auto" or (words and not hubert):
         options += ["--set", f"audio.respeak_words={words if words == 'auto' else Path(words).resolve()}"]
+    # (a HuBERT run reads a --words file itself, for the score under EVAL_VOICE: _clip_words)
     if getattr(args, "transcript", None):
         options += ["--set", f"audio.transcript={Path(args.transcript).resolve()}"]
-    if _hubert(args):
-        options += ["--set", HUBERT_KINDS]
+    if hubert:
+        options += ["--set", HUBERT_KINDS, *HUBERT_NO_VOICES]
     return options
 
 
 #: what ``--audio-feature hubert`` adds to preprocessing: HuBERT's features beside the others
 HUBERT_KINDS = "audio.kinds=[mel,ow,hubert]"
+#: ... and no other voices: they are written for mel and ow only (HuBERT was trained on many
+#: voices, and its run's encoder is not refitted), so making them would be minutes for nothing;
+#: the words alone are still recognised or aligned (words.txt) for the score under EVAL_VOICE
+HUBERT_NO_VOICES = ("--set", "audio.respeak_voices=[]", "--set", "audio.voice_shifts=[]")
 
 
 def _hubert(args) -> bool:

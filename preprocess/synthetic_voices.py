@@ -35,9 +35,12 @@ def respoken(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> list:
         except StepError as e:
             if not cfg.respeak_optional:
                 raise
-            ctx.log.warning("audio: no synthetic voices (audio.respeak_optional): %s. Training "
-                            "mixes in the other voices only; the mouth follows other speakers "
-                            "less well (docs/benchmarks.md)", e)
+            if not cfg.respeak_voices:  # only the words were asked for
+                ctx.log.warning("audio: no word timings (audio.respeak_optional): %s", e)
+            else:
+                ctx.log.warning("audio: no synthetic voices (audio.respeak_optional): %s. "
+                                "Training mixes in the other voices only; the mouth follows "
+                                "other speakers less well (docs/benchmarks.md)", e)
     # nor the picture of voices or the words an earlier run wrote
     ctx.path(RESPEAK_PREVIEW).unlink(missing_ok=True)
     ctx.path(WORDS_FILE).unlink(missing_ok=True)
@@ -56,6 +59,12 @@ def _respeak_voices(ctx: StepContext, cfg: AudioConfig, samples: np.ndarray) -> 
     except AudioError as e:
         raise StepError(STEP, f"audio.respeak_voices: {e}") from e
     if not voices:
+        if cfg.transcript or cfg.respeak_words == "auto":  # the words alone (words.txt): what
+            _words_from_audio(ctx, cfg, samples)  # `nerfhead run --audio-feature hubert` scores with
+            ctx.path(RESPEAK_PREVIEW).unlink(missing_ok=True)  # an earlier run's voices
+            ctx.log.info("audio: no synthetic voices (audio.respeak_voices is empty): %s only",
+                         WORDS_FILE)
+            return []
         raise StepError(STEP, "audio.respeak_words is set but audio.respeak_voices is empty: name "
                               "voices (e.g. flite:kal16) or unset audio.respeak_words")
     unavailable = [r for r in map(voice_unavailable, voices) if r]

@@ -97,6 +97,10 @@ def test_hubert_reaches_preprocessing_and_every_stage_without_a_refit(tmp_path, 
     pipeline.run(_args(str(video), "--preset", "head,torso", "--out", str(out), "--words",
                        str(words), "--audio-feature", "hubert", "--device", "cpu"))
     assert pipeline.HUBERT_KINDS in calls[0]
+    # no other voices made (mel and ow only, never read by a HuBERT run); a words file is
+    # not preprocessing's (the score under another voice reads it)
+    assert " ".join(pipeline.HUBERT_NO_VOICES) in " ".join(calls[0])
+    assert not any(o.startswith("audio.respeak_words") for o in calls[0])
     head, torso = calls[1], calls[2]
     assert "data.audio=hubert" in head and "data.audio=hubert" in torso
     assert not any("voice_encoder" in o for o in head)
@@ -108,6 +112,15 @@ def test_hubert_reaches_preprocessing_and_every_stage_without_a_refit(tmp_path, 
                        "--audio-feature", "hubert", "--set", "data.audio=mel", "--words", "none",
                        "--device", "cpu"))
     assert [o for o in calls[1] if o.startswith("data.audio")] == ["data.audio=mel"]
+    # recognised words (--words auto, or the default where the recogniser and the scoring
+    # voice are here): preprocessing writes words.txt alone, without voices
+    for n, opts in enumerate((["--words", "auto"], [])):
+        calls.clear()
+        monkeypatch.setattr(pipeline, "synthetic_voices_missing", lambda voices=None: None)
+        pipeline.run(_args(str(video), "--preset", "head", "--out", str(tmp_path / f"w{n}"), *opts,
+                           "--audio-feature", "hubert", "--device", "cpu"))
+        assert pipeline.AUTO_WORDS in calls[0] and "audio.respeak_voices=[]" in calls[0]
+        assert not any("voice_encoder" in o for o in calls[1])
 
 
 def test_synthetic_voices_are_the_default_where_they_can_be_made(tmp_path, monkeypatch, caplog):

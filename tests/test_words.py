@@ -151,12 +151,12 @@ def test_the_audio_step_aligns_a_transcript_or_recognises_the_words(grid_video, 
     second = [w for w in grid_words(shared_dir, sentences=2) if w.start >= SENTENCE_SECONDS]
     transcript.write_text(" ".join(w.word for w in second) + "\n")
 
-    def run(words=None, text=transcript, optional=False):
+    def run(words=None, text=transcript, optional=False, voices=("flite:slt",)):
         cfg = SimpleNamespace(decode=DecodeConfig(crop_size=64, probe_frames=2, max_seconds=3.0,
                                                   start_seconds=3.0),
                               audio=AudioConfig(kinds=["mel"], voice_shifts=[], respeak_words=words,
                                                 transcript=str(text) if text else None,
-                                                respeak_voices=["flite:slt"],
+                                                respeak_voices=list(voices),
                                                 respeak_optional=optional),
                               weights_dir=None)
         return {r.name: r.status for r in driver.run_steps(grid_video, out, cfg, steps=[DECODE, AUDIO])}
@@ -175,6 +175,15 @@ def test_the_audio_step_aligns_a_transcript_or_recognises_the_words(grid_video, 
     assert record["respeak_words_from"] == "recognised"
     with pytest.raises(StepError, match="both give the words"):
         run(words=str(tmp_path / "timings.txt"))
+    # no voices asked for (`nerfhead run --audio-feature hubert`): the words alone, for the
+    # lip-sync score under another voice; the voices and their picture of an earlier run go
+    assert (out / "previews" / "respeak.png").exists()
+    assert run(voices=[])["audio"] == "ran"
+    assert [w.word for w in R.read_word_timings(out / "words.txt")] == [w.word for w in second]
+    assert not (out / "aud_mel_voices.npy").exists()
+    assert not (out / "previews" / "respeak.png").exists()
+    with pytest.raises(StepError, match="respeak_voices is empty"):  # a timings file: nothing to do
+        run(words=str(tmp_path / "timings.txt"), text=None, voices=[])
     assert run(words=None, text=None)["audio"] == "ran"
     assert not (out / "words.txt").exists() and not (out / "aud_mel_voices.npy").exists()
 
