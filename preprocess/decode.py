@@ -152,9 +152,20 @@ def probe(path: Path, rotate: int = 0) -> VideoInfo:
     if video is None:
         last = [ln for ln in err.strip().splitlines() if ln.strip()]
         reason = last[-1].strip() if last else "ffmpeg could not read it"
+        way = "Check that it plays, then copy or export it again"
         if "Output file" in reason or "At least one output" in reason:
             reason = "no video stream"
-        raise StepError(STEP, f"not a readable video: {reason}", path)
+            if re.search(r"Stream #\S+.*?: Audio:", err):
+                reason += " (this is a sound file)"
+                way = "Give the video of the speaker talking, with its sound"
+        elif path.stat().st_size == 0:
+            reason = "the file is empty (0 bytes)"
+        elif "moov atom not found" in err:
+            # an MP4/MOV writes its index last: a file cut short has none
+            reason = ("its index (the MP4 'moov' atom) is missing: the file is cut short (a copy "
+                      "or download that did not finish, or a recording that was not stopped "
+                      "properly)")
+        raise StepError(STEP, f"not a readable video: {reason}. {way}", path)
     fps_m = re.search(r"Video:.*?([\d.]+) fps", err)
     dur_m = re.search(r"Duration: (\d+):(\d+):([\d.]+)", err)
     tbr_m = re.search(r"Video:.*?([\d.]+) tbr", err)
@@ -180,6 +191,13 @@ class StreamTiming:
     end: float  #: seconds from the container's start to the end of the last frame
     avg_fps: float | None  #: (frames - 1) / (last - first timestamp)
     irregular: float  #: fraction of frame intervals more than 10% away from the median one
+    #: the demuxer's word when the file ends before the data its index lists (cut short), else None
+    cut_short: str | None = None
+
+
+#: what ffmpeg's demuxers log for a file that ends before the data its header lists (mov/mp4
+#: "stream 0, offset 0x..: partial file"; matroska "File ended prematurely")
+_CUT_SHORT = re.compile(r"partial file|ended prematurely", re.I)
 
 
 def stream_timing(path: Path) -> StreamTiming | None:
@@ -206,7 +224,9 @@ def stream_timing(path: Path) -> StreamTiming | None:
         avg = (len(pts) - 1) / ((pts[-1] - pts[0]) * unit) if pts[-1] > pts[0] else None
     else:
         irregular, avg = 0.0, None
-    return StreamTiming(len(pts), dur * unit - t0, avg, irregular)
+    cut = next((ln.split("] ", 1)[-1].strip() for ln in proc.stderr.splitlines()
+                if _CUT_SHORT.search(ln)), None)
+    return StreamTiming(len(pts), dur * unit - t0, avg, irregular, cut)
 
 
 def count_source_frames(path: Path) -> int | None:
@@ -443,6 +463,12 @@ def _write_audio(path: Path, dest: Path, start: float, seconds: float, cfg: Deco
         base = shift - int(round(early * sr))  # where the first decoded sample goes
         a, b = max(base, 0), max(0, min(n, base + samples.size))
         placed[a:b] = samples[a - base:b - base]
+    if not np.isfinite(placed).all():  # float PCM passes through as it is; NaN would become 0
+        bad = np.flatnonzero(~np.isfinite(placed))
+        raise StepError(STEP, f"the audio track is damaged: {bad.size} of its samples are not "
+                              f"numbers (NaN) or infinite, from {start + bad[0] / sr:.2f} s to "
+                              f"{start + bad[-1] / sr:.2f} s; export the video again from its "
+                              "source (its sound included)", path)
     gaps, overlaps = found["gaps"], found["overlaps"]
     start_offset = found["start"] - shift  # the source's own, before the requested shift
     if early and start_offset <= jitter - int(round(early * sr)):
@@ -491,6 +517,19 @@ def run(ctx: StepContext) -> dict:
         raise StepError(STEP, "the video has no audio track (a talking head needs its speech)", path)
     timing = stream_timing(path)
     src_frames = timing.frames if timing else None
+    if timing and timing.cut_short and timing.end > 0:
+        # a faststart MP4 (index first) cut short demuxes cleanly up to the cut: its frames
+        # stop early, which alone reads like a container that outlasts its video stream
+        first = max(0.0, cfg.start_seconds)
+        wanted = info.duration if cfg.max_seconds is None else min(info.duration,
+                                                                   first + cfg.max_seconds)
+        if timing.end < wanted - 1.0 / max(info.fps or cfg.fps, 1.0):
+            intact = max(0.0, timing.end - first - 0.1)
+            raise StepError(STEP, f"corrupt or truncated: the file is cut short "
+                                  f"({timing.cut_short}): its header promises {info.duration:.2f} s "
+                                  f"but the video stops at {timing.end:.2f} s (a copy or download "
+                                  "that did not finish?). Copy or export it again; or use the "
+                                  f"intact part with --max-seconds {intact:.1f}", path)
     if timing and timing.end > 0:
         # the video stream's own end: the container (e.g. a longer audio track) may outlast it
         info.duration = min(info.duration, timing.end) if info.duration else timing.end

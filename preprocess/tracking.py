@@ -269,7 +269,10 @@ def run_tracking(ctx: StepContext, cfg: TrackingConfig) -> dict:
     cand = candidate_points(mask, cfg)
     if len(cand) < cfg.num_keypoints:
         raise StepError("tracking", f"only {len(cand)} candidate pixels in the rigid head region "
-                        f"of frame {ref}; is the face too small?", ctx.path(f"ori_imgs/{ref}.jpg"))
+                        f"of frame {ref} (need {cfg.num_keypoints}); is the face too small? The "
+                        f"frames are {width} px: preprocess into a new --out with a larger "
+                        "--crop-size (default 512), or use a video where the face is larger",
+                        ctx.path(f"ori_imgs/{ref}.jpg"))
     from preprocess.parallel import num_workers
     from preprocess.progress import step_progress
 

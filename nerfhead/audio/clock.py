@@ -61,9 +61,13 @@ def decode_audio_frames(path, start: float, seconds: float | None, sr: int,
     if proc.returncode != 0:
         lines = [ln for ln in err.strip().splitlines() if "ashowinfo" not in ln]
         if any("matches no streams" in ln or "does not contain any stream" in ln for ln in lines):
-            raise ClockError(f"{path} has no audio stream")
+            raise ClockError(f"{path} has no audio stream (a video without sound, or a picture); "
+                             "give a file with the speech: a WAV, MP3, M4A, or a video with sound")
+        empty = Path(path).is_file() and Path(path).stat().st_size == 0
         raise ClockError(f"cannot decode audio from {path}: "
-                         f"{lines[-1][-300:] if lines else f'ffmpeg exit {proc.returncode}'}")
+                         + ("the file is empty (0 bytes)" if empty else
+                            lines[-1][-300:] if lines else f"ffmpeg exit {proc.returncode}")
+                         + ". Is it an audio or video file? Check that it plays, or export it again")
     samples = np.frombuffer(proc.stdout, "<f4")
     frames = np.array([(int(m.group(1)), int(m.group(2))) for m in _FRAME_LOG.finditer(err)],
                       np.int64).reshape(-1, 2)

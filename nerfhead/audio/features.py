@@ -60,6 +60,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
+    check_wav_length(path)
     try:
         samples, found = load_on_clock(path, sr)
     except ClockError as e:
@@ -71,8 +72,54 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
                     found["overlap_seconds"])
     if samples.size == 0:
         raise AudioError(f"{path}: audio stream is empty")
+    if not np.isfinite(samples).all():
+        # float WAV/CAF samples pass through ffmpeg as they are: NaN would reach the features
+        # (and the network) and the soundtrack; infinity would be clipped to a full-scale click
+        bad = np.flatnonzero(~np.isfinite(samples))
+        raise AudioError(f"{path}: {bad.size} of its {samples.size} samples are not numbers (NaN) "
+                         f"or infinite, from {bad[0] / sr:.2f} s to {bad[-1] / sr:.2f} s: the file "
+                         "is damaged (a float recording written by a failing program?); export it "
+                         "again from its source")
     # decoded as float, a lossy codec's overshoot passes 1.0 (the 16-bit decode clipped it)
     return np.clip(samples, -1.0, 1.0)
+
+
+def check_wav_length(path: Path) -> None:
+    """Refuse a RIFF WAV file whose header promises more audio than the file holds (copied
+    or downloaded in part): ffmpeg decodes what is there without a word, so a render would
+    be silently shorter than the speech. A header of a recording that never finished
+    (data size 0 or 0xFFFFFFFF, "unknown") is not a promise and passes."""
+    import shlex
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        byte_rate = 0
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt " and n >= 16:
+                fmt = f.read(16)
+                byte_rate = struct.unpack("<HHIIHH", fmt)[3] if len(fmt) == 16 else 0
+                f.seek(n - 16 + (n & 1), 1)
+            elif cid == b"data":
+                have = size - f.tell()
+                if n in (0, 0xFFFFFFFF) or n <= have:
+                    return
+                rate = float(byte_rate or 1)
+                unit = "s" if byte_rate else "bytes"
+                raise AudioError(
+                    f"{path} is truncated: its WAV header promises {n / rate:.2f} {unit} of "
+                    f"audio but the file holds only {have / rate:.2f} {unit} (copied or "
+                    "downloaded in part?); copy or export it again. To use the part that is "
+                    f"there, rewrite it first: ffmpeg -i {shlex.quote(str(path))} whole.wav")
+            else:
+                f.seek(n + (n & 1), 1)
 
 
 # ---------------------------------------------------------------------------------------- mel

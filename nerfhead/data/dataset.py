@@ -59,6 +59,13 @@ class DatasetError(RuntimeError):
     """A dataset folder is missing something or holds a malformed file (named in the message)."""
 
 
+#: the way forward for a dataset file that is damaged or cut short (a preprocessed dataset
+#: checks its outputs by content, so a rerun redoes just the step that wrote the file)
+_REWRITE = ("was it damaged, cut short or deleted after preprocessing (copied in part?)? Rerun "
+            "`nerfhead preprocess VIDEO --out DATA` with the dataset's video and options, which "
+            "redoes the step that wrote it, or copy the dataset folder again")
+
+
 @dataclass
 class DataConfig:
     """How a dataset folder is read and how training rays are drawn from it."""
@@ -117,7 +124,7 @@ def _load_json(path: Path) -> dict:
     except FileNotFoundError as e:
         raise DatasetError(f"dataset: {path} not found (run `nerfhead preprocess` first)") from e
     except json.JSONDecodeError as e:
-        raise DatasetError(f"dataset: {path} is not valid JSON: {e}") from e
+        raise DatasetError(f"dataset: {path} is not valid JSON: {e}; {_REWRITE}") from e
 
 
 def _image_size_of(root: Path, img_id: int) -> tuple[int, int] | None:
@@ -162,11 +169,19 @@ def read_transforms(path) -> tuple[np.ndarray, Camera, np.ndarray, np.ndarray]:
     return c2w, Camera(focal=focal, cx=cx, cy=cy, height=h, width=w), img_ids, aud_ids
 
 
+def read_array(path: Path) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")``; a damaged file is a DatasetError naming it."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"dataset: cannot read {path}: {e}; {_REWRITE}") from e
+
+
 def _load_audio_file(p: Path) -> np.ndarray:
     try:
         arr = np.load(p, mmap_mode="r")
     except ValueError as e:
-        raise DatasetError(f"dataset: cannot read audio features {p}: {e}") from e
+        raise DatasetError(f"dataset: cannot read audio features {p}: {e}; {_REWRITE}") from e
     if arr.ndim == 2:
         arr = arr[:, None, :]
     if arr.ndim != 3 or arr.shape[0] == 0:
@@ -216,7 +231,9 @@ def load_audio_features(root: Path, kind: str = "auto") -> tuple[np.ndarray, str
                                "preprocess's audio step)")
         return np.concatenate([np.asarray(a, np.float32) for a in parts], axis=2), k
     looked = sorted({f for k in order for f in audio_files(k)})
-    raise DatasetError(f"dataset: no audio features in {root} for {kind} (looked for {looked})")
+    raise DatasetError(f"dataset: no audio features in {root} for {kind} (looked for {looked}); "
+                       "rerun `nerfhead preprocess VIDEO --out DATA` with the dataset's video and "
+                       "options: its audio step writes them")
 
 
 def load_audio_voices(root: Path, kind: str, audio_shape: tuple[int, ...]) -> np.ndarray | None:
@@ -233,7 +250,7 @@ def load_audio_voices(root: Path, kind: str, audio_shape: tuple[int, ...]) -> np
         try:
             arrays.append(np.load(p, mmap_mode="r"))
         except ValueError as e:
-            raise DatasetError(f"dataset: cannot read voice features {p}: {e}") from e
+            raise DatasetError(f"dataset: cannot read voice features {p}: {e}; {_REWRITE}") from e
     shapes = [a.shape for a in arrays]
     # every part: [V, N, T, C_part] with the clip's N and T, the same V, channels adding up
     n, t, c = audio_shape
@@ -250,7 +267,7 @@ def load_audio_voices(root: Path, kind: str, audio_shape: tuple[int, ...]) -> np
 def _read_rgb(path: Path, size: tuple[int, int], flags=cv2.IMREAD_COLOR) -> np.ndarray:
     img = cv2.imread(str(path), flags)
     if img is None:
-        raise DatasetError(f"dataset: cannot read image {path}")
+        raise DatasetError(f"dataset: cannot read image {path}; {_REWRITE}")
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     code = cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
@@ -317,7 +334,7 @@ class TalkingHeadDataset:
         p = self.root / name
         if not p.exists():
             return None
-        arr = np.load(p, mmap_mode="r")
+        arr = read_array(p)
         if arr.shape[1:] != tail:
             raise DatasetError(f"dataset: {p} must be [N, {', '.join(map(str, tail))}], got {arr.shape}")
         if arr.shape[0] <= self.img_ids.max():

@@ -53,10 +53,10 @@ def load_blendshapes(data_dir) -> np.ndarray | None:
     p = Path(data_dir) / "bs.npy"
     if not p.is_file():
         return None
-    bs = np.load(p).astype(np.float64)
-    if bs.ndim != 2 or bs.shape[1] != len(BLENDSHAPES):
-        from nerfhead.data.dataset import DatasetError
+    from nerfhead.data.dataset import DatasetError, read_array
 
+    bs = np.asarray(read_array(p), np.float64)
+    if bs.ndim != 2 or bs.shape[1] != len(BLENDSHAPES):
         raise DatasetError(f"dataset: {p} must be [N, 52] MediaPipe blendshapes, got {bs.shape}")
     return bs
 

@@ -61,7 +61,19 @@ def read_transforms_json(path) -> tuple[np.ndarray, np.ndarray]:
                          f" ({e})") from None
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) == 0:
         raise ValueError(f"pose file {path}: expected [N, 4, 4] matrices, got {c2w.shape}")
+    check_finite_poses(c2w, path)
     return c2w, ids
+
+
+def check_finite_poses(c2w: np.ndarray, path) -> None:
+    """Refuse matrices holding NaN or infinity: a camera nowhere renders nothing sensible
+    (with infinity the ray marcher never returned), and nothing downstream notices."""
+    bad = np.flatnonzero(~np.isfinite(c2w).reshape(len(c2w), -1).all(axis=1))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
+        raise ValueError(f"pose file {path}: the matrices of {bad.size} pose(s) hold NaN or "
+                         f"infinite values (pose index {shown}, counting from 0); fix or remove "
+                         "those poses")
 
 
 def load_pose_file(path) -> np.ndarray:
@@ -70,9 +82,14 @@ def load_pose_file(path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"pose file not found: {path}")
     if path.suffix == ".npy":
-        c2w = np.load(path).astype(np.float32)
+        try:
+            c2w = np.load(path).astype(np.float32)
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"pose file {path}: not a readable .npy array ({e}); save the poses "
+                             "with numpy.save as an [N, 4, 4] array") from None
         if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) == 0:
             raise ValueError(f"pose file {path}: expected an [N, 4, 4] array, got {c2w.shape}")
+        check_finite_poses(c2w, path)
         return c2w
     return read_transforms_json(path)[0]
 

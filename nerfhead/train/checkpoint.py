@@ -191,6 +191,10 @@ def read_checkpoint(path_or_run, checkpoint=None, set_aside_unreadable: bool = F
         if checkpoint is None:
             found = list_checkpoints(p)
             if not found:
+                if (p / "transforms_train.json").is_file() or (p / "manifest.json").is_file():
+                    raise CheckpointError(f"{p} is a dataset folder, not a run folder: train a run "
+                                          f"on it first (`nerfhead train {p} --out RUN`) and "
+                                          "give RUN")
                 raise CheckpointError(f"run folder {p} has no checkpoints/step_*.pt (not trained "
                                       "yet, or not a run folder)")
             skipped = []
@@ -212,12 +216,21 @@ def read_checkpoint(path_or_run, checkpoint=None, set_aside_unreadable: bool = F
                 ckpt["skipped"] = [str(b) for b, _ in skipped]
                 return ckpt
             raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(p)}: "
-                                  + "; ".join(str(e) for _, e in skipped))
+                                  + "; ".join(str(e) for _, e in skipped)
+                                  + f". Copy the run folder again from where it was trained, or "
+                                  f"train anew (`nerfhead train DATA --out {p} --force-new` "
+                                  "moves this one aside)")
         elif isinstance(checkpoint, int) or str(checkpoint).isdigit():
             p = checkpoint_dir(p) / f"step_{int(checkpoint):07d}.pt"
         else:
             q = Path(checkpoint)
             p = q if q.is_absolute() or q.exists() else checkpoint_dir(p) / q
+    if checkpoint is None and not p.exists():
+        raise CheckpointError(f"run folder {p} not found (check the path; a run folder is what "
+                              "`nerfhead train --out` made)")
+    if checkpoint is None and p.suffix != ".pt" and not _is_torch_file(p):
+        raise CheckpointError(f"{p} is neither a run folder nor a checkpoint (.pt): give the run "
+                              "folder that `nerfhead train --out` made")
     if not p.is_file():
         others = [c.name for c in list_checkpoints(p.parent.parent)] if p.parent.name == "checkpoints" else []
         raise CheckpointError(f"checkpoint {p} not found"
@@ -238,6 +251,16 @@ def read_checkpoint(path_or_run, checkpoint=None, set_aside_unreadable: bool = F
             raise CheckpointError(f"{e}. Intact checkpoints of this run: {', '.join(intact)} "
                                   f"(choose one with --checkpoint)") from e
         raise
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts as torch.save writes (a zip archive, or a legacy pickle)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def configs_from_checkpoint(ckpt: dict) -> dict:
