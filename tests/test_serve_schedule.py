@@ -207,3 +207,34 @@ def test_a_stalled_microphone_does_not_leave_its_latency_behind(motion_data):
     # what was dropped was quiet: every tone burst after the stall is complete in the output
     out = s.audio_at(int((9.2 - s.delay) * 16000), 16000)  # one period, kept and arrived
     assert np.isclose(np.mean(np.abs(out) > 0.01), 0.5, atol=0.05)
+
+
+def test_a_quiet_microphone_is_heard_at_the_training_level(motion_data):
+    """A session with the training clip's speech level (``nerfhead serve``'s default): speech
+    20 dB under it gives the features of speech at it (after the first words), and the stats
+    say the gain; what plays is the audio as pushed."""
+    from nerfhead.motion.live import LiveMotion
+
+    t = np.arange(6 * 16000) / 16000
+    loud = (0.2 * np.sin(2 * np.pi * 200 * t) * (t % 1.0 < 0.5)
+            + np.random.default_rng(0).normal(0, 2e-3, t.size)).astype(np.float32)
+    from nerfhead.audio.level import speech_level_db
+
+    windows = {}
+    for name, x, target in (("loud", loud, None), ("quiet", 0.1 * loud, speech_level_db(loud))):
+        clock = Clock()
+        s = LiveSession(SlowRenderer(), LiveMotion(motion_data, None, use_model=False), 0.02,
+                        clock=clock, level_target=target)
+        s.push_audio(x)
+        for step in range(int(5.0 / 0.01)):
+            clock.t = step * 0.01
+            s.step()
+        windows[name] = {fa.index: fa.windows for fa, _, _ in s.ready}
+        if name == "quiet":
+            assert s.stats()["audio_gain_db"] == pytest.approx(20.0, abs=0.1)
+            a = int(4.5 * 16000)  # played as pushed
+            assert np.array_equal(s.audio_at(a, 1600), x[a:a + 1600])
+    late = [i for i in windows["quiet"] if i >= 50 and i in windows["loud"]]
+    assert late
+    diff = np.mean([np.abs(windows["quiet"][i] - windows["loud"][i]).mean() for i in late])
+    assert diff < 0.05

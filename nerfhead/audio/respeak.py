@@ -40,6 +40,8 @@ from typing import Callable
 import numpy as np
 
 from nerfhead.audio.features import SAMPLE_RATE, AudioError
+from nerfhead.audio.level import HOP, frame_power
+from nerfhead.audio.level import speech_rms as _speech_rms  # the loudness voices are scaled by
 
 #: tokens of word-timing files that mark silence, not words
 SILENCE_TOKENS = frozenset({"", "sil", "sp", "spn", "<sil>", "<sp>", "<eps>", "sil.", "#"})
@@ -240,13 +242,6 @@ def synthesize(word: str, voice: Voice, speed: float = 1.0) -> np.ndarray:
         return _read_wav(wav)
 
 
-HOP = SAMPLE_RATE // 100  #: 10-ms frames for every loudness measure here
-
-
-def frame_power(x: np.ndarray) -> np.ndarray:
-    """Mean square of each whole 10-ms frame of ``x`` (float64 [len(x) // HOP])."""
-    n = len(x) // HOP
-    return (np.asarray(x[:n * HOP], np.float64).reshape(n, HOP) ** 2).mean(1)
 
 
 def trim_silence(x: np.ndarray, db: float = TRIM_DB) -> np.ndarray:
@@ -309,15 +304,6 @@ def fit_word(say: Synthesizer, word: str, n: int, tries: int = 6) -> tuple[np.nd
     else:
         out[:] = y[-lo:-lo + n]
     return out, speed, False
-
-
-def _speech_rms(x: np.ndarray) -> float:
-    """RMS over the 10-ms frames within 30 dB of the loudest (the speech, not the pauses)."""
-    p = frame_power(x)
-    if p.size == 0:
-        return 0.0
-    db = 10 * np.log10(p + 1e-12)
-    return float(np.sqrt(p[db > db.max() - 30].mean()))
 
 
 def _floor_rms(x: np.ndarray) -> float:

@@ -156,6 +156,30 @@ def clip_audio(data_dir: Path, voice_shift: float = 0.0, speech: str | None = No
     return samples
 
 
+def heard_features(data_dir: Path, kind: str, feats: np.ndarray, samples: np.ndarray | None, args,
+                   run) -> tuple[np.ndarray, str | None]:
+    """The features the run hears for audio other than its training clip's: ``samples`` (another
+    voice), else the clip's aud.wav (``--audio-from``), brought to the training clip's speech
+    level (``--audio-level match``, ``nerfhead.audio.level``); ``feats``, the clip's stored
+    features, where its level already matches. Returns them and what was done to the level."""
+    from nerfhead.audio.features import KINDS
+    from nerfhead.audio.level import bring_to_training_level
+
+    given = samples
+    if given is None:
+        if kind not in KINDS or not (data_dir / "aud.wav").is_file():
+            return feats, None
+        from nerfhead.audio.features import load_audio
+
+        given = load_audio(data_dir / "aud.wav")
+    source = str(getattr(args, "speech", None) or data_dir / "aud.wav")
+    heard, match = bring_to_training_level(given, Path(args.data or run.dataset_dir),
+                                           getattr(args, "audio_level", "match"), source=source)
+    if samples is None and not match.applied:
+        return feats, match.note
+    return voice_features(data_dir, kind, len(feats), heard), match.note
+
+
 def voice_features(data_dir: Path, kind: str, num_frames: int, samples: np.ndarray) -> np.ndarray:
     """``kind`` features [num_frames, 16, C] of ``samples`` on the clip's frame clock."""
     import json
@@ -246,8 +270,9 @@ def evaluate(args) -> dict:
     shift = float(getattr(args, "voice_shift", 0.0) or 0.0)
     speech = getattr(args, "speech", None)
     samples = clip_audio(data_dir, shift, speech) if shift or speech else None
-    if samples is not None:
-        feats = voice_features(data_dir, kind, len(feats), samples)
+    level_note = None
+    if samples is not None or clip:  # audio other than the training clip's own
+        feats, level_note = heard_features(data_dir, kind, feats, samples, args, run)
     if args.max_frames:
         c2w, ids, aud_ids = c2w[:args.max_frames], ids[:args.max_frames], aud_ids[:args.max_frames]
     if aud_ids.max() >= len(feats):
@@ -315,7 +340,8 @@ def evaluate(args) -> dict:
                       if speech else
                       f"{data_dir / 'aud.wav'} (features {kind}) for the evaluated frames"
                       + (f", in another voice: pitch and formants shifted {shift:+g} semitones "
-                         "(--voice-shift)" if shift else ""))}
+                         "(--voice-shift)" if shift else "")),
+            "audio_level": level_note}
     result = ev.finish(audio, info)
     result["syncnet"] = syncnet_scores(renders or [], audio, args.syncnet, device,
                                        landmarks=ev.render_landmarks)
@@ -348,7 +374,8 @@ def drive_run(args) -> dict:
     out = Path(args.out) if args.out else Path(run.run_dir) / f"eval_drive_{Path(args.drive).stem}"
     try:
         return drive(run, args.drive, Path(args.data or run.dataset_dir), out,
-                     poses=args.drive_poses, max_frames=args.max_frames, detector=detector)
+                     poses=args.drive_poses, max_frames=args.max_frames, detector=detector,
+                     level=getattr(args, "audio_level", "match"))
     finally:
         detector.close()
 

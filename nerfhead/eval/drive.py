@@ -72,7 +72,7 @@ def footage_opening(video_path, num_frames: int, detector) -> np.ndarray | None:
 
 
 def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: int | None = None,
-          detector=None) -> dict:
+          detector=None, level: str = "match") -> dict:
     """Render ``run`` speaking ``audio_path`` and measure how its mouth follows the audio."""
     from nerfhead.eval.report import json_safe, mouth_strip
     from nerfhead.render.cli import DatasetFrames, driving_features, render_sequence
@@ -81,7 +81,9 @@ def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: in
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    feats, samples = driving_features(run, audio_path, None, max_frames)
+    heard = {}
+    feats, samples = driving_features(run, audio_path, None, max_frames, level=level,
+                                      data_dir=data_dir, report=heard)
     seq = build_sequence(data_dir, len(feats), poses)
     frames = DatasetFrames(data_dir)
     n = min(len(seq), len(feats))
@@ -108,7 +110,7 @@ def drive(run, audio_path, data_dir, out_dir, poses: str = "val", max_frames: in
         "run": str(run.run_dir), "step": run.step, "stage": run.stage, "audio": str(audio_path),
         "poses": seq.source, "data": str(data_dir), "frames": n, "audio_kind": run.model.audio_kind,
         "audio_encoder": run.audio_encoder_note(), "floaters": run.floaters_note(),
-        "lipsync_proxy": proxy, "faces_missing": int((~valid).sum()),
+        "audio_level": heard.get("note"), "lipsync_proxy": proxy, "faces_missing": int((~valid).sum()),
         "speech_frames": int(speech.sum()),
         "render_opening": {
             "std": float(opening[valid].std()) if valid.any() else None,

@@ -46,6 +46,13 @@ def add_loading_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-floaters", action="store_true",
                    help="render the occupancy grid as trained: by default the pieces of it apart "
                         "from the head (floaters: specks in empty space) are cleared on loading")
+    from nerfhead.audio.level import LEVEL_CHOICES
+
+    p.add_argument("--audio-level", default="match", choices=LEVEL_CHOICES,
+                   help="match (default): new driving audio is scaled, for the features only, to "
+                        "the speech level of the clip the run was trained on (a quieter or "
+                        "louder recording would drive the mouth as if whispered or shouted: "
+                        "docs/lipsync.md); keep: the features of the audio as given")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,7 +115,8 @@ def render_video(args) -> Path:
     run, frames, data_dir = renderer.run, renderer.frames, renderer.data_dir
     gt_torso = getattr(args, "gt_torso", False)
     warn_missing_torso(run, args.no_torso, gt_torso)
-    feats, samples = driving_features(run, args.audio, args.audio_features, args.max_frames)
+    feats, samples = driving_features(run, args.audio, args.audio_features, args.max_frames,
+                                      level=args.audio_level, data_dir=data_dir)
     from nerfhead.motion.cli import render_inputs_from_args
 
     inputs = render_inputs_from_args(args, run, data_dir, len(feats), samples)

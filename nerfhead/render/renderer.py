@@ -42,10 +42,18 @@ class DatasetFrames:
 
     def __init__(self, data_dir):
         self.root = Path(data_dir)
+        from nerfhead.data.dataset import DatasetError, read_array
+
         bs = self.root / "bs.npy"
-        self.blendshapes = np.load(bs, mmap_mode="r") if bs.is_file() else None
+        self.blendshapes = read_array(bs) if bs.is_file() else None
         man = self.root / "manifest.json"
-        self.manifest = json.loads(man.read_text()) if man.is_file() else {}
+        try:
+            self.manifest = json.loads(man.read_text()) if man.is_file() else {}
+        except ValueError as e:
+            raise DatasetError(f"dataset: {man} is not valid JSON ({e}): damaged by hand or by "
+                               "another tool; delete it and rerun `nerfhead preprocess VIDEO --out "
+                               f"{self.root}` with the dataset's video and options, or copy the "
+                               "dataset folder again") from e
 
     def _image(self, sub: str, name: str, ext: str, flags=None):
         import cv2
@@ -306,11 +314,17 @@ def warn_missing_torso(run, no_torso: bool, gt_torso: bool) -> str | None:
     return msg
 
 
-def driving_features(run, audio_path, features_path=None, max_frames=None):
-    """(features [N, T, C] of the run's kind, samples float32 at 16 kHz)."""
+def driving_features(run, audio_path, features_path=None, max_frames=None, *, level: str = "match",
+                     data_dir=None, report: dict | None = None):
+    """(features [N, T, C] of the run's kind, samples float32 at 16 kHz as given). ``level``
+    "match": the features are of the samples brought to the speech level of ``data_dir``'s
+    aud.wav (default the run's dataset), the clip the run was trained on
+    (``nerfhead.audio.level``); "keep": as given. ``report`` gets the level's ``note``."""
     from nerfhead.audio.features import extract, load_audio
+    from nerfhead.audio.level import bring_to_training_level
 
     samples = load_audio(audio_path)
+    warn_if_clipped(samples, audio_path)
     warn_if_silent(samples, audio_path)
     kind = run.model.audio_kind
     if features_path is not None:
@@ -321,12 +335,33 @@ def driving_features(run, audio_path, features_path=None, max_frames=None):
         raise SystemExit(f"{run.run_dir}: this run was trained on precomputed features "
                          f"(aud.npy); pass --audio-features for {audio_path}")
     else:
-        feats = extract(samples, kind=kind)
+        heard, match = bring_to_training_level(
+            samples, data_dir if data_dir is not None else getattr(run, "dataset_dir", None),
+            level, source=str(audio_path))
+        if report is not None:
+            report["note"] = match.note
+        feats = extract(heard, kind=kind)
     if max_frames:
         feats = feats[:max_frames]
     if len(feats) == 0:
         raise SystemExit(f"{audio_path}: the audio is shorter than one video frame")
     return feats, samples
+
+
+#: share of samples at full scale above which the driving audio is called clipped (a loud but
+#: clean recording has a few: 0.2% of the 8-s radio sample; +40 dB on it: 77%)
+CLIPPED_FRACTION = 0.01
+
+
+def warn_if_clipped(samples, audio_path) -> None:
+    """Warn when the driving audio is clipped: distorted speech gives features the model never
+    saw (and the voice detector may hear no speech in it at all)."""
+    clipped = float(np.mean(np.abs(samples) >= 0.999)) if len(samples) else 0.0
+    if clipped > CLIPPED_FRACTION:
+        log.warning("%s: %.0f%% of its samples are at full scale: the sound is clipped (recorded "
+                    "or amplified too loud), and the mouth follows distorted speech poorly. Use a "
+                    "recording made at a lower level (turning a clipped file down does not undo "
+                    "the clipping)", audio_path, 100 * clipped)
 
 
 def warn_if_silent(samples, audio_path) -> None:

@@ -63,6 +63,10 @@ class ServeConfig:
     """Seconds the input may lag before silence fills in (see nerfhead.serve.session)."""
     seed: int = 0
     """Seed of the head motion and blinks (session n uses seed + n)."""
+    audio_level: str = "match"
+    """match: each session's audio is scaled, for the features only, towards the speech level of
+    the clip the run was trained on, following the last 10 s of speech
+    (``nerfhead.audio.level.LiveLevelMatch``); keep: the features of the audio as given."""
 
 
 CONNECT_GRACE = 20.0  #: seconds a WebRTC peer may stay unconnected before its session ends
@@ -90,6 +94,14 @@ class Server:
         self.unconnected: dict[str, float] = {}  #: since when a peer is not connected
         self.count = 0
         self.render_pool = ThreadPoolExecutor(1, thread_name_prefix="nerfhead-render")
+        self.level_target = None  #: dBFS the sessions' speech is brought to (None: as given)
+        if cfg.audio_level == "match":
+            from nerfhead.audio.level import training_level_db
+
+            self.level_target = training_level_db(renderer.data_dir)
+            if self.level_target is not None:
+                log.info("session audio is brought to the training clip's speech level, %.1f dBFS, "
+                         "for the features (--audio-level keep: as given)", self.level_target)
         # warm-up: one frame of silence at the start of the motion, timed (three times: the
         # first calls pay one-off costs), which is also the picture before a session's first
         # frame; sessions then refine the estimate with every frame they render
@@ -125,7 +137,7 @@ class Server:
         self.count += 1
         s = LiveSession(self.renderer, self._motion(self.cfg.seed + self.count),
                         self.expected_render, self.limits(), clock=self.clock,
-                        idle_frame=self.idle_frame)
+                        idle_frame=self.idle_frame, level_target=self.level_target)
         self.sessions[s.id] = s
         self.activity[s.id] = self.clock()
         self.tasks[s.id] = [asyncio.get_running_loop().create_task(self._render_loop(s))]

@@ -69,7 +69,7 @@ def run(args) -> int:
     cfg = ServeConfig(host=args.host, port=args.port, token=args.token,
                       max_sessions=args.max_sessions, max_session_seconds=args.max_session_seconds,
                       max_upload_mb=args.max_upload_mb, idle_seconds=args.idle_seconds,
-                      seed=args.seed)
+                      seed=args.seed, audio_level=args.audio_level)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:
         log.warning("serving on %s without --token: anyone who reaches this port can open "
                     "sessions and push audio", cfg.host)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nerfhead.audio.features import SAMPLE_RATE
+from nerfhead.audio.level import LiveLevelMatch
 from nerfhead.audio.stream import FrameAudio, streaming_features
 from nerfhead.serve.schedule import FrameScheduler
 
@@ -101,7 +102,8 @@ class LiveSession:
     """One stream: ``renderer`` (a ``Renderer``), ``motion`` (a ``LiveMotion``)."""
 
     def __init__(self, renderer, motion, expected_render: float, limits: SessionLimits | None = None,
-                 clock=time.monotonic, session_id: str | None = None, idle_frame=None):
+                 clock=time.monotonic, session_id: str | None = None, idle_frame=None,
+                 level_target: float | None = None):
         self.id = session_id or uuid.uuid4().hex[:12]
         self.renderer, self.motion = renderer, motion
         self.limits = limits or SessionLimits()
@@ -125,6 +127,8 @@ class LiveSession:
         self.live_origin: float | None = None  #: input time minus arrival of live audio, at first
         self.dropped_live = 0.0  #: seconds of quiet live audio dropped to win latency back
         self.live_levels: deque[float] = deque(maxlen=250)  #: dBFS of recent live chunks
+        #: the features hear the audio brought to the training clip's speech level (None: as given)
+        self.level = None if level_target is None else LiveLevelMatch(level_target)
 
     # ------------------------------------------------------------------ input
     def now(self) -> float:
@@ -177,6 +181,8 @@ class LiveSession:
         if upto > self.fed:
             x = self.timeline.read(self.fed, upto)
             self.fed = upto
+            if self.level is not None:  # the features' copy only: what plays is as given
+                x = self.level.apply(x)
             for fa in self.features.push(x):
                 a = fa.index * SAMPLES_PER_FRAME
                 c2w, expr = self.motion.frame(fa.index, self.timeline.read(a, a + SAMPLES_PER_FRAME))
@@ -244,6 +250,7 @@ class LiveSession:
             "audio_pushed_s": round(self.pushed_seconds, 2),
             "silence_filled_s": round(self.timeline.filled / SAMPLE_RATE, 2),
             "quiet_dropped_s": round(self.dropped_live, 2),
+            "audio_gain_db": None if self.level is None else round(self.level.gain_db, 1),
             "queued_s": round(max(0.0, self.timeline.end / SAMPLE_RATE - self.now() + self.delay), 2),
             "error": self.error, "closed": self.closed,
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nerfhead.audio.level import training_level_db
 from nerfhead.train.checkpoint import list_checkpoints, load_run, read_metrics
 
 
@@ -32,6 +33,8 @@ def describe_run(run_dir) -> dict:
         "resolution": [run.camera.height, run.camera.width],
         "audio_encoder": run.audio_encoder_note(),
         "trained_encoder_kept": run.trained_encoder_kept,
+        "speech_level_db": (training_level_db(run.dataset_dir) if run.dataset_dir.is_dir()
+                            else None),
         "floaters": run.floaters_note(),
         "last_validation": ({"step": validations[-1]["step"], "psnr": validations[-1]["psnr"]}
                             if validations else None),
@@ -57,6 +60,10 @@ def describe_lines(d: dict) -> list[str]:
         lines.append("             the encoder as trained is " + (
             "kept: --audio-encoder trained renders with it" if d["trained_encoder_kept"]
             else "not kept (refitted by an older nerfhead)"))
+    level = d.get("speech_level_db")
+    lines.append("             trained on speech at " + (
+        f"{level:.1f} dBFS: new audio is brought to it for the features (--audio-level)"
+        if level is not None else "an unknown level (no aud.wav): new audio is heard as given"))
     lines += [f"resolution   {d['resolution'][1]}x{d['resolution'][0]}",
               f"floaters     on loading: {d['floaters']}",
               f"validation   last {val(d['last_validation'])}, best {val(d['best_validation'])}"]
