@@ -166,15 +166,18 @@ def heard_features(data_dir: Path, kind: str, feats: np.ndarray, samples: np.nda
     from nerfhead.audio.level import bring_to_training_level
 
     given = samples
+    level = getattr(args, "audio_level", "match")
     if given is None:
+        if level == "keep":  # the clip's stored features are the audio as given
+            return feats, f"{data_dir / 'aud.wav'}: level kept as given"
         if kind not in KINDS or not (data_dir / "aud.wav").is_file():
             return feats, None
         from nerfhead.audio.features import load_audio
 
         given = load_audio(data_dir / "aud.wav")
     source = str(getattr(args, "speech", None) or data_dir / "aud.wav")
-    heard, match = bring_to_training_level(given, Path(args.data or run.dataset_dir),
-                                           getattr(args, "audio_level", "match"), source=source)
+    heard, match = bring_to_training_level(given, Path(args.data or run.dataset_dir), level,
+                                           source=source)
     if samples is None and not match.applied:
         return feats, match.note
     return voice_features(data_dir, kind, len(feats), heard), match.note
