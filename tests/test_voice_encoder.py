@@ -70,6 +70,41 @@ def test_the_refit_maps_other_voices_onto_the_own_voice_codes_and_keeps_those():
     assert held.error_after[0] / held.error_before[0] == pytest.approx(err_student / err_teacher, rel=1e-4)
 
 
+def test_patience_stops_a_refit_that_only_gets_worse_and_keeps_the_best():
+    """On a short clip the refit learns its training frames by heart and reads the held-out
+    frames worse from the start: with ``patience`` it stops and returns the lowest-error
+    encoder (here the one it started from); where the refit helps it keeps the best too."""
+    own, voices = _speech()
+    voices = np.repeat(own[None].astype(np.float16), 2, axis=0)  # held out: the own voice itself
+    rng = np.random.default_rng(1)
+    voices[:, :100] = rng.normal(size=(2, 100, *own.shape[1:]))  # learnt from: unrelated sound
+    torch.manual_seed(0)
+    enc = AudioEncoder(12, 8, dim=6, hidden=16)
+    enc.set_statistics(own)
+    student, fit = refit_audio_encoder(enc, own, voices, np.arange(100), steps=1000, batch=64,
+                                       lr=3e-3, seed=0, check_frames=np.arange(300, 400),
+                                       check_every=50, patience=150)
+    assert fit.steps == 150 and fit.best_step == 0, fit.curve  # three checks without a lower one
+    assert [c[0] for c in fit.curve] == [0, 50, 100, 150]
+    assert all(c[1] + c[2] > fit.curve[0][1] + fit.curve[0][2] for c in fit.curve[1:])
+    a, b = enc.state_dict(), student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the encoder it started from
+    assert fit.error_own == pytest.approx(0.0, abs=1e-6) and "stopped early" in fit.summary()
+    from nerfhead.train.voice_encoder import refit_is_worse
+
+    assert refit_is_worse(fit)  # the run keeps its encoder as trained, as it would have
+
+    own, voices = _speech()  # a refit that helps: it runs on while the error falls
+    _, fit = refit_audio_encoder(enc, own, voices, np.arange(300), steps=400, batch=64, lr=3e-3,
+                                 seed=0, check_frames=np.arange(300, 400), check_every=50,
+                                 patience=150)
+    combined = [c[1] + c[2] for c in fit.curve]
+    assert fit.curve[int(np.argmin(combined))][0] == fit.best_step
+    assert round(float(np.mean(fit.error_after)), 4) + round(fit.error_own, 4) == \
+        pytest.approx(min(combined), abs=2e-4)
+    assert min(combined) < 0.5 * combined[0]
+
+
 def test_the_refit_needs_voices():
     own, _ = _speech(n=20)
     with pytest.raises(ValueError, match="other voices"):

@@ -76,6 +76,13 @@ class TrainConfig:
     warning."""
     voice_encoder_own_fraction: float = 0.25
     """Share of each refit batch read in the speaker's own voice (which keeps its codes)."""
+    voice_encoder_patience: int = 750
+    """Stop the refit once its error on the validation frames (the other voices' plus the
+    own voice's, measured every 250 steps) has not been the lowest yet for this many steps,
+    and keep the encoder of the lowest. On a short clip the refit only learns its frames by
+    heart and the error rises from the start (8 s and 60 s of GRID): it then stops after 750
+    steps instead of running all of ``voice_encoder_steps`` to a refit not kept. 0: all
+    steps. Without a validation split it runs all steps."""
     frames_per_step: int = 1
     """Head stage: frames each step draws its rays from (data.num_rays split evenly, each
     frame's rays rendered with that frame's audio, expression and latent). One frame per
@@ -129,13 +136,16 @@ def load_configs(preset: str | os.PathLike | Mapping | None,
                  overrides: list[str] | Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """``{"model": ModelConfig, "data": DataConfig, "train": TrainConfig}`` from a preset name,
     YAML path or dict, with ``section.field=value`` overrides (strings) or a nested mapping."""
+    source = ""  # the preset file, named in its errors
     if isinstance(preset, (str, os.PathLike)):
-        data = load_yaml(resolve_preset(preset))
+        path = resolve_preset(preset)
+        data, source = load_yaml(path), f"{path}: "
     else:
         data = dict(preset or {})
     unknown = set(data) - {"model", "data", "train"}
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: model, data, train")
+        raise ConfigError(f"{source}unknown config section(s) {sorted(unknown)}; valid: model, "
+                          "data, train")
     over: dict[str, dict] = {"model": {}, "data": {}, "train": {}}
     if isinstance(overrides, Mapping):
         for sec, vals in overrides.items():
@@ -148,4 +158,61 @@ def load_configs(preset: str | os.PathLike | Mapping | None,
     if unknown:
         raise ConfigError(f"override of unknown section(s) {sorted(unknown)}")
     classes = {**SECTIONS, "train": TrainConfig}
-    return {name: load_section(cls, data, name, over[name]) for name, cls in classes.items()}
+    out = {}
+    for name, cls in classes.items():
+        if source:  # the file's own mistakes name the file
+            try:
+                check_ranges(name, load_section(cls, data, name))
+            except ConfigError as e:
+                raise ConfigError(f"{source}{e}") from None
+        out[name] = load_section(cls, data, name, over[name])
+        check_ranges(name, out[name])
+    return out
+
+
+#: the values a field can take ``(low, high)``, either end None for none; checked when a
+#: config is loaded (presets, --set), so that train.iters=-5 or data.num_rays=0 is refused
+#: by name instead of training nothing, or failing deep in a step with a torch error
+#: (0 where the field gives it a meaning: checkpoint_every 0 = only at the end, keep_checkpoints
+#: 0 = all, val_every 0 = only at the end, cache_size 0 = none)
+RANGES = {
+    "train": {"iters": (1, None), "lr_grid": (0.0, None), "lr_net": (0.0, None),
+              "lr_decay": (0.0, 1.0), "grid_update_every": (1, None),
+              "uncertainty_start": (0.0, 1.0), "mouth_ray_fraction": (0.0, 1.0),
+              "latent_dropout": (0.0, 1.0), "voice_augment": (0.0, 1.0),
+              "voice_encoder_steps": (0, None), "voice_encoder_own_fraction": (0.0, 1.0),
+              "voice_encoder_patience": (0, None),
+              "frames_per_step": (1, None), "lips_frame_rays": (-1, None),
+              "lips_frame_weight": (0.0, None), "lipsync_check_frames": (0, None),
+              "lipsync_check_every": (0, None), "collapse_db": (0.0, None),
+              "checkpoint_every": (0, None), "keep_checkpoints": (0, None),
+              "val_every": (0, None), "val_frames": (0, None), "log_every": (1, None),
+              "cpu_threads": (0, None), "prefetch_frames": (0, None),
+              "lambda_entropy": (0.0, None), "lambda_audio_att": (0.0, None),
+              "lambda_lpips": (0.0, None), "lambda_patch_ssim": (0.0, None)},
+    "data": {"image_size": (0, None), "cache_size": (0, None), "num_rays": (1, None),
+             "patch_size": (1, None), "mouth_margin": (0.0, None), "max_frames": (0, None)},
+    "model": {name: (1, None) for name in (
+        "grid_levels", "grid_features", "grid_base_resolution", "grid_finest_resolution",
+        "hidden_dim", "geo_feat_dim", "sigma_layers", "color_layers", "audio_dim",
+        "audio_window", "torso_levels", "torso_finest_resolution", "torso_hidden_dim",
+        "occupancy_resolution", "max_steps")},
+}
+
+
+def check_ranges(section: str, cfg) -> None:
+    """ConfigError naming ``section.field`` for a number outside ``RANGES`` (or NaN)."""
+    import math
+
+    for field, (low, high) in RANGES.get(section, {}).items():
+        value = getattr(cfg, field, None)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if math.isnan(value) or (low is not None and value < low) or \
+                (high is not None and value > high):
+            allowed = (f"from {low} to {high}" if high is not None else
+                       f"{low} or more" if isinstance(low, int) else f"{low} or more (a number)")
+            raise ConfigError(f"{section}.{field}: {value!r} is out of range; it must be {allowed}")
+    if section == "data" and 0 < cfg.image_size < 16:
+        raise ConfigError(f"data.image_size: {cfg.image_size} px is too small to hold a face; use "
+                          "0 (the dataset's own size) or at least 16")

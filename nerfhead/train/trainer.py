@@ -55,6 +55,7 @@ RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train"
                      ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
                      ("train", "cpu_threads"), ("train", "prefetch_frames"), ("train", "collapse_db"),
                      ("train", "voice_encoder_steps"), ("train", "voice_encoder_own_fraction"),
+                     ("train", "voice_encoder_patience"),
                      ("train", "lipsync_check_frames"), ("train", "lipsync_check_every"),
                      ("data", "cache_size")}
 

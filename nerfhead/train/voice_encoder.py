@@ -40,6 +40,10 @@ from nerfhead.train.checkpoint import TRAINED_ENCODER, append_metrics
 
 log = logging.getLogger("nerfhead.train")
 
+#: refit steps between two measures of the validation frames' errors (``VoiceFit.curve``,
+#: and where ``train.voice_encoder_patience`` may stop the refit)
+CHECK_EVERY = 250
+
 
 @dataclass
 class VoiceFit:
@@ -64,10 +68,18 @@ class VoiceFit:
     #: [[refit step, other voices' error, own voice's error], ...] along the refit, on the same
     #: frames, every ``check_every`` steps: where it stops getting better, or never does
     curve: list = field(default_factory=list)
+    #: the step of the encoder returned: ``steps`` unless ``patience`` kept an earlier one
+    #: (``steps`` is then where the refit stopped)
+    best_step: int | None = None
 
     def summary(self) -> str:
+        stop = ("" if self.best_step in (None, self.steps) else
+                ", stopped early: no step read the voices better than the encoder as trained"
+                if self.best_step == 0 else
+                f", stopped early: the error was lowest at step {self.best_step}, the encoder "
+                "of that step is the refit")
         text = (f"audio encoder refitted for other voices ({self.voices} in the dataset, "
-                f"{self.steps} steps, {self.seconds:.0f} s): code error in those voices "
+                f"{self.steps} steps{stop}, {self.seconds:.0f} s): code error in those voices "
                 f"{np.mean(self.error_before):.2f} -> {np.mean(self.error_after):.2f} of the "
                 f"codes' spread; in the speaker's own voice 0 -> {self.error_own:.3f} (on "
                 f"{self.checked_on})")
@@ -104,13 +116,18 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
                         own_fraction: float = 0.25, batch: int = 256, lr: float = 1e-3,
                         seed: int = 0, progress: bool = False,
                         check_frames: np.ndarray | None = None,
-                        check_every: int = 500) -> tuple[AudioEncoder, VoiceFit]:
+                        check_every: int = 500, patience: int = 0) -> tuple[AudioEncoder, VoiceFit]:
     """A copy of ``encoder`` refitted so that the windows of ``voices`` [V, N, T, C] give the
     codes ``encoder`` gives for ``own`` [N, T, C] at the same frame; ``frames``: the rows to
     learn from (the training frames); ``check_frames``: rows to measure the errors on (the
     validation frames; None: every 7th of ``frames``), also every ``check_every`` steps
     (``VoiceFit.curve``; 0: only at the end). ``own_fraction`` of each batch reads the own
-    voice. Adam, ``lr`` decaying to lr / 10, seeded by ``seed``. ``encoder`` is not changed."""
+    voice. Adam, ``lr`` decaying to lr / 10, seeded by ``seed``. ``encoder`` is not changed.
+
+    ``patience`` (steps; used only with ``check_frames``, which the refit does not learn from,
+    and ``check_every``): stop once the combined error (the other voices' mean plus the own
+    voice's, as ``refit_is_worse`` weighs them) has not been the lowest yet for this many
+    steps, and return the encoder of the lowest; its step is ``VoiceFit.best_step``."""
     if voices is None or voices.shape[0] == 0:
         raise ValueError("refit_audio_encoder needs the clip's speech in other voices")
     device = next(encoder.parameters()).device
@@ -135,12 +152,18 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
         check = frames[::7] if len(frames) >= 7 else frames
         checked_on = f"{len(check)} training frames"
     curve = []
+    early = bool(patience and check_every and check_frames is not None and len(check_frames))
+    best = {"combined": np.inf, "step": 0, "state": None, "errors": None}
 
     def measure(step: int) -> tuple[float, list, list]:
         student.eval()
         own_error, before, after = _errors(teacher, student, own, voices, check, var, device)
         student.train()
         curve.append([step, round(float(np.mean(after)), 4), round(own_error, 4)])
+        combined = float(np.mean(after)) + own_error
+        if early and combined < best["combined"]:
+            best.update(combined=combined, step=step, errors=(own_error, before, after),
+                        state={k: v.detach().clone() for k, v in student.state_dict().items()})
         return own_error, before, after
 
     t0 = time.perf_counter()
@@ -150,9 +173,13 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
 
         bar = tqdm(total=steps, unit="it", desc="refit audio encoder for other voices",
                    dynamic_ncols=True)
+    ran = steps
     for s in range(steps):
         if check_every and s % check_every == 0:
             measure(s)
+            if early and s - best["step"] >= patience:  # no lower error for `patience` steps
+                ran = s
+                break
         rows = rng.choice(frames, batch)
         voice = rng.integers(0, V, batch)
         use_own = rng.random(batch) < own_fraction
@@ -173,11 +200,17 @@ def refit_audio_encoder(encoder: AudioEncoder, own, voices, frames: np.ndarray, 
             bar.set_postfix(error=f"{loss.item():.3f}")
     if bar is not None:
         bar.close()
-    error_own, before, after = measure(steps)
+    if ran == steps:  # (stopped early, the last check has just measured it)
+        error_own, before, after = measure(steps)
+    best_step = ran
+    if early and best["step"] != ran:  # an earlier encoder read the voices better
+        student.load_state_dict(best["state"])
+        error_own, before, after = best["errors"]
+        best_step = best["step"]
     student.eval()
-    return student, VoiceFit(steps=steps, seconds=round(time.perf_counter() - t0, 1), voices=V,
+    return student, VoiceFit(steps=ran, seconds=round(time.perf_counter() - t0, 1), voices=V,
                              error_own=error_own, error_before=before, error_after=after,
-                             checked_on=checked_on, curve=curve)
+                             checked_on=checked_on, curve=curve, best_step=best_step)
 
 
 def refit_model_audio_encoder(model, train_set, val_set, train, run_dir, step: int, get_writer,
@@ -203,7 +236,8 @@ def refit_model_audio_encoder(model, train_set, val_set, train, run_dir, step: i
         model.audio_encoder, train_set.audio, train_set.audio_voices, train_set.aud_ids,
         steps=train.voice_encoder_steps, own_fraction=train.voice_encoder_own_fraction,
         seed=train.seed, progress=progress,
-        check_frames=val_set.aud_ids if val_set is not None else None)
+        check_frames=val_set.aud_ids if val_set is not None else None,
+        check_every=CHECK_EVERY, patience=train.voice_encoder_patience)
     trained = {k: v.detach().cpu().clone() for k, v in model.audio_encoder.state_dict().items()}
     if refit_is_worse(fit):
         fit.kept = False
