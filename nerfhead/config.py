@@ -9,6 +9,7 @@ being ignored. Nested dataclasses are filled recursively.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import types
 import typing
@@ -90,8 +91,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {sorted(unknown)}; "
-                          f"valid: {sorted(names)}")
+        import difflib
+
+        close = {u: difflib.get_close_matches(str(u), names, n=1) for u in sorted(unknown, key=str)}
+        hint = "; ".join(f"{u!r}: did you mean {m[0]!r}?" for u, m in close.items() if m)
+        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {sorted(unknown, key=str)}"
+                          f"{' (' + hint + ')' if hint else ''}; valid: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where or cls.__name__}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -123,11 +128,56 @@ def resolve_preset(name_or_path: str | os.PathLike) -> Path:
     return candidate
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain PyYAML keeps
+    the last one without a word: ``iters: 2`` then ``iters: 3`` trained 3 steps)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # << merges may repeat keys: allowed
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first on line {first}); keep "
+                                "one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "YAML file"):
+    """The document of a YAML file (duplicate keys refused); ConfigError naming the file and
+    the cause when it is a folder, unreadable, not text or not valid YAML."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}); is it "
+                          "the right file? Save it as UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # PyYAML names it in its error marks
+    try:
+        return yaml.load(stream, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml_file(path, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for section, value in data.items():
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of field: value, "
+                              f"got {value!r}")
     return data
 
 
@@ -152,7 +202,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override {text!r} must look like section.field=value")
     key, raw = text.split("=", 1)
     section, field = key.split(".", 1)
-    return section, field, yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value {raw!r} is not valid YAML ({problem}); "
+                          "a text value with YAML's special characters needs quotes, e.g. "
+                          "--set 'section.field=\"[text\"'") from None
+    return section, field, value
 
 
 def parse_overrides(texts) -> dict[str, dict[str, Any]]:

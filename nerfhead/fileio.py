@@ -265,6 +265,28 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """``check_output_dir`` for the span of a command's work: if the work fails, the folders
+    made here that are still empty are removed again, so a failed command leaves no empty
+    output folder to be taken for a result (a folder that existed, or got files, is kept)."""
+    path = Path(path)
+    made, p = [], path
+    while not p.exists() and p != p.parent:  # the folders this call will create, deepest first
+        made.append(p)
+        p = p.parent
+    check_output_dir(path, what)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something was written there; keep it and its parents
+                break
+        raise
+
+
 def check_output_file(path: str | os.PathLike, what: str) -> Path:
     """Make sure the file ``path`` can be written (its folder is created); an existing file
     will be replaced, an existing folder is an error."""
@@ -277,6 +299,16 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
     else:
         _make_dirs(path.parent, what)
     return path
+
+
+def unused_path(path: str | os.PathLike) -> Path:
+    """``path`` if nothing is there, else the first of ``STEM-2.EXT``, ``STEM-3.EXT`` ... that is
+    free: for default output names, which must not replace an earlier output."""
+    path = Path(path)
+    candidate, k = path, 2
+    while candidate.exists() or candidate.is_symlink():
+        candidate, k = path.with_name(f"{path.stem}-{k}{path.suffix}"), k + 1
+    return candidate
 
 
 def move_aside(folder: str | os.PathLike) -> Path:

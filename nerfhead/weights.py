@@ -111,8 +111,8 @@ def resolve(key: str, path: str | os.PathLike | None = None, weights_dir=None,
         return p
     tried = []
     for d in search_dirs(weights_dir):
-        for candidate in (d / spec.name, d / Path(spec.name).name):
-            tried.append(str(candidate))
+        for candidate in dict.fromkeys((d / spec.name, d / Path(spec.name).name)):
+            tried.append(str(candidate))  # (once: the two are one where the name has no folder)
             if candidate.is_file():
                 return candidate
     reason = "downloads disabled"

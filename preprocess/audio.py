@@ -91,15 +91,33 @@ class SpeechConfig:
 
 def speech_run(ctx: StepContext) -> dict:
     from nerfhead.audio.features import AudioError, load_audio
+    from nerfhead.audio.level import CLIPPED_FRACTION, clipped_fraction
     from nerfhead.audio.vad import find_speech, format_ranges
 
     cfg: SpeechConfig = ctx.cfg.speech
     wav = ctx.path("aud.wav")
     try:
-        report = find_speech(load_audio(wav), detector=cfg.detector)
+        samples = load_audio(wav)
+        report = find_speech(samples, detector=cfg.detector)
     except (AudioError, ValueError) as e:
         raise StepError(SPEECH_STEP, str(e), wav) from e
     source = ctx.manifest.get("video", {}).get("source", ctx.video)
+    clipped = clipped_fraction(samples)
+    if clipped > CLIPPED_FRACTION and report.fraction < cfg.min_speech_fraction:
+        # distorted past recognition: the detector hears no speech, and that is not the cause
+        raise StepError(SPEECH_STEP, f"{100 * clipped:.0f}% of the clip's audio samples are at "
+                                     f"full scale (source {source}): its sound is clipped so "
+                                     "hard (recorded or amplified far too loud) that no speech "
+                                     f"is found in it ({report.detector}). Use a recording of the "
+                                     "speaker made at a lower level (turning this one down does "
+                                     "not undo the clipping)", wav)
+    if clipped > CLIPPED_FRACTION:  # the model would learn the mouth from distorted speech
+        ctx.log.warning("%s: %.1f%% of the clip's audio samples are at full scale: its sound is "
+                        "clipped (recorded or amplified too loud). The model learns the mouth "
+                        "from distorted speech and will hear clean speech differently; use a "
+                        "recording of the speaker made at a lower level if there is one "
+                        "(turning this one down does not undo the clipping)", source,
+                        100 * clipped)
     problems = []
     if report.padded_from is not None and report.padded_from < 0.05:
         problems.append(f"the audio track is digital silence (all {report.seconds:.1f} s are zero)")
@@ -132,7 +150,7 @@ def speech_run(ctx: StepContext) -> dict:
     record = {"detector": report.detector, "seconds": report.seconds,
               "speech_seconds": report.speech_seconds, "fraction": round(report.fraction, 3),
               "silent_ranges": report.silent, "padded_from": report.padded_from,
-              "allowed_silence": bool(problems)}
+              "allowed_silence": bool(problems), "clipped_fraction": round(clipped, 5)}
     return {**record, "manifest": {"speech": record}}
 
 

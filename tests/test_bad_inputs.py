@@ -116,6 +116,12 @@ def clips(grid_video, hdtf_video, tmp_path_factory):
         "still.png": lambda p: ffmpeg("-ss", 1, "-i", H, "-frames:v", 1, p),
         "grid_2s": lambda p: ffmpeg("-i", G, "-t", 2, "-c:v", "libx264", "-c:a", "aac", p),
         "hdtf_2s": lambda p: ffmpeg("-i", H, "-t", 2, "-c:v", "libx264", "-c:a", "aac", p),
+        # amplified past full scale, as a recorder set too loud does: 13% of the samples
+        # clipped (speech still found), or 49% (no speech found in it)
+        "clipped.mov": lambda p: ffmpeg("-i", H, "-t", 2, "-af", "volume=16dB", "-c:v", "libx264",
+                                        "-c:a", "pcm_s16le", p),
+        "clipped_hard.mov": lambda p: ffmpeg("-i", H, "-t", 2, "-af", "volume=30dB", "-c:v", "libx264",
+                                             "-c:a", "pcm_s16le", p),
     }
 
     def clip(name: str) -> Path:
@@ -236,12 +242,28 @@ def test_allow_silence_proceeds_with_a_warning(clips, tmp_path, caplog):
     assert rec["allowed_silence"] and rec["padded_from"] == pytest.approx(1.0, abs=0.1)
 
 
-def test_speech_is_found_in_the_real_clips(clips, tmp_path):
+def test_speech_is_found_in_the_real_clips(clips, tmp_path, caplog):
     for name in ("grid_2s", "hdtf_2s"):
         out = tmp_path / name
-        preprocess(clips(name), out)
+        with caplog.at_level(logging.WARNING, logger="preprocess"):
+            preprocess(clips(name), out)
         rec = manifest(out)["speech"]
         assert rec["fraction"] > 0.3 and not rec["allowed_silence"], (name, rec)
+        assert rec["clipped_fraction"] < 0.01 and "clipped" not in caplog.text, (name, rec)
+
+
+def test_clipped_training_audio_is_warned_about(clips, tmp_path, caplog):
+    out = tmp_path / "data"
+    with caplog.at_level(logging.WARNING, logger="preprocess"):
+        preprocess(clips("clipped.mov"), out)
+    assert "at full scale: its sound is clipped" in caplog.text and "clipped.mov" in caplog.text
+    assert manifest(out)["speech"]["clipped_fraction"] > 0.05
+    hard = clips("clipped_hard.mov")  # not "no speech": the clipping hides it
+    with pytest.raises(StepError) as e:
+        preprocess(hard, tmp_path / "hard")
+    assert_refused(e.value, "speech", tmp_path / "hard" / "aud.wav", "clipped so hard", str(hard),
+                   "lower level")
+    assert "no speech found in the" not in str(e.value)
 
 
 # ------------------------------------------------------------------ 6. smaller input defects

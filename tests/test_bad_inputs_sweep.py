@@ -346,3 +346,47 @@ def test_video_whose_float_audio_holds_nan_is_refused(hdtf_video, tmp_path):
     assert "1600 of its samples are not numbers (NaN)" in msg and "from 0.50 s to 0.60 s" in msg
     assert not (out / "ori_imgs").exists() and not (out / "aud.wav").exists()
     assert [p.name for p in out.iterdir()] == ["manifest.json"]
+
+
+def test_failed_evaluate_leaves_no_empty_output_folder(tiny_run, tmp_path, capsys):
+    """--out is made before the work (an unwritable place fails at once); when the work then
+    fails, the folders made for it are removed again, a folder that was there is kept."""
+    from nerfhead.cli import main
+
+    x = speech_like(1.0)
+    x[100:200] = np.nan
+    bad = write_wav(tmp_path / "nan.wav", x)
+    common = ["--device", "cpu", "--threads", "1", "--max-frames", "2"]
+    missing = ["--audio-from", str(tmp_path / "no_such_clip")]
+    out = tmp_path / "new" / "eval"
+    assert main(["evaluate", str(tiny_run), "--out", str(out)] + missing + common) == 2
+    assert "no_such_clip" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    assert main(["evaluate", str(tiny_run), "--out", str(there)] + missing + common) == 2
+    assert there.is_dir() and not any(there.iterdir())
+    with pytest.raises(SystemExit, match="aud.wav not found"):  # the run's own eval/ folder
+        main(["evaluate", str(tiny_run), "--speech", str(bad)] + common)
+    assert not (tiny_run / "eval").exists()
+    assert main(["evaluate", str(tiny_run), "--drive", str(bad), "--out", str(out)] + common) == 2
+    assert "NaN" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_a_default_render_name_never_replaces_an_earlier_render(tiny_run, tmp_path):
+    """Two driving files of one stem (a/talk.wav, b/talk.wav) rendered without --out: the
+    second goes to RUN/renders/talk-2.mp4, the first is kept; unused_path's numbering."""
+    from nerfhead.cli import main
+    from nerfhead.fileio import unused_path
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        wav = write_wav(tmp_path / sub / "talk.wav", speech_like(1.0))
+        assert main(["render", str(tiny_run), "--audio", str(wav), "--max-frames", "2",
+                     "--device", "cpu", "--threads", "1"]) == 0
+    renders = tiny_run / "renders"
+    assert sorted(p.name for p in renders.iterdir()) == ["talk-2.mp4", "talk.mp4"]
+    first = (renders / "talk.mp4").stat().st_mtime_ns
+    assert first <= (renders / "talk-2.mp4").stat().st_mtime_ns
+    (renders / "talk-3.mp4").write_bytes(b"")
+    assert unused_path(renders / "talk.mp4").name == "talk-4.mp4"
+    assert unused_path(renders / "new.mp4").name == "new.mp4"

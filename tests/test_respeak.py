@@ -189,6 +189,26 @@ def test_respeak_command(tmp_path, capsys):
     assert (out / "respeak.png").stat().st_size > 1000
 
 
+def test_a_voice_that_fails_leaves_no_empty_output_folder(tmp_path, capsys, monkeypatch):
+    from nerfhead.cli import main
+    from nerfhead.render.video import write_wav
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    write_wav(clip / "aud.wav", 0.1 * np.sin(np.arange(2 * SR) * 0.05), SR)
+    words = tmp_path / "w.txt"
+    words.write_text("0.3 0.6 bin\n0.6 0.9 blue\n")
+
+    def fails(*a, **k):
+        raise AudioError("flite:slt: the synthesiser said nothing")
+
+    monkeypatch.setattr(R, "respeak", fails)
+    monkeypatch.setattr(R, "parse_voice", lambda label: SimpleNamespace(label=label))
+    out = tmp_path / "new" / "voices"
+    assert main(["respeak", str(words), "--like", str(clip), "--voice", "flite:slt", "--out", str(out)]) == 2
+    assert "said nothing" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
 def test_an_unknown_flite_voice_is_refused_not_said_in_the_default_voice():
     """flite itself falls back to its default voice (exit 0) for a name it does not know."""
     if not R.engine_available("flite"):

@@ -115,3 +115,24 @@ def test_streamed_mel_ow_is_its_parts_side_by_side(speech):
     assert all(g.windows.shape == (4, 16, 176) for g in got)
     assert s.lookahead_seconds == max(StreamingFeatures(k, smoother_window=4).lookahead_seconds
                                       for k in ("mel", "ow"))
+
+
+@pytest.mark.parametrize("rate, channels", [(48000, 1), (44100, 2)])
+def test_pcm_chunks_of_a_websocket_resample_as_one_stream(rate, channels):
+    """A WebSocket's PCM chunks at another rate are one stream: cut in 37 chunks, the 16-kHz
+    samples equal the whole body's (each chunk resampled alone put steps at the edges)."""
+    pytest.importorskip("av")
+    from nerfhead.serve.app import PcmStream, decode_pcm
+
+    t = np.arange(2 * rate) / rate
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    x = (np.repeat(tone[:, None], channels, axis=1) * 32767).astype("<i2")
+    whole = decode_pcm(x.tobytes(), rate, channels)
+    stream = PcmStream(rate, channels)
+    chunked = np.concatenate([stream.push(c.tobytes()) for c in np.array_split(x, 37)]
+                             + [stream.flush()])
+    assert len(whole) == len(chunked) == pytest.approx(32000, abs=2)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    ref = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(whole)) / 16000)
+    assert np.abs(whole[200:-200] - ref[200:-200]).max() < 2e-3
+    assert PcmStream(16000, 1).push(x[:, 0].tobytes()).dtype == np.float32  # no resampling

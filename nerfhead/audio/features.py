@@ -58,6 +58,9 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     from nerfhead.audio.clock import ClockError, load_on_clock
 
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file: give the audio or video file "
+                         "with the speech (a dataset folder's speech is its aud.wav)")
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
     check_wav_length(path)

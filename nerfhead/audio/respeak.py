@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -56,6 +56,9 @@ FIT_TOLERANCE = 0.03
 MAX_RESAMPLE = 1.5
 TRIM_DB = 35.0
 FADE_SECONDS = 0.005
+#: peak under which a synthesised word counts as said not at all (-40 dBFS; flite's output
+#: for a word in another alphabet peaks at -52 dBFS, a spoken word at -6 dBFS)
+SILENT_PEAK = 0.01
 PREVIEW_SECONDS = 10.0
 
 
@@ -321,6 +324,8 @@ class Respoken:
     words: int
     unfitted: list[str]  #: words resampled by the MAX_RESAMPLE limit and centred
     gain_db: float  #: applied to meet the reference's speech loudness (0 without one)
+    #: words the voice said nothing for (flite, for a word in another alphabet): left silent
+    unsaid: list[str] = field(default_factory=list)
 
 
 def respeak(words: list[WordTiming], voice: Voice | Synthesizer, num_samples: int,
@@ -338,18 +343,27 @@ def respeak(words: list[WordTiming], voice: Voice | Synthesizer, num_samples: in
     track = np.zeros(num_samples, np.float32)
     fade = max(1, int(FADE_SECONDS * SAMPLE_RATE))
     ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-    unfitted = []
+    unfitted, unsaid = [], []
     for w in words:
         a, b = int(round(w.start * SAMPLE_RATE)), int(round(w.end * SAMPLE_RATE))
         if a >= num_samples or b - a < 2 * fade:
             continue
         x, _, fits = fit_word(say, w.word, b - a)
+        if float(np.abs(x).max(initial=0.0)) < SILENT_PEAK:
+            unsaid.append(w.word)
+            continue
         if not fits:
             unfitted.append(w.word)
         x[:fade] *= ramp
         x[-fade:] *= ramp[::-1]
         b = min(b, num_samples)
         track[a:b] += x[:b - a]
+    if unsaid and not track.any():
+        # the track would be silent where the clip speaks: no voice at all, without an error
+        named = ", ".join(repr(w) for w in unsaid[:5]) + (" ..." if len(unsaid) > 5 else "")
+        raise AudioError(f"{label or 'the voice'} said nothing for any of the words ({named}): "
+                         "words it cannot read (another alphabet, only symbols?); write them as "
+                         "they are said in the voice's language (flite: US English)")
     gain_db = 0.0
     if reference is not None:
         have, want = _speech_rms(track), _speech_rms(np.asarray(reference, np.float32))
@@ -365,7 +379,7 @@ def respeak(words: list[WordTiming], voice: Voice | Synthesizer, num_samples: in
     # the reference's quietest tenth (-60 dBFS without one)
     floor = _floor_rms(reference) if reference is not None else 10 ** (-60 / 20)
     track += np.random.default_rng(seed).normal(0.0, floor, num_samples).astype(np.float32)
-    return Respoken(track, label or "custom", len(words), unfitted, gain_db)
+    return Respoken(track, label or "custom", len(words), unfitted, gain_db, unsaid)
 
 
 def write_preview(path: Path, reference: np.ndarray | None, tracks: dict[str, np.ndarray],

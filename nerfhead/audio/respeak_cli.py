@@ -56,12 +56,71 @@ def reference_audio(like: str) -> tuple[np.ndarray, Path]:
     return load_audio(wav), wav
 
 
+#: the longest track said without --like (the words' length sets it; a track is a float
+#: array in memory): timings in milliseconds or frames read as seconds run far past it
+MAX_SECONDS = 3600.0
+
+
+def length_problem(words, seconds: float | None) -> str | None:
+    """Why a track of ``seconds`` (None: the words' end + 0.5 s) cannot hold ``words``."""
+    if seconds is not None:
+        if not 0 < seconds < float("inf"):
+            return f"--seconds {seconds:g}: give a positive number of seconds"
+        if seconds < words[-1].end:
+            return (f"the words run to {words[-1].end:.2f} s but --seconds is {seconds:g}: give "
+                    "a length that holds them (or leave --seconds out)")
+    if (seconds or words[-1].end) > MAX_SECONDS:
+        return (f"the words run to {words[-1].end:g} s, over {MAX_SECONDS / 3600:g} hour: are the "
+                "timings in milliseconds or video frames? They are read as seconds (a GRID "
+                ".align file's as 1/25000 s)")
+    return None
+
+
+class _Failed(Exception):
+    """A voice that could not be said or written: ``rc`` is the command's exit status."""
+
+    def __init__(self, cause: Exception, rc: int):
+        super().__init__(str(cause))
+        self.cause, self.rc = cause, rc
+
+
+def _speak(words, voices, num: int, reference, seed: int, out: Path) -> tuple[list, dict]:
+    """Say ``words`` in each voice into ``out``/<voice>.wav; returns the records and tracks."""
+    from nerfhead.audio.features import SAMPLE_RATE, AudioError
+    from nerfhead.audio.respeak import respeak
+    from nerfhead.fileio import atomic_path
+    from nerfhead.render.video import write_wav
+
+    made, tracks = [], {}
+    for voice in voices:
+        try:
+            r = respeak(words, voice, num, reference=reference, seed=seed)
+        except AudioError as e:
+            raise _Failed(e, 2) from e
+        wav = out / _file_name(voice.label)
+        try:
+            with atomic_path(wav) as tmp:
+                write_wav(tmp, r.samples, SAMPLE_RATE)
+        except OSError as e:  # DiskFullError names the file and the space needed
+            raise _Failed(e, 1) from e
+        tracks[voice.label] = r.samples
+        made.append({"voice": voice.label, "file": wav.name, "words": r.words,
+                     "unfitted_words": r.unfitted, "gain_db": round(r.gain_db, 2)})
+        note = f", {len(r.unfitted)} word(s) did not fit their span" if r.unfitted else ""
+        print(f"{voice.label}: {r.words} words -> {wav}{note}")
+        if r.unsaid:
+            print(f"warning: {voice.label} said nothing for {len(r.unsaid)} word(s) ("
+                  f"{', '.join(map(repr, r.unsaid[:5]))}{' ...' if len(r.unsaid) > 5 else ''}): "
+                  "silent in the track where the clip speaks; words in another alphabet or "
+                  "only symbols? Write them as they are said", file=sys.stderr)
+            made[-1]["unsaid_words"] = r.unsaid
+    return made, tracks
+
+
 def run(args) -> int:
     from nerfhead.audio.features import SAMPLE_RATE, AudioError
-    from nerfhead.audio.respeak import (available_voices, parse_voice, read_word_timings,
-                                        respeak, write_preview)
-    from nerfhead.fileio import atomic_path, check_output_dir
-    from nerfhead.render.video import write_wav
+    from nerfhead.audio.respeak import available_voices, parse_voice, read_word_timings, write_preview
+    from nerfhead.fileio import atomic_path, output_dir
 
     if args.list_voices:
         voices = available_voices()
@@ -87,31 +146,25 @@ def run(args) -> int:
                   "clock: --offset)?", file=sys.stderr)
             return 2
     else:
+        problem = length_problem(words, args.seconds)
+        if problem:
+            print(f"nerfhead respeak: {args.words}: {problem}", file=sys.stderr)
+            return 2
         num = int(round((args.seconds or words[-1].end + 0.5) * SAMPLE_RATE))
+    if words[0].start < 0:
+        print(f"nerfhead respeak: --offset {args.offset:g} moves the word {words[0].word!r} of "
+              f"{args.words} to {words[0].start:.2f} s, before the clip's start: give the offset "
+              "that puts the words on the clip's clock", file=sys.stderr)
+        return 2
     try:
-        out = check_output_dir(args.out, "nerfhead respeak --out")
+        with output_dir(args.out, "nerfhead respeak --out") as out:  # no empty folder on failure
+            made, tracks = _speak(words, voices, num, reference, args.seed, out)
+    except _Failed as e:
+        print(f"nerfhead respeak: {e.cause}", file=sys.stderr)
+        return e.rc
     except OSError as e:  # OutputLocationError: not a folder, not writable
         print(f"nerfhead respeak: {e}", file=sys.stderr)
         return 2
-    made, tracks = [], {}
-    for voice in voices:
-        try:
-            r = respeak(words, voice, num, reference=reference, seed=args.seed)
-        except AudioError as e:
-            print(f"nerfhead respeak: {e}", file=sys.stderr)
-            return 2
-        wav = out / _file_name(voice.label)
-        try:
-            with atomic_path(wav) as tmp:
-                write_wav(tmp, r.samples, SAMPLE_RATE)
-        except OSError as e:  # DiskFullError names the file and the space needed
-            print(f"nerfhead respeak: {e}", file=sys.stderr)
-            return 1
-        tracks[voice.label] = r.samples
-        made.append({"voice": voice.label, "file": wav.name, "words": r.words,
-                     "unfitted_words": r.unfitted, "gain_db": round(r.gain_db, 2)})
-        note = f", {len(r.unfitted)} word(s) did not fit their span" if r.unfitted else ""
-        print(f"{voice.label}: {r.words} words -> {wav}{note}")
     write_preview(out / "respeak.png", reference, tracks, words)
     summary = {"words": str(args.words), "offset": args.offset, "like": str(ref_path) if ref_path else None,
                "seconds": num / SAMPLE_RATE, "voices": made}

@@ -25,6 +25,7 @@ noises left out; ``write_word_timings`` writes the ``start end word`` text that
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def transcript_words(text: str) -> list[str]:
     punctuation dropped (apostrophes inside words kept), hyphenated words split, whole numbers
     below a million spelled out."""
     text = text.replace("\u2019", "'").replace("\u2018", "'").lower()
+    # accents off (naive, cafe), not the letters: [^a-z] dropped "naïve" to the word "nave"
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     words = []
     for token in re.split(r"[\s\-\u2013\u2014/]+", text):
         token = re.sub(r"[^a-z0-9']", "", token).strip("'")
@@ -127,6 +130,12 @@ def _words_of(segments, offset: float = 0.0) -> list[WordTiming]:
     return out
 
 
+def _script(letter: str) -> str:
+    """The script of a letter as Unicode names it: CYRILLIC, CJK, ARABIC ..."""
+    script = unicodedata.name(letter, "other").split()[0]
+    return script if len(script) <= 3 else script.title()
+
+
 def align_transcript(samples: np.ndarray, text: str, source: str = "transcript") -> list[WordTiming]:
     """The transcript's words, in order, each with its span in ``samples`` (16 kHz mono).
     Raises ``AudioError`` naming ``source`` for words the dictionary lacks and for a
@@ -134,7 +143,14 @@ def align_transcript(samples: np.ndarray, text: str, source: str = "transcript")
     _require()
     words = transcript_words(text)
     if not words:
-        raise AudioError(f"{source}: no words in the transcript")
+        other = list(dict.fromkeys(c for c in text if c.isalpha() and not "a" <= c.lower() <= "z"))
+        if other:
+            raise AudioError(f"{source}: no words in the Latin alphabet (it is written in "
+                             f"{_script(other[0])} letters: {''.join(other[:8])}...); the "
+                             "aligner knows US English words only (CMUdict): give the English "
+                             "words said, or leave the transcript out to use recognised words")
+        raise AudioError(f"{source}: no words in the transcript (it is empty, or holds only "
+                         "punctuation); give the words said, or leave the transcript out")
     decoder = _decoder()
     unknown = sorted({w for w in words if decoder.lookup_word(w) is None})
     if unknown:

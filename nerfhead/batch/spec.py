@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 POSE_KINDS = ("train", "val", "smooth", "static")  #: render --poses values
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: files ``nerfhead batch`` writes into DIR itself: no speaker's folder may take their name
+RESERVED_NAMES = ("summary.md", "summary.csv")
 
 
 class SpeakersFileError(ValueError):
@@ -181,6 +181,9 @@ def _speaker(raw: Any, defaults: dict, base: Path, where: str, entry: int) -> Sp
     if not NAME_RE.match(name):
         raise SpeakersFileError(f"{where}: name must be letters, digits, '.', '_' or '-' "
                                 f"(it becomes the folder DIR/{name})")
+    if name.lower() in RESERVED_NAMES:
+        raise SpeakersFileError(f"{where}: name {name!r} is the batch's own file DIR/{name} "
+                                "(the results table); choose another name")
     kw: dict = {"name": name, "entry": entry}
     for key in PATH_FIELDS:
         if data.get(key) is not None:
@@ -206,7 +209,8 @@ def _speaker(raw: Any, defaults: dict, base: Path, where: str, entry: int) -> Sp
                                 f"{feature!r}")
     kw["audio_feature"] = feature
     v = data.get("max_seconds")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or
+                          not 0 < v < float("inf")):
         raise SpeakersFileError(f"{where}: 'max_seconds' must be a positive number, got {v!r}")
     kw["max_seconds"] = None if v is None else float(v)
     preset = data.get("preset", "tiny")
@@ -255,13 +259,18 @@ def _input_error(spec: SpeakerSpec, names: set[str]) -> str | None:
 
 def load_speakers(path: str | Path) -> list[SpeakerSpec]:
     """Read and validate a speakers file (see the module doc). Raises SpeakersFileError."""
+    from nerfhead.config import ConfigError, read_yaml_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SpeakersFileError(f"speakers file {path} not found")
     try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpeakersFileError(f"{path}: not valid YAML: {e}") from None
+        doc = read_yaml_file(path, "speakers file")
+    except ConfigError as e:  # a folder, not UTF-8 text, bad YAML, a key given twice
+        raise SpeakersFileError(str(e).replace(" is not valid YAML", ": not valid YAML")) from None
+    if doc is None:
+        raise SpeakersFileError(f"{path} is empty (or only comments): list the speakers under "
+                                "'speakers:', each with at least name and video (docs/batch.md)")
     defaults: dict = {}
     if isinstance(doc, dict):
         unknown = sorted(set(doc) - {"defaults", "speakers"})

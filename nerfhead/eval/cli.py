@@ -249,22 +249,34 @@ def delivered_description(gt_torso: bool, clip: bool, no_torso: bool) -> str:
 
 
 def evaluate(args) -> dict:
+    """Render the evaluated frames, measure them and write the report (see the module's doc).
+    A failure leaves no empty output folder behind (``fileio.output_dir``)."""
+    import contextlib
+
+    from nerfhead.fileio import output_dir
+
+    with contextlib.ExitStack() as made:
+        if args.out:  # before any work: an unwritable place fails now, not after every frame
+            made.enter_context(output_dir(args.out, "nerfhead evaluate --out"))
+        return _evaluate(args, made)
+
+
+def _evaluate(args, made) -> dict:
     from nerfhead.data.dataset import load_audio_features
     from nerfhead.eval.report import SequenceEvaluator, write_report
     from nerfhead.eval.lipsync import syncnet_scores
     from nerfhead.render.cli import DatasetFrames, pick_device, resize_to, to_uint8
     from nerfhead.data.dataset import check_dataset_dir
-    from nerfhead.fileio import check_output_dir
+    from nerfhead.fileio import output_dir
     from nerfhead.train.checkpoint import load_run, run_dataset
     from tqdm import tqdm
 
-    if args.out:  # before any work: an unwritable place fails now, not after every frame
-        check_output_dir(args.out, "nerfhead evaluate --out")
     device = pick_device(args.device)
     set_torch_threads(getattr(args, "threads", None), device, "nerfhead evaluate")
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint,
                    audio_encoder=args.audio_encoder, prune_floaters=not args.keep_floaters)
-    check_output_dir(Path(args.out) if args.out else Path(run.run_dir) / "eval", "nerfhead evaluate --out")
+    made.enter_context(output_dir(Path(args.out) if args.out else Path(run.run_dir) / "eval",
+                                  "nerfhead evaluate --out"))
     model = run.model
     clip = args.audio_from is not None
     data_dir = check_dataset_dir(args.audio_from) if clip else run_dataset(run, args.data)
@@ -364,6 +376,7 @@ def evaluate(args) -> dict:
 def drive_run(args) -> dict:
     """``--drive AUDIO``: see ``nerfhead.eval.drive``."""
     from nerfhead.eval.drive import drive
+    from nerfhead.fileio import output_dir
     from nerfhead.render.cli import pick_device
     from nerfhead.train.checkpoint import load_run
 
@@ -372,13 +385,16 @@ def drive_run(args) -> dict:
     run = load_run(args.run_dir, device=device, checkpoint=args.checkpoint,
                    audio_encoder=args.audio_encoder, prune_floaters=not args.keep_floaters)
     detector, reason = load_detector()
-    if detector is None:
-        raise SystemExit(f"--drive needs the face landmark detector: {reason}")
+    if detector is None:  # missing weights, as any missing input: exit 2 with the cause
+        from nerfhead.weights import WeightsUnavailable
+
+        raise WeightsUnavailable(f"it needs the face landmark detector: {reason}")
     out = Path(args.out) if args.out else Path(run.run_dir) / f"eval_drive_{Path(args.drive).stem}"
     try:
-        return drive(run, args.drive, Path(args.data or run.dataset_dir), out,
-                     poses=args.drive_poses, max_frames=args.max_frames, detector=detector,
-                     level=getattr(args, "audio_level", "match"))
+        with output_dir(out, "nerfhead evaluate --drive --out"):  # no empty folder if it fails
+            return drive(run, args.drive, Path(args.data or run.dataset_dir), out,
+                         poses=args.drive_poses, max_frames=args.max_frames, detector=detector,
+                         level=getattr(args, "audio_level", "match"))
     finally:
         detector.close()
 

@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="driving audio: any audio or video file (its first audio stream)")
     p.add_argument("--audio-features", default=None,
                    help="precomputed features [N,T,C] .npy (needed for runs trained on 'precomputed')")
-    p.add_argument("--out", default=None, help="output mp4 (default RUN/renders/<audio>.mp4)")
+    p.add_argument("--out", default=None, help="output mp4, replaced if it exists (default "
+                   "RUN/renders/<audio>.mp4, or <audio>-2.mp4 ... when that exists)")
     p.add_argument("--poses", default=None, choices=["train", "val", "smooth", "static", "audio"],
                    help="pose source of this speaker (default train); audio: head motion generated "
                         "from the driving audio by the speaker's head-motion model (docs/motion.md)")
@@ -103,12 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def render_video(args) -> Path:
     from nerfhead.render.compositing import paste_back
-    from nerfhead.fileio import check_output_file, clean_stale_temps, require_space
+    from nerfhead.fileio import check_output_file, clean_stale_temps, require_space, unused_path
     from nerfhead.render.video import SourceFrames, VideoWriter
     from nerfhead.threads import set_torch_threads
 
     if args.out:  # before any work: a folder or an unwritable place fails now, not at the end
         check_output_file(args.out, "nerfhead render --out")
+        refuse_input_as_output(args, Path(args.out))
     set_torch_threads(getattr(args, "threads", None), pick_device(args.device), "nerfhead render")
     renderer = Renderer.load(args.run_dir, args.device, args.checkpoint, args.data, args.audio_encoder,
                              not args.keep_floaters)
@@ -129,8 +131,12 @@ def render_video(args) -> Path:
         raise SystemExit(f"--gt-torso uses the torso image of each pose's frame; poses "
                          f"'{seq.source}' are not tied to frames of {data_dir} (use --poses "
                          f"train, val or smooth)")
-    out = Path(args.out) if args.out else Path(run.run_dir) / "renders" / f"{Path(args.audio).stem}.mp4"
+    if args.out:
+        out = Path(args.out)
+    else:  # a default name never replaces an earlier render (another a/talk.mp3 after b/talk.wav)
+        out = unused_path(Path(run.run_dir) / "renders" / f"{Path(args.audio).stem}.mp4")
     check_output_file(out, "nerfhead render --out")
+    refuse_input_as_output(args, out)
     clean_stale_temps(out.parent, depth=0)
     # H.264 at crf 18 stays well under 1/10 of the raw frames; the encoder's temporaries double it
     require_space(out.parent, 2 * len(feats) * (run.camera.height * run.camera.width * 3 // 10 + 4096),
@@ -166,6 +172,24 @@ def render_video(args) -> Path:
     log.info("wrote %s: %d frames in %.1f s (%.2f FPS); seconds per stage: %s", out, writer.frames,
              dt, writer.frames / dt, {k: round(v, 2) for k, v in times.seconds.items()})
     return out
+
+
+def refuse_input_as_output(args, out: Path) -> None:
+    """The video is written over ``out`` at the end: refuse an ``out`` that is one of the
+    inputs (``--audio talk.mp4 --out talk.mp4`` replaced the speech with the render)."""
+    import errno
+
+    from nerfhead.fileio import OutputLocationError
+
+    if not out.exists():
+        return
+    for flag in ("audio", "source", "pose_file", "motion", "blink", "audio_features"):
+        given = getattr(args, flag, None)
+        if given and Path(given).exists() and out.samefile(given):
+            raise OutputLocationError(
+                errno.EEXIST, f"--out {out} is the --{flag.replace('_', '-')} "
+                f"file: the render would replace it. Give another --out, e.g. "
+                f"{out.with_name(out.stem + '_render.mp4')}")
 
 
 def known_errors() -> tuple[type[BaseException], ...]:

@@ -328,9 +328,7 @@ def driving_features(run, audio_path, features_path=None, max_frames=None, *, le
     warn_if_silent(samples, audio_path)
     kind = run.model.audio_kind
     if features_path is not None:
-        feats = np.load(features_path).astype(np.float32)
-        if feats.ndim == 2:
-            feats = feats[:, None, :]
+        feats = load_feature_file(features_path, run.model.meta)
     elif kind == "precomputed":
         raise SystemExit(f"{run.run_dir}: this run was trained on precomputed features "
                          f"(aud.npy); pass --audio-features for {audio_path}")
@@ -348,15 +346,45 @@ def driving_features(run, audio_path, features_path=None, max_frames=None, *, le
     return feats, samples
 
 
-#: share of samples at full scale above which the driving audio is called clipped (a loud but
-#: clean recording has a few: 0.2% of the 8-s radio sample; +40 dB on it: 77%)
-CLIPPED_FRACTION = 0.01
+def load_feature_file(path, meta) -> np.ndarray:
+    """``--audio-features``: per-frame features [N, T, C] (or [N, C] for T = 1) of the kind the
+    run was trained on (``meta``: its ``ModelMeta``); ValueError naming the file otherwise."""
+    from pathlib import Path
+
+    path = Path(path)
+    want = f"[N, {meta.audio_len}, {meta.audio_channels}]"
+    if not path.is_file():
+        raise FileNotFoundError(f"--audio-features {path}: " + ("a folder, not an .npy file"
+                                                               if path.is_dir() else "not found"))
+    try:
+        feats = np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"--audio-features {path}: not a readable .npy array ({e}); save the "
+                         f"features with numpy.save as a float {want} array") from None
+    if not np.issubdtype(feats.dtype, np.number):
+        raise ValueError(f"--audio-features {path}: holds {feats.dtype} values, not numbers")
+    feats = feats.astype(np.float32)
+    if feats.ndim == 2 and meta.audio_len == 1:
+        feats = feats[:, None, :]
+    if feats.ndim != 3 or feats.shape[1:] != (meta.audio_len, meta.audio_channels):
+        raise ValueError(f"--audio-features {path}: shape {feats.shape}, but this run was trained "
+                         f"on {meta.audio_kind} features {want} per video frame: features of "
+                         "another kind or window? Make them as the run's dataset was made, or "
+                         "leave --audio-features out to compute them from --audio")
+    bad = np.flatnonzero(~np.isfinite(feats).reshape(len(feats), -1).all(axis=1))
+    if bad.size:
+        raise ValueError(f"--audio-features {path}: the features of {bad.size} frame(s) hold NaN "
+                         f"or infinite values (frame {bad[0]} first, counting from 0); make them "
+                         "again from the audio")
+    return feats
 
 
 def warn_if_clipped(samples, audio_path) -> None:
     """Warn when the driving audio is clipped: distorted speech gives features the model never
     saw (and the voice detector may hear no speech in it at all)."""
-    clipped = float(np.mean(np.abs(samples) >= 0.999)) if len(samples) else 0.0
+    from nerfhead.audio.level import CLIPPED_FRACTION, clipped_fraction
+
+    clipped = clipped_fraction(samples)
     if clipped > CLIPPED_FRACTION:
         log.warning("%s: %.0f%% of its samples are at full scale: the sound is clipped (recorded "
                     "or amplified too loud), and the mouth follows distorted speech poorly. Use a "

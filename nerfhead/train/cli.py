@@ -74,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:  # inputs and the output location, before any work
         check_dataset_dir(args.data)
+        load_configs(args.config, overrides)  # a bad preset or --set makes no --out folder
         check_output_dir(args.out, "nerfhead train --out")
-    except (DatasetError, OutputLocationError) as e:
+    except (DatasetError, OutputLocationError, ConfigError, FileNotFoundError) as e:
         print(f"nerfhead train: {e}", file=sys.stderr)
         return 2
     has_ckpt = bool(list_checkpoints(args.out))
