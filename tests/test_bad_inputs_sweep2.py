@@ -389,6 +389,7 @@ def test_server_answers_bad_requests_with_errors(tiny_run, base_wav):
             "wav as pcm": await c.post(url + "?format=s16le", data=wav),
             "rate": await c.post(url, data=b"\0\0" * 8,
                                  headers={"Content-Type": "audio/L16; rate=abc"}),
+            "empty pcm": await c.post(url + "?format=s16le", data=b""),
         }
         errors = {k: (r.status, (await r.json())["error"]) for k, r in answers.items()}
         with pytest.raises(aiohttp.WSServerHandshakeError) as e:
@@ -408,6 +409,7 @@ def test_server_answers_bad_requests_with_errors(tiny_run, base_wav):
     assert "format='f32le' is not known" in errors["format"][1]
     assert "this is a WAV file, not raw PCM" in errors["wav as pcm"][1]
     assert "PCM rate 'abc' is not a whole number" in errors["rate"][1]
+    assert "the request has no audio (empty body)" in errors["empty pcm"][1]
     assert ws_status == 400 and ok == 200 and health == 200
 
 
@@ -434,6 +436,11 @@ def test_transcript_in_another_alphabet_is_named():
     assert "Cyrillic letters: Прив" in str(e.value) and "US English" in str(e.value)
     with pytest.raises(AudioError, match="empty, or holds only punctuation"):
         words.align_transcript(silence, " ... ", source="transcript said.txt")
+    # mixed: the other script's words would vanish and the rest be aligned out of place
+    with pytest.raises(AudioError) as e:
+        words.align_transcript(silence, "bin blue at Москва now", source="transcript said.txt")
+    assert "1 word(s) not in the pronouncing dictionary" in str(e.value) and "Москва" in str(e.value)
+    assert words.foreign_words("naïve café, 東京 and Αθήνα.") == {"東京", "Αθηνα"}
 
 
 def test_words_said_by_nothing_are_named():

@@ -130,6 +130,14 @@ def _words_of(segments, offset: float = 0.0) -> list[WordTiming]:
     return out
 
 
+def foreign_words(text: str) -> set[str]:
+    """The tokens of ``text`` with letters outside the Latin alphabet (accents aside), which
+    ``transcript_words`` drops: Cyrillic, CJK, Greek ... words."""
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    tokens = (re.sub(r"[^\w']", "", t) for t in re.split(r"[\s\-\u2013\u2014/]+", text))
+    return {t for t in tokens if any(c.isalpha() and not "a" <= c.lower() <= "z" for c in t)}
+
+
 def _script(letter: str) -> str:
     """The script of a letter as Unicode names it: CYRILLIC, CJK, ARABIC ..."""
     script = unicodedata.name(letter, "other").split()[0]
@@ -152,7 +160,9 @@ def align_transcript(samples: np.ndarray, text: str, source: str = "transcript")
         raise AudioError(f"{source}: no words in the transcript (it is empty, or holds only "
                          "punctuation); give the words said, or leave the transcript out")
     decoder = _decoder()
-    unknown = sorted({w for w in words if decoder.lookup_word(w) is None})
+    # words in another script vanish from ``words`` (their letters are not a-z): aligning the
+    # rest to audio that says them too would misplace every word after them
+    unknown = sorted({w for w in words if decoder.lookup_word(w) is None} | foreign_words(text))
     if unknown:
         named = ", ".join(unknown[:NAMED_WORDS]) + (f" and {len(unknown) - NAMED_WORDS} more"
                                                      if len(unknown) > NAMED_WORDS else "")

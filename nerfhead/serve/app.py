@@ -414,6 +414,9 @@ def build_app(server: Server):
             return error(400, f"bad audio: the body is {request.content_type}, not audio: send the "
                               "file itself as the request body (curl --data-binary @speech.wav), "
                               "not as a form upload (-F) or inside JSON", session=s.id)
+        if not body:  # raw PCM too: a push of nothing is a client's mistake, not 0 s of audio
+            s.error = "the request has no audio (empty body)"
+            return error(400, f"bad audio: {s.error}", session=s.id)
         try:
             if request.content_type == "audio/l16" or fmt == "s16le":
                 params = parse_mimetype(request.headers.get("Content-Type", "")).parameters
