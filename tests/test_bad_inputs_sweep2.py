@@ -11,46 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+# the first sweep's helpers, its 24-px dataset and 2-step run (module-scoped here too), and
+# test_batch's stand-in video for speakers files: fixtures shared by import
+from test_bad_inputs_sweep import dataset, ffmpeg, speech_like, tiny_run  # noqa: F401
+from test_batch import video  # noqa: F401
+
 from nerfhead.audio.features import AudioError, load_audio
-
-
-def ffmpeg(*args):
-    import imageio_ffmpeg
-
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
-                    *map(str, args)], check=True)
-
-
-def speech_like(seconds: float = 1.0, sr: int = 16000) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    return (0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from nerfhead.data.synthetic import make_dataset
-
-    return make_dataset(tmp_path_factory.mktemp("syn") / "data", num_frames=14, size=24)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(dataset, tmp_path_factory):
-    from nerfhead.train.config import load_configs
-    from nerfhead.train.trainer import Trainer
-
-    run = tmp_path_factory.mktemp("run") / "run"
-    cfg = load_configs("tiny", {"data": {"image_size": 24, "num_rays": 64},
-                                "model": {"max_steps": 16},
-                                "train": {"iters": 2, "checkpoint_every": 2, "val_every": 0}})
-    Trainer(dataset, cfg, run).fit(progress=False)
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +189,9 @@ def test_pose_from_a_short_dataset_and_from_what_is_no_dataset(dataset, tmp_path
     short = make_dataset(tmp_path / "short", num_frames=8, size=32)
     assert not json.loads((short / "transforms_val.json").read_text())["frames"]
     assert len(build_sequence(dataset, 5, pose_from=short)) == 5
-    video = tmp_path / "clip.mp4"
-    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    for path, words in ((video, "is a video, not a dataset folder"),
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    for path, words in ((clip, "is a video, not a dataset folder"),
                         (tmp_path / "nope", "does not exist"),
                         (tmp_path, "has no transforms_train.json")):
         with pytest.raises(ValueError) as e:
@@ -228,14 +200,6 @@ def test_pose_from_a_short_dataset_and_from_what_is_no_dataset(dataset, tmp_path
 
 
 # ---------------------------------------------------------------------------- speakers files
-
-
-@pytest.fixture
-def video(tmp_path) -> Path:
-    v = tmp_path / "clips" / "a.mp4"
-    v.parent.mkdir()
-    v.write_bytes(b"stands in for a video")
-    return v
 
 
 @pytest.mark.parametrize("text, words", [
