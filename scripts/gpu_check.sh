@@ -153,9 +153,12 @@ env = {"mode": mode, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime
        "nvcc": run(["nvcc", "--version"]).splitlines()[-1:] if shutil.which("nvcc") else None,
        "git_commit": run(["git", "rev-parse", "HEAD"]) or None,
        "git_changed_files": len(run(["git", "status", "--porcelain"]).splitlines()) if shutil.which("git") else None}
-# what nerfhead needs beside torch to build, test, train and render (imageio_ffmpeg: only
-# bench render's H.264 encode timing, reported "not timed" without it)
-mods = ["numpy", "scipy", "cv2", "yaml", "tqdm", "tensorboard", "pytest", "ninja", "imageio_ffmpeg", "nerfacc"]
+# what nerfhead needs beside torch to build, test, train and render. Only render_video (and
+# bench render's H.264 encode timing, "not timed" without it) needs imageio_ffmpeg, and
+# onnxruntime + openwakeword's two ONNX models for the 'ow' features that `nerfhead render`
+# computes from --audio for a run trained on mel+ow
+mods = ["numpy", "scipy", "cv2", "yaml", "tqdm", "tensorboard", "pytest", "ninja", "imageio_ffmpeg",
+        "nerfacc", "onnxruntime", "openwakeword"]
 env["packages"] = {}
 for m in mods:
     try:

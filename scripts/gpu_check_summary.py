@@ -75,7 +75,7 @@ def _render(path: Path) -> dict | None:
         out["compare"] = {name: {k: comp[name].get(k) for k in
                                  ("fps_head", "fps_head_torso_compositing", "ms_per_stage",
                                   "host_syncs", "kernel_launches")}
-                          for name in ("old", "new")}
+                          for name in ("old", "new", "eager") if name in comp}
         out["compare"]["speedup"] = comp.get("speedup")
     return out
 
@@ -178,6 +178,9 @@ def brief(summary: dict) -> str:
                              f"host syncs per frame {c['old']['host_syncs']} -> {c['new']['host_syncs']}"
                              + (f", kernel launches {c['old']['kernel_launches']} -> "
                                 f"{c['new']['kernel_launches']}" if c['new'].get('kernel_launches') else ""))
+                if "eager" in c:
+                    lines.append(f"    without the CUDA graph: {c['eager']['fps_head']:.1f} FPS head, "
+                                 f"{c['eager']['fps_head_torso_compositing']:.1f} FPS head+torso+compositing")
     if r["train"]:
         t = r["train"]
         lines.append(f"  train: {t['steps']} steps, {t.get('iters_per_s')} it/s, val PSNR {t['val_psnr']:.2f} dB")

@@ -304,6 +304,75 @@ def test_frame_runner_static_inputs_and_same_image(graph_steps):
     assert float((torso_alpha - ref["torso_alpha"].reshape(R)).abs().max()) <= 1e-6
 
 
+def test_step_capacities_hand_values():
+    from nerfhead.models.frame_graph import step_capacities
+
+    # 1000 samples: 1000 * 1.15 + 64 = 1214, quantum 2048 // 8 = 256 -> 1280
+    # 0 samples: one ray's 64; 900,000: 1,035,064 -> quantum 2^20 // 8 = 131,072 -> 1,048,576
+    assert step_capacities([1000, 0, 900_000], 64, 1 << 21) == [1280, 64, 1 << 20]
+    assert step_capacities([2_000_000], 64, 1 << 21) == [1 << 21]  # never past the buffers
+
+
+def _runner_and_inputs(capacity=8192):
+    from nerfhead.models.frame_graph import FrameRunner
+
+    m = _model()
+    m.inference = InferenceConfig(capacity=capacity, torso_alpha_eps=0.0)
+    runner = FrameRunner(m, m.camera, with_torso=True, use_graph=True)  # CPU: no capture
+    return m, runner, m.conditions(FEATS, 2, EXPR, 1), m.torso_latent(1)
+
+
+def test_frame_runner_fixed_steps_shade_what_the_first_frame_measured():
+    """The first frame renders exactly and records each step's samples; the next frames run
+    fixed steps of those sizes (plus headroom), not the buffers' whole capacity, and draw
+    the same image bit for bit."""
+    _, runner, cond, lat = _runner_and_inputs()
+    shaded = []
+    first = runner.render(synthetic_pose(), cond, lat)
+    caps = list(runner.capacities)
+    buffers = runner.loop.buffers
+    assert len(caps) >= 2 and sum(caps) < buffers.capacity * len(caps)
+    assert caps[-1] == runner.loop.kmax  # the closing step finds nothing left
+    import nerfhead.models.frame_graph as fg
+
+    real = fg.head_shader
+
+    def counting(*a, **k):
+        fn = real(*a, **k)
+
+        def shade(pos, dirs, ids):
+            shaded.append(pos.shape[0])
+            return fn(pos, dirs, ids)
+        return shade
+
+    fg.head_shader = counting
+    try:
+        second = runner.render(synthetic_pose(), cond, lat)
+    finally:
+        fg.head_shader = real
+    assert shaded == caps  # one field call per fixed step, exactly its capacity, no finish
+    for key in ("rgb", "alpha", "depth", "torso_rgba"):
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_frame_runner_step_too_small_still_renders_right_and_grows():
+    """A frame whose step asks for more than its capacity defers rays (they march in the
+    next step or finish eagerly): the image is unchanged and the capacities grow."""
+    m, runner, cond, lat = _runner_and_inputs()
+    exact = runner.render(synthetic_pose(), cond, lat)
+    kmax = runner.loop.kmax
+    runner.capacities = [kmax] * len(runner.capacities)  # far too small
+    small = runner.render(synthetic_pose(), cond, lat)
+    R = m.camera.height * m.camera.width
+    for key, tol in (("rgb", TOL_LOOP), ("alpha", TOL_LOOP), ("depth", TOL_FUSED_DEPTH)):
+        assert float((exact[key] - small[key]).abs().max()) <= tol, key
+    assert exact["rgb"].shape == (R, 3)
+    assert runner.capacities[0] > kmax  # grown from what the steps asked for
+    again = runner.render(synthetic_pose(), cond, lat)
+    assert torch.equal(again["rgb"], small["rgb"]) or \
+        float((again["rgb"] - exact["rgb"]).abs().max()) <= TOL_LOOP
+
+
 @pytest.mark.cuda
 def test_cuda_graph_frames_match_eager_frames(caplog):
     if not torch.cuda.is_available():
@@ -342,6 +411,13 @@ def test_bench_render_compare_old_and_new(tmp_path, capsys):
     assert comp["new"]["host_syncs"] < comp["old"]["host_syncs"]
     assert res["fps_head"] == comp["new"]["fps_head"] > 0  # top level: the new path
     assert "loop='compact'" in comp["old"]["inference"] and "loop='fixed'" in comp["new"]["inference"]
+    assert "eager" not in comp  # the graph-less variant is timed on CUDA only
+    # on CUDA the table gets a column of the new path without its graph
+    from nerfhead.render.bench import format_compare
+
+    eager = {**comp["new"], "fps_head": 123.45, "host_syncs": 9}
+    text = format_compare({**comp, "eager": eager})
+    assert "eager" in text and "123.45" in text and "without its CUDA graph" in text
 
 
 @pytest.mark.cuda

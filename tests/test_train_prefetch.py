@@ -76,8 +76,8 @@ def test_training_with_prefetch_is_the_same_run(data, tmp_path):
     for prefetch in (0, 2):
         tr = Trainer(data, _configs(prefetch), tmp_path / f"run{prefetch}")
         picked = []
-        real = tr.train_set.sample
-        tr.train_set.sample = lambda i, *a, **k: (picked.append(i), real(i, *a, **k))[1]
+        real = tr.train_set.pixels  # the draw of each frame's rays (sample's and the steps')
+        tr.train_set.pixels = lambda i, *a, **k: (picked.append(i), real(i, *a, **k))[1]
         tr.fit(progress=False)
         runs[prefetch] = tr
         assert picked == [i for s in range(8) for i in tr.frames_of_step(s)]  # what it decodes

@@ -1,8 +1,8 @@
 """A bounded least-recently-used cache for decoded frames.
 
-The dataset never preloads a clip: each image is decoded on first use and kept here until
-``capacity`` newer entries push it out, so host memory stays at about
-``capacity * H * W * 3`` bytes whatever the clip length.
+Unless training preloads the clip onto its device (``DataConfig.preload``), each image is
+decoded on first use and kept here until ``capacity`` newer entries push it out, so host
+memory stays at about ``capacity * H * W * 3`` bytes whatever the clip length.
 """
 
 from __future__ import annotations

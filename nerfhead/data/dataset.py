@@ -11,10 +11,13 @@ zeros with a warning), mouth landmarks from ``landmarks.npy`` [N,478,3] or
 ``ori_imgs/<i>.lms`` (68 iBUG points, SyncTalk).
 
 Memory is bounded: arrays are memory-mapped, images are decoded on first use and kept in
-an LRU cache of ``DataConfig.cache_size`` frames (resized to the training resolution).
+an LRU cache of ``DataConfig.cache_size`` frames (resized to the training resolution). For
+training on a GPU, ``TalkingHeadDataset.preload`` (``DataConfig.preload``) instead decodes
+every frame of the split once onto the device, where the rays' colours are then gathered.
 
 Ray sampling (``TalkingHeadDataset.sample``) is a pure function of the frame and the
-``torch.Generator`` passed in, so the trainer can make it a function of (seed, step).
+``torch.Generator`` passed in, so the trainer can make it a function of (seed, step); the
+colours it returns are the same bits from the cache and from preloaded frames.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,6 +92,32 @@ class DataConfig:
     """Lips stage: the lip landmarks' box is grown by this fraction of its size per side."""
     max_frames: int = 0
     """Use only the first max_frames frames of the split (0: all); for quick experiments."""
+    preload: Literal["auto", "always", "never"] = "auto"
+    """Training frames on the training device: auto = when training on a CUDA device, decode
+    every training frame's target and the background behind its head (the torso stage: the
+    plate) once at the start into uint8 tensors on the device and gather each step's ray
+    colours there, if they take at most ``PRELOAD_MEMORY_SHARE`` (half) of the device's free
+    memory (else the reason is logged and the cache is used); always = preload on any
+    device, the CPU included, whatever the size; never = decode on use into the LRU cache
+    of cache_size. The rays and their colours are the same bits either way (preloaded frames
+    spare a step the host gathers and copies: on an H200 they were half the step's time)."""
+
+
+#: data.preload = auto preloads the training frames when they take at most this share of the
+#: device's free memory at the start (the rest is the training's: 7 GiB at the head preset)
+PRELOAD_MEMORY_SHARE = 0.5
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:.0f} MB" if nbytes >= 1e7 else f"{nbytes / 1e6:.2f} MB"
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA ``device``; None for any other device (data.preload = auto then
+    keeps the cache: a CPU gains nothing from holding every frame in memory)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
 
 
 def check_dataset_dir(root) -> Path:
@@ -278,6 +309,32 @@ def _read_rgb(path: Path, size: tuple[int, int], flags=cv2.IMREAD_COLOR) -> np.n
     return np.ascontiguousarray(img)
 
 
+#: byte value -> value / 255 as the CPU computes it: preloaded frames turn their bytes into
+#: colours through this table, because a GPU's ``x / 255.0`` multiplies by the reciprocal,
+#: which is one ulp off for about half the byte values, and the colours must be the same bits
+#: as the cache's (``torch.from_numpy(img)[v, u].float() / 255.0`` on the CPU)
+_UNIT = torch.arange(256, dtype=torch.float32) / 255.0
+
+
+@dataclass
+class PreloadedFrames:
+    """Every frame of a split decoded once, uint8 on one device (``TalkingHeadDataset.preload``)."""
+
+    images: Tensor  #: [N, H, W, 3] targets (gt_imgs)
+    backgrounds: Tensor | None  #: [N, H, W, 3] head_background of each frame (None: not loaded)
+    plate: Tensor  #: [H, W, 3] bc.jpg
+    unit: Tensor  #: [256] float32 on the device: _UNIT
+    nbytes: int  #: bytes held on the device
+    seconds: float  #: wall time of the decode
+
+    def colours(self, f: Tensor, u: Tensor, v: Tensor, bg_kind: str) -> tuple[Tensor, Tensor]:
+        """Target and background colours [R, 3] at frame ``f``, pixel (u, v) per ray: one
+        copy of the coordinates to the device, one gather per image."""
+        f, v, u = torch.stack([f, v, u]).to(self.images.device).unbind()
+        bg = self.plate[v, u] if bg_kind == "plate" else self.backgrounds[f, v, u]
+        return self.unit[self.images[f, v, u].long()], self.unit[bg.long()]
+
+
 @dataclass
 class RayBatch:
     """Pixels of one frame: coordinates, targets and the background behind the head."""
@@ -327,6 +384,8 @@ class TalkingHeadDataset:
         self.has_torso_imgs = (self.root / "torso_imgs").is_dir()
         self._cache = LRUCache(self.cfg.cache_size)
         self._background: np.ndarray | None = None
+        #: the split's frames on the training device (``preload``), or None: the cache
+        self.preloaded: PreloadedFrames | None = None
         self._lms_cache = LRUCache(max(16, self.cfg.cache_size))
 
     # ------------------------------------------------------------------ arrays
@@ -361,28 +420,81 @@ class TalkingHeadDataset:
 
     def image(self, i: int) -> np.ndarray:
         """Target frame ``i`` (gt_imgs/<img_id>.jpg), uint8 [H, W, 3], cached."""
-        img_id = int(self.img_ids[i])
-        return self._cache.get(("gt", img_id), lambda: _read_rgb(
-            self.root / "gt_imgs" / f"{img_id}.jpg", self.size))
+        return self._cache.get(("gt", int(self.img_ids[i])), lambda: self._decode_image(i))
 
     def head_background(self, i: int) -> np.ndarray:
         """What lies behind the head in frame ``i``: torso_imgs RGBA over bc.jpg (uint8)."""
         if not self.has_torso_imgs:
             return self.background()
+        return self._cache.get(("torso", int(self.img_ids[i])), lambda: self._decode_head_background(i))
+
+    # the two decoders of the cache and of preload (the same pixels whichever holds them)
+    def _decode_image(self, i: int) -> np.ndarray:
+        return _read_rgb(self.root / "gt_imgs" / f"{int(self.img_ids[i])}.jpg", self.size)
+
+    def _decode_head_background(self, i: int) -> np.ndarray:
         img_id = int(self.img_ids[i])
-
-        def load():
-            rgba = _read_rgb(self.root / "torso_imgs" / f"{img_id}.png", self.size, cv2.IMREAD_UNCHANGED)
-            if rgba.shape[2] != 4:
-                raise DatasetError(f"dataset: torso_imgs/{img_id}.png must be RGBA")
-            a = rgba[..., 3:].astype(np.float32) / 255.0
-            out = rgba[..., :3] * a + self.background() * (1.0 - a)
-            return np.round(out).astype(np.uint8)
-
-        return self._cache.get(("torso", img_id), load)
+        rgba = _read_rgb(self.root / "torso_imgs" / f"{img_id}.png", self.size, cv2.IMREAD_UNCHANGED)
+        if rgba.shape[2] != 4:
+            raise DatasetError(f"dataset: torso_imgs/{img_id}.png must be RGBA")
+        a = rgba[..., 3:].astype(np.float32) / 255.0
+        out = rgba[..., :3] * a + self.background() * (1.0 - a)
+        return np.round(out).astype(np.uint8)
 
     def cache_nbytes(self) -> int:
         return self._cache.nbytes()
+
+    def preload(self, device, head_backgrounds: bool = True,
+                progress: bool = False) -> PreloadedFrames | None:
+        """Apply data.preload for training on ``device``: decode every frame's target (and,
+        with ``head_backgrounds``, its head_background; the torso stage needs only the
+        plate) into ``self.preloaded``, on a thread pool (OpenCV's decoders release the GIL),
+        or keep the cache, saying why. A frame that cannot be read raises its DatasetError
+        here. Returns ``self.preloaded``."""
+        device, mode = torch.device(device), self.cfg.preload
+        H, W = self.size
+        n = len(self)
+        # without torso_imgs every frame's head background is the plate: kept once
+        per_frame = 2 if head_backgrounds and self.has_torso_imgs else 1
+        nbytes = (n * per_frame + 1) * H * W * 3
+        free = free_device_memory(device) if mode == "auto" else None
+        if mode == "never" or (mode == "auto" and free is None):
+            return self.preloaded
+        if mode == "auto" and nbytes > PRELOAD_MEMORY_SHARE * free:
+            log.warning("data.preload: the %d training frames need %s, more than %.0f%% of the "
+                        "%s free on %s: frames are decoded on use into the cache "
+                        "(data.cache_size %d) instead, slower", n, _mb(nbytes),
+                        100 * PRELOAD_MEMORY_SHARE, _mb(free), device, self.cfg.cache_size)
+            return self.preloaded
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        plate = torch.from_numpy(self.background()).to(device)  # read before the threads use it
+        images = torch.empty((n, H, W, 3), dtype=torch.uint8, device=device)
+        backgrounds = (images.new_empty((n, H, W, 3)) if per_frame == 2 else
+                       plate.expand(n, H, W, 3) if head_backgrounds else None)
+
+        def load(i: int) -> None:
+            images[i].copy_(torch.from_numpy(self._decode_image(i)))
+            if per_frame == 2:
+                backgrounds[i].copy_(torch.from_numpy(self._decode_head_background(i)))
+
+        pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1), thread_name_prefix="nerfhead-preload")
+        try:
+            for _ in tqdm(pool.map(load, range(n)), total=n, disable=not progress, unit="frame",
+                          desc="preload frames", dynamic_ncols=True):
+                pass
+        finally:  # a frame that failed: the rest are not decoded for nothing
+            pool.shutdown(cancel_futures=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        self.preloaded = PreloadedFrames(images, backgrounds, plate, _UNIT.to(device), nbytes, seconds)
+        log.info("data.preload: %d training frames (%s) decoded onto %s: %s in %.1f s",
+                 n, "target + head background" if per_frame == 2 else
+                 "target; the plate behind every head" if head_backgrounds else "target + plate",
+                 device, _mb(nbytes), seconds)
+        return self.preloaded
 
     # ------------------------------------------------------------------ mouth
     def mouth_box(self, i: int) -> tuple[int, int, int, int]:
@@ -418,12 +530,19 @@ class TalkingHeadDataset:
     # ------------------------------------------------------------------ rays
     def sample(self, i: int, mode: str, generator: torch.Generator, num_rays: int | None = None,
                bg_kind: str = "head") -> RayBatch:
-        """Pixels of frame ``i`` for one training step.
+        """Pixels of frame ``i`` for one training step: ``pixels`` and their ``colours``."""
+        u, v, patch = self.pixels(i, mode, generator, num_rays)
+        rgb, bg = self.colours(i, u, v, bg_kind)
+        return RayBatch(u=u, v=v, rgb=rgb, bg=bg, patch=patch)
+
+    def pixels(self, i: int, mode: str, generator: torch.Generator,
+               num_rays: int | None = None) -> tuple[Tensor, Tensor, tuple[int, int] | None]:
+        """Pixel columns u and rows v [R] (int64, CPU) of frame ``i`` drawn from ``generator``,
+        and the patch shape (or None).
 
         mode: ``random`` (``num_rays`` uniform pixels of the whole frame) or ``mouth``
         (a ``patch_size``² grid covering the mouth box, randomly jittered by up to one
-        stride). bg_kind: ``head`` (torso-over-plate: the head stages) or ``plate``
-        (bc.jpg: the torso stage, where the torso field explains the torso).
+        stride).
         """
         H, W = self.size
         if mode == "random":
@@ -441,10 +560,30 @@ class TalkingHeadDataset:
             patch = (P, P)
         else:
             raise ValueError(f"unknown ray sampling mode {mode!r} (random or mouth)")
-        target = torch.from_numpy(self.image(i))[v, u].float() / 255.0
+        return u, v, patch
+
+    def colours(self, frames: int | Tensor, u: Tensor, v: Tensor,
+                bg_kind: str = "head") -> tuple[Tensor, Tensor]:
+        """Target and background colours [R, 3] in [0, 1] at pixels (u, v) of frame
+        ``frames`` (one index, or one per ray [R]). bg_kind: ``head`` (torso-over-plate: the
+        head stages) or ``plate`` (bc.jpg: the torso stage, where the torso field explains
+        the torso). From the preloaded frames when they hold that background (on their
+        device, one gather per image), else from the cache (on the CPU, per frame)."""
+        p = self.preloaded
+        if p is not None and (bg_kind == "plate" or p.backgrounds is not None):
+            return p.colours(torch.as_tensor(frames, dtype=torch.long).expand_as(u), u, v, bg_kind)
+        if not isinstance(frames, Tensor):
+            return self._cached_colours(int(frames), u, v, bg_kind)
+        rgb, bg = torch.empty(u.shape[0], 3), torch.empty(u.shape[0], 3)
+        for i in frames.unique().tolist():
+            rays = frames == i
+            rgb[rays], bg[rays] = self._cached_colours(i, u[rays], v[rays], bg_kind)
+        return rgb, bg
+
+    def _cached_colours(self, i: int, u: Tensor, v: Tensor, bg_kind: str) -> tuple[Tensor, Tensor]:
+        rgb = torch.from_numpy(self.image(i))[v, u].float() / 255.0
         bg_img = self.head_background(i) if bg_kind == "head" else self.background()
-        bg = torch.from_numpy(bg_img)[v, u].float() / 255.0
-        return RayBatch(u=u, v=v, rgb=target, bg=bg, patch=patch)
+        return rgb, torch.from_numpy(bg_img)[v, u].float() / 255.0
 
 
 FINGERPRINT_FILES = ("transforms_train.json", "transforms_val.json", *AUDIO_FILES.values(), "bs.npy")

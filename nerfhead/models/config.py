@@ -130,17 +130,19 @@ class InferenceConfig:
     """Run the MLPs through tiny-cuda-nn's FullyFusedMLP when ``tinycudann`` imports and the
     tensors are on CUDA (logged once either way)."""
     cuda_graph: bool = True
-    """Capture a frame's device work (rays, ``graph_steps`` steps of the fixed loop without
-    read-back, torso) in a CUDA graph and replay it (CUDA only; where capture fails the frame
-    renders eagerly, said once in the log)."""
+    """Capture a frame's device work (rays, the steps of the fixed loop without read-back,
+    each shading what that step needed in the first, measured frame plus headroom; torso)
+    in a CUDA graph and replay it (CUDA only; where capture fails the frame renders eagerly,
+    said once in the log)."""
     torso_alpha_eps: float = 1e-3
     """The torso field runs only on pixels whose head alpha is below ``1 - torso_alpha_eps``
     (elsewhere the head hides it: a pixel's colour moves by at most ``torso_alpha_eps``,
     ``TalkingHead.torso_where_visible``); 0: on every pixel. Eager path only (one host sync
     per frame): inside a CUDA graph the torso runs on every pixel, before the head finishes."""
-    graph_steps: int = 4
-    """Steps of the fixed loop inside the CUDA graph; rays still alive after them finish
-    eagerly with one read-back per step."""
+    graph_steps: int = 16
+    """At most this many steps of the fixed loop inside the CUDA graph (as many as the first,
+    measured frame needed, plus one); rays still alive after them finish eagerly with one
+    read-back per step."""
 
     def fused_heads_for(self, device) -> bool:
         """Whether the fused inference shader runs on ``device`` (``fused_heads`` or auto)."""

@@ -239,13 +239,22 @@ def steps_to_finish(schedule: Sequence[int], max_steps: int) -> int:
 
 def fixed_step(field_fn: FieldFn, buf: FixedRenderBuffers, rays_o: Tensor, rays_d: Tensor,
                grid: OccupancyGrid, k: int, dt_gamma: float, max_steps: int, T_thresh: float,
-               backend: str, read_back: bool) -> int:
+               backend: str, read_back: bool, capacity: int | None = None,
+               demand_out: Tensor | None = None) -> int:
     """One step over all rays (see the module doc). Returns the number of filled slots when
-    ``read_back`` (the one host sync of the step), else -1 (nothing read back)."""
-    cap = buf.capacity
+    ``read_back`` (the one host sync of the step), else -1 (nothing read back).
+
+    ``capacity``: use only the first ``capacity`` slots of the buffers this step (rays beyond
+    them are deferred, as beyond the buffers' own capacity); without read-back the field
+    shades exactly that many. ``demand_out`` (a 0-d int64 device tensor): receives the slots
+    every alive ray asked for this step (device work, nothing read back), so a caller can
+    tell afterwards whether the capacity deferred rays."""
+    cap = buf.capacity if capacity is None else max(1, min(int(capacity), buf.capacity))
     march_compact_count(buf.alive, buf.t, buf.counts, rays_o, rays_d, buf.fars, grid, k, buf.n,
                         dt_gamma, max_steps, backend=backend)
     torch.cumsum(buf.n, 0, dtype=torch.int64, out=buf.ends)
+    if demand_out is not None:
+        demand_out.copy_(buf.ends[-1])
     # filled slots = end of the last ray whose range fits (ranges are a prefix of the list)
     torch.amax(torch.where(buf.ends <= cap, buf.ends, torch.zeros_like(buf.ends)), 0,
                out=buf.filled)
@@ -254,13 +263,14 @@ def fixed_step(field_fn: FieldFn, buf: FixedRenderBuffers, rays_o: Tensor, rays_
         used = int(buf.filled.item())
         if used == 0:  # no alive ray has a sample left: all of them have finished
             return 0
+    # prefix views: the fill kernel takes its capacity from the outputs' length
     march_compact_fill(buf.alive, buf.t, buf.counts, rays_o, rays_d, buf.fars, grid, k, buf.ends,
-                       buf.n, buf.positions, buf.deltas, buf.ts, buf.ray_ids, dt_gamma,
-                       max_steps, backend=backend)
+                       buf.n, buf.positions[:cap], buf.deltas[:cap], buf.ts[:cap],
+                       buf.ray_ids[:cap], dt_gamma, max_steps, backend=backend)
     ids = buf.ray_ids[:used]
     sigma, rgb = field_fn(buf.positions[:used], rays_d.index_select(0, ids), ids)
     composite_compact(buf.alive, buf.T, sigma.reshape(-1).float().contiguous(),
-                      rgb.float().contiguous(), buf.deltas, buf.ts, buf.ends, buf.n, cap, k,
+                      rgb.float().contiguous(), buf.deltas[:cap], buf.ts[:cap], buf.ends, buf.n, cap, k,
                       T_thresh, buf.weights_sum, buf.depth, buf.image, backend=backend)
     return used if read_back else -1
 
@@ -309,10 +319,12 @@ class FixedLoop:
         buffers.reset(nears.float(), fars.float())
         self.step_index, self.samples = 0, 0
 
-    def step(self, field_fn: FieldFn, read_back: bool) -> int:
+    def step(self, field_fn: FieldFn, read_back: bool, capacity: int | None = None,
+             demand_out: Tensor | None = None) -> int:
         k = schedule_k(self.schedule, self.step_index)
         used = fixed_step(field_fn, self.buffers, self.rays_o, self.rays_d, self.grid, k,
-                          read_back=read_back, **self.kw)
+                          read_back=read_back, capacity=capacity, demand_out=demand_out,
+                          **self.kw)
         self.step_index += 1
         self.samples += max(used, 0)
         return used
@@ -322,10 +334,29 @@ class FixedLoop:
         for _ in range(steps):
             self.step(field_fn, read_back=False)
 
-    def finish(self, field_fn: FieldFn) -> int:
-        """Read back whether rays are left; finish them with one read-back per step. Returns
-        the steps it took (0: none were left)."""
-        if not bool(self.buffers.alive.any().item()):
+    def run_capacities(self, field_fn: FieldFn, capacities: Sequence[int],
+                       demand_out: Tensor) -> None:
+        """One step per entry of ``capacities`` without any read-back, step i shading
+        ``capacities[i]`` slots (fixed shapes, smaller than the buffers: what a frame measured
+        with :meth:`run_exact` needs, plus headroom); ``demand_out[i]`` receives the slots
+        step i asked for (``demand_out[i] > capacities[i]``: rays were deferred)."""
+        for i, cap in enumerate(capacities):
+            self.step(field_fn, read_back=False, capacity=cap, demand_out=demand_out[i])
+
+    def run_exact(self, field_fn: FieldFn) -> list[int]:
+        """Every step with its read-back, the field shading exactly the filled slots, until
+        no ray has a sample left; returns the filled slots of each step."""
+        used = []
+        while n := self.step(field_fn, read_back=True):
+            used.append(n)
+        return used
+
+    def finish(self, field_fn: FieldFn, rays_left: bool | None = None) -> int:
+        """Read back whether rays are left (unless the caller did: ``rays_left``); finish
+        them with one read-back per step. Returns the steps it took (0: none were left)."""
+        if rays_left is None:
+            rays_left = bool(self.buffers.alive.any().item())
+        if not rays_left:
             return 0
         n = 0
         while self.step(field_fn, read_back=True):

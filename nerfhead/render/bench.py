@@ -227,6 +227,12 @@ def run_compare(model, camera, num_frames: int = 10, warmup: int = 2, feats=None
     {"old": result, "new": result, "speedup": new over old}; each result as
     :func:`run_bench`'s without encode, plus host syncs (and CUDA kernel launches) per frame."""
     variants = old_and_new()
+    if model.device.type == "cuda":
+        # the current path without its CUDA graph (each step read back, the field shading
+        # exactly the filled slots): what the graph itself buys
+        from nerfhead.models.config import InferenceConfig
+
+        variants["eager"] = InferenceConfig(cuda_graph=False)
     times, _ = time_variants(model, camera, variants, num_frames, warmup, feats, c2w)
     feats, c2w, _, _ = _bench_inputs(camera, num_frames, warmup, feats, c2w)
     keep, out = model.inference, {}
@@ -244,19 +250,27 @@ def run_compare(model, camera, num_frames: int = 10, warmup: int = 2, feats=None
 
 def format_compare(result: dict) -> str:
     o, n = result["old"], result["new"]
+    e = result.get("eager")  # CUDA: the current path without its graph
+    extra = lambda v: "" if e is None else v  # noqa: E731
     lines = [f"render benchmark, old vs new inference path, on {o['device']} at "
              f"{o['resolution'][1]}x{o['resolution'][0]}, {o['frames']} frames each, interleaved "
              f"({result.get('model', '')})",
-             f"{'stage (ms/frame)':<28}{'old':>10}{'new':>10}{'old/new':>10}"]
+             f"{'stage (ms/frame)':<28}{'old':>10}{'new':>10}{'old/new':>10}" + extra(f"{'eager':>10}")]
     for k in o["ms_per_stage"]:
         a, b = o["ms_per_stage"][k], n["ms_per_stage"][k]
-        lines.append(f"{k:<28}{a:>10.2f}{b:>10.2f}" + (f"{a / b:>10.2f}" if b else f"{'':>10}"))
+        lines.append(f"{k:<28}{a:>10.2f}{b:>10.2f}" + (f"{a / b:>10.2f}" if b else f"{'':>10}")
+                     + extra(f"{e['ms_per_stage'][k]:>10.2f}" if e else ""))
     for label, key in (("FPS head only", "fps_head"),
                        ("FPS head+torso+composite", "fps_head_torso_compositing")):
-        lines.append(f"{label:<28}{o[key]:>10.2f}{n[key]:>10.2f}{n[key] / o[key]:>9.2f}x")
-    lines.append(f"{'host syncs per frame':<28}{o['host_syncs']:>10}{n['host_syncs']:>10}")
+        lines.append(f"{label:<28}{o[key]:>10.2f}{n[key]:>10.2f}{n[key] / o[key]:>9.2f}x"
+                     + extra(f"{e[key]:>10.2f}" if e else ""))
+    lines.append(f"{'host syncs per frame':<28}{o['host_syncs']:>10}{n['host_syncs']:>10}{'':>10}"
+                 + extra(f"{e['host_syncs']:>10}" if e else ""))
     if o.get("kernel_launches") is not None:
-        lines.append(f"{'kernel launches per frame':<28}{o['kernel_launches']:>10}{n['kernel_launches']:>10}")
+        lines.append(f"{'kernel launches per frame':<28}{o['kernel_launches']:>10}{n['kernel_launches']:>10}"
+                     + f"{'':>10}" + extra(f"{e['kernel_launches']:>10}" if e else ""))
+    if e is not None:
+        lines.append("(eager: the new path without its CUDA graph)")
     return "\n".join(lines)
 
 

@@ -3,17 +3,20 @@
 Builds a ``Trainer`` in a temporary folder (nothing is written next to the data or the run):
 on a dataset with a preset (``--config``, fresh weights), or on a run folder (its dataset,
 its settings and its newest weights: the occupancy grid of a trained run, so the sample
-counts of real training), and runs the steps ``Trainer.train_step`` runs, with the frame
-prefetcher as ``fit`` starts it.
+counts of real training), and runs the steps ``Trainer.train_step`` runs, with the training
+frames preloaded onto the device (``data.preload``, timed and reported on its own) or else
+the frame prefetcher, as ``fit`` does.
 
 Two passes over the same number of steps: the first counts iterations per second as
 training sees them (nothing added); the second attributes each step's time to phases by
 wrapping the trainer's own calls (on CUDA with a synchronisation at each phase boundary,
 which removes the overlap of host and device that the first pass keeps):
 
-- ``data``: ray sampling of the step's frame(s) (``TalkingHeadDataset.sample`` and the
-  mouth / frame rays added to it), including the wait for a frame that the prefetcher has
-  not decoded yet (the first time a frame is used: the decode itself);
+- ``data``: ray sampling of the step's frame(s) (``TalkingHeadDataset.sample``, or its
+  ``pixels`` and ``colours``, and the mouth / frame rays added): with preloaded frames the
+  draws on the host and the gather on the device; from the cache, the gathers on the host,
+  including the wait for a frame that the prefetcher has not decoded yet (the first time a
+  frame is used: the decode itself);
 - ``grid update``: the occupancy-grid update every ``train.grid_update_every`` steps;
 - ``forward``: conditions (audio encoder, smoother), march, field and composite (head), torso;
 - ``backward``: from ``zero_grad`` to ``optimizer.step`` (``loss.backward()``);
@@ -78,9 +81,10 @@ class PhaseTimer:
     def instrument(self, trainer) -> None:
         """Wrap the trainer's data, forward, backward and optimiser calls (this instance only)."""
         ds, m, opt = trainer.train_set, trainer.model, trainer.optimizer
-        self.wrap(ds, "sample", "data")
-        self.wrap(trainer, "_with_mouth_rays", "data")
-        self.wrap(trainer, "_with_frame_rays", "data")
+        for attr in ("sample", "pixels", "colours"):
+            self.wrap(ds, attr, "data")
+        for attr in ("_with_mouth_rays", "_mouth_pixels", "_with_frame_rays"):
+            self.wrap(trainer, attr, "data")
         self.wrap(m, "update_grid", "grid update")
         for attr in ("conditions", "render_head_rays", "torso_rgba"):
             self.wrap(m, attr, "forward")
@@ -148,13 +152,18 @@ def _steps(trainer, count: int, prefetcher) -> float:
 
 
 def run_train_bench(trainer, steps: int = 20, warmup: int = 3, profile: str | None = None) -> dict:
-    """Warm-up, then ``steps`` plain steps (iterations per second), then ``steps`` steps
-    timed per phase; ``profile``: also write torch.profiler's table of 5 steps there."""
+    """The preload of the training frames (data.preload, as ``fit`` does it first), warm-up,
+    then ``steps`` plain steps (iterations per second), then ``steps`` steps timed per phase;
+    ``profile``: also write torch.profiler's table of 5 steps there."""
     from nerfhead.train.prefetch import FramePrefetcher
 
     t = trainer.tcfg
+    frames = trainer.preload_frames()
+    preload = (None if frames is None else
+               {"frames": int(frames.images.shape[0]), "bytes": frames.nbytes,
+                "seconds": frames.seconds, "device": str(frames.images.device)})
     prefetcher = (FramePrefetcher(trainer.frames_of_step, trainer._prefetch_frames, t.prefetch_frames)  # noqa: SLF001
-                  if t.prefetch_frames > 0 else None)
+                  if t.prefetch_frames > 0 and frames is None else None)
     try:
         _steps(trainer, warmup, prefetcher)
         plain = _steps(trainer, steps, prefetcher)
@@ -182,7 +191,8 @@ def run_train_bench(trainer, steps: int = 20, warmup: int = 3, profile: str | No
             "iters_per_s": steps / plain, "ms_per_step": 1000.0 * plain / steps,
             "ms_per_step_timed": 1000.0 * timed / steps, "ms_per_phase": ms,
             "rays_per_step": trainer.dcfg.num_rays, "torch_threads": torch.get_num_threads(),
-            "prefetch_frames": t.prefetch_frames, "profile": profile}
+            "prefetch_frames": t.prefetch_frames if prefetcher is not None else 0,
+            "preload": preload, "profile": profile}
 
 
 def format_train_table(r: dict) -> str:
@@ -191,6 +201,12 @@ def format_train_table(r: dict) -> str:
              f"{r['rays_per_step']} rays per step, {r['steps']} steps after {r['warmup']} warm-up",
              f"{'iterations per second':<24}{r['iters_per_s']:>10.2f}   ({r['ms_per_step']:.1f} ms per step)",
              f"{'phase (timed pass)':<24}{'ms/step':>10}{'share':>8}"]
+    p = r.get("preload")
+    lines.append(f"frames preloaded (data.preload): {p['frames']} frames, {p['bytes'] / 1e6:.0f} MB "
+                 f"onto {p['device']} in {p['seconds']:.2f} s, before the steps" if p else
+                 "frames decoded on use into the cache (data.preload), " +
+                 (f"prefetched {r['prefetch_frames']} steps ahead" if r["prefetch_frames"] else
+                  "not prefetched"))
     total = r["ms_per_step_timed"] or 1.0
     for k, v in r["ms_per_phase"].items():
         lines.append(f"{k:<24}{v:>10.2f}{100.0 * v / total:>7.0f}%")

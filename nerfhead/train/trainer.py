@@ -49,15 +49,15 @@ log = logging.getLogger("nerfhead.train")
 
 
 #: (section, field) that may change when a run resumes: how long it runs, what it logs and
-#: keeps, and the audio encoder's refit at its last step; not what the steps learn. Any other
-#: difference refuses the resume (``RunMismatchError``).
+#: keeps, where its frames are held, and the audio encoder's refit at its last step; not what
+#: the steps learn. Any other difference refuses the resume (``RunMismatchError``).
 RESUMABLE_CHANGES = {("train", "iters"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
                      ("train", "val_every"), ("train", "val_frames"), ("train", "log_every"),
                      ("train", "cpu_threads"), ("train", "prefetch_frames"), ("train", "collapse_db"),
                      ("train", "voice_encoder_steps"), ("train", "voice_encoder_own_fraction"),
                      ("train", "voice_encoder_patience"),
                      ("train", "lipsync_check_frames"), ("train", "lipsync_check_every"),
-                     ("data", "cache_size")}
+                     ("data", "cache_size"), ("data", "preload")}
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
@@ -184,6 +184,7 @@ class Trainer:
         self._writer = None
         self.history: list[dict] = []  # per-step {"step", "loss", "psnr"} of this process
         self.prefetcher = None  # the frame prefetcher of the running fit() (train.prefetch_frames)
+        self._preload_applied = False  # data.preload is applied once, before the first step
         self.validations: list[dict] = []
         self.lipsync: LipSyncCheck | None = None  # the end-of-stage lip-sync check
         # the audio encoder's refit at the stage's end (train.voice_encoder_steps), and the
@@ -369,20 +370,26 @@ class Trainer:
                         rgb=torch.cat([patch.rgb, full.rgb]), bg=torch.cat([patch.bg, full.bg]),
                         patch=patch.patch)
 
+    def _mouth_pixels(self, i: int, rays: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head stage: the ``mouth_ray_fraction`` of ``rays`` drawn uniformly inside the mouth
+        box of frame ``i`` (u, v; none drawn when that rounds to 0)."""
+        n = round(self.tcfg.mouth_ray_fraction * rays)
+        if n <= 0:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        x0, y0, x1, y1 = self.train_set.mouth_box(i)
+        H, W = self.train_set.size
+        u = torch.randint(x0, max(x1, x0 + 1), (n,), generator=g).clamp(0, W - 1)
+        v = torch.randint(y0, max(y1, y0 + 1), (n,), generator=g).clamp(0, H - 1)
+        return u, v
+
     def _with_mouth_rays(self, batch, i: int, g: torch.Generator):
         """Head stage: replace the last ``mouth_ray_fraction`` of the random rays by rays drawn
         uniformly inside the mouth box of frame ``i``."""
-        ds = self.train_set
-        n = int(round(self.tcfg.mouth_ray_fraction * batch.u.shape[0]))
-        if n <= 0:
+        u, v = self._mouth_pixels(i, batch.u.shape[0], g)
+        if not u.numel():
             return batch
-        x0, y0, x1, y1 = ds.mouth_box(i)
-        H, W = ds.size
-        u = torch.randint(x0, max(x1, x0 + 1), (n,), generator=g).clamp(0, W - 1)
-        v = torch.randint(y0, max(y1, y0 + 1), (n,), generator=g).clamp(0, H - 1)
-        rgb = torch.from_numpy(ds.image(i))[v, u].float() / 255.0
-        bg = torch.from_numpy(ds.head_background(i))[v, u].float() / 255.0
-        k = batch.u.shape[0] - n
+        rgb, bg = self.train_set.colours(i, u, v, "head")
+        k = batch.u.shape[0] - u.shape[0]
         return RayBatch(u=torch.cat([batch.u[:k], u]), v=torch.cat([batch.v[:k], v]),
                         rgb=torch.cat([batch.rgb[:k], rgb]), bg=torch.cat([batch.bg[:k], bg]))
 
@@ -402,6 +409,7 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         """One optimisation step at ``step``; returns {"loss", "psnr", "samples_per_ray"}."""
         t, ds, m, dev = self.tcfg, self.train_set, self.model, self.device
+        self.preload_frames()  # fit() has done it (with its progress bar); a bare call too
         m.train()
         if self.stage != "torso" and step > 0 and step % t.grid_update_every == 0:
             g_pick = step_generator(t.seed, step, 1)
@@ -460,23 +468,26 @@ class Trainer:
         k = min(t.frames_per_step, self.dcfg.num_rays)
         frames = torch.randint(0, len(ds), (k,), generator=g).tolist()
         per_frame = [self.dcfg.num_rays // k + (j < self.dcfg.num_rays % k) for j in range(k)]
-        origins, dirs, targets, bgs, conds, owner = [], [], [], [], [], []
+        us, vs, origins, dirs, conds, owner = [], [], [], [], [], []
         for j, (i, n) in enumerate(zip(frames, per_frame)):
-            batch = ds.sample(i, "random", g, num_rays=n, bg_kind="head")
-            if t.mouth_ray_fraction > 0:
-                batch = self._with_mouth_rays(batch, i, g)
-            o, d = pixel_rays(ds.poses[i].to(dev), ds.camera, batch.u, batch.v)
+            # the pixels as _with_mouth_rays draws them: random ones, the last few in the mouth
+            u, v, _ = ds.pixels(i, "random", g, num_rays=n)
+            mu, mv = self._mouth_pixels(i, n, g)
+            u, v = torch.cat([u[:n - mu.shape[0]], mu]), torch.cat([v[:n - mv.shape[0]], mv])
+            o, d = pixel_rays(ds.poses[i].to(dev), ds.camera, u, v)
             drop = t.latent_dropout > 0 and float(torch.rand(1, generator=g)) < t.latent_dropout
             conds.append(m.conditions(self._frame_audio(g), int(ds.aud_ids[i]), ds.expression(i),
                                       None if drop else i))
-            origins.append(o), dirs.append(d), targets.append(batch.rgb), bgs.append(batch.bg)
-            owner.append(torch.full((batch.u.shape[0],), j, dtype=torch.long))
-        owner = torch.cat(owner).to(dev)
+            us.append(u), vs.append(v), origins.append(o), dirs.append(d)
+            owner.append(torch.full((u.shape[0],), j, dtype=torch.long))
+        owner = torch.cat(owner)
+        # every frame's colours at once: from preloaded frames one gather per image on the device
+        target, bg = ds.colours(torch.tensor(frames)[owner], torch.cat(us), torch.cat(vs), "head")
+        target, bg, owner = target.to(dev), bg.to(dev), owner.to(dev)
         cond = Conditions(audio=torch.stack([c.audio for c in conds]),
                           expression=torch.stack([c.expression for c in conds]),
                           latent=torch.stack([c.latent for c in conds])).rows(owner)
         rays_o, rays_d = torch.cat(origins), torch.cat(dirs)
-        target, bg = torch.cat(targets).to(dev), torch.cat(bgs).to(dev)
         noise = torch.rand(rays_o.shape[0], generator=g).to(dev)
         head = m.render_head_rays(rays_o, rays_d, cond, noise)
         pred = head["rgb"] + (1 - head["alpha"][:, None]) * bg
@@ -509,6 +520,16 @@ class Trainer:
         k = self.tcfg.frames_per_step if self.stage == "head" and self.tcfg.frames_per_step > 1 else 1
         k = min(k, self.dcfg.num_rays)
         return torch.randint(0, len(self.train_set), (k,), generator=g).tolist()
+
+    def preload_frames(self, progress: bool = False):
+        """Apply data.preload once (``TalkingHeadDataset.preload``: the training frames decoded
+        onto the training device, or the cache kept); returns the preloaded frames or None."""
+        if not self._preload_applied:
+            # the torso stage composites over the plate, never over a head background
+            self.train_set.preload(self.device, head_backgrounds=self.stage != "torso",
+                                   progress=progress)
+            self._preload_applied = True
+        return self.train_set.preloaded
 
     def _prefetch_frames(self, frames: list[int]) -> None:
         for i in frames:
@@ -565,12 +586,15 @@ class Trainer:
         stop = t.iters if until is None else min(until, t.iters)
         self.save_config()
         self._fit_t0 = time.perf_counter()
+        # before the step bar (the preload draws its own); preloaded frames leave the
+        # prefetcher nothing to decode
+        preloaded = self.preload_frames(progress) if self.step < stop else self.train_set.preloaded
         bar = tqdm(total=t.iters, initial=self.step, disable=not progress, unit="it",
                    desc=f"train {self.stage}", dynamic_ncols=True)
         window_t, window_n, saved_at, validated_at = time.perf_counter(), 0, -1, -1
         start_step = self.step
         prefetcher = None
-        if t.prefetch_frames > 0:
+        if t.prefetch_frames > 0 and preloaded is None:
             from nerfhead.train.prefetch import FramePrefetcher
 
             prefetcher = FramePrefetcher(self.frames_of_step, self._prefetch_frames, t.prefetch_frames)
