@@ -132,6 +132,12 @@ def speech_run(ctx: StepContext) -> dict:
         problems.append(f"the audio track ends at {report.padded_from:.1f} s, {padding:.1f} s "
                         f"before the video ({report.padded_from:.1f}-{report.seconds:.1f} s is "
                         "padded with silence)")
+    if problems and report.speech_seconds == 0:
+        from nerfhead.audio.channels import cancelling_channels
+
+        # a track that plays loud but mixes to silence: say why, not just "silence"
+        if cause := cancelling_channels(ctx.video):
+            problems = [f"{problems[0]}: {cause}", *problems[1:]]
     if problems:
         text = (f"{'; '.join(problems)} (source {source}, detector {report.detector}): the model "
                 "would learn a mouth that moves without sound")

@@ -94,6 +94,10 @@ def clips(grid_video, hdtf_video, tmp_path_factory):
                                          "-c:a", "aac", p),
         "silent": lambda p: ffmpeg("-i", H, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", 2,
                                    "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-c:a", "aac", p),
+        # the speech on the left, inverted on the right: loud on headphones, silent as mono
+        "cancelling_stereo": lambda p: ffmpeg("-i", H, "-t", 2, "-af",
+                                              "aeval=val(0)|-val(0):c=stereo,aformat=channel_layouts=stereo",
+                                              "-c:v", "libx264", "-c:a", "aac", p),
         "noise_only": lambda p: ffmpeg("-i", H, "-f", "lavfi", "-i",
                                        "anoisesrc=color=pink:amplitude=0.05:r=16000", "-t", 2,
                                        "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-c:a", "aac", p),
@@ -231,6 +235,24 @@ def test_silent_or_short_speech_is_refused_with_the_time_ranges(clips, tmp_path,
         preprocess(video, out)
     assert_refused(e.value, "speech", out / "aud.wav", *words, "--allow-silence", str(video))
     assert_nothing_claimed(out, done=("decode",))  # the frames are kept, nothing claims speech
+
+
+def test_channels_that_cancel_are_named_as_the_cause_of_the_silence(clips, tmp_path, caplog):
+    from nerfhead.audio.channels import cancelling_channels
+    from nerfhead.render.renderer import warn_if_silent
+
+    video, out = clips("cancelling_stereo"), tmp_path / "data"
+    with pytest.raises(StepError) as e:
+        preprocess(video, out)
+    assert_refused(e.value, "speech", out / "aud.wav", "digital silence",
+                   "two audio channels cancel each other", "pan=mono|c0=c0", str(video))
+    # the same file as the driving audio of a render: the warning says why
+    with caplog.at_level(logging.WARNING, logger="nerfhead.render"):
+        warn_if_silent(np.zeros(32000, np.float32), video)
+    assert "no speech found" in caplog.text and "cancel each other" in caplog.text
+    # not for a plain mono silence, nor for the speech itself
+    assert cancelling_channels(clips("silent")) is None
+    assert cancelling_channels(clips("hdtf_2s")) is None
 
 
 def test_allow_silence_proceeds_with_a_warning(clips, tmp_path, caplog):

@@ -175,7 +175,10 @@ def test_file_drives_frames_in_order_with_bounded_offset(tiny_run):
     js = [j for _, j, _ in seen if j is not None]
     assert ks == sorted(ks) and js == sorted(js) and len(js) > 10
     assert all(k >= j for k, j, _ in seen if j is not None)  # never ahead of the sound
-    bound = int(np.ceil(max(st["render_ms"], 40) / 40)) + 2  # frames
+    # frames: the slowest recent render (on a loaded machine one render can take several
+    # frame times; the mean hid those and made this test flaky) plus two
+    assert st["render_ms_max"] >= st["render_ms"] > 0
+    bound = int(np.ceil(max(st["render_ms_max"], 40) / 40)) + 2
     assert max(k - j for k, j, _ in seen if j is not None) <= bound
     assert st["av_offset_max_ms"] <= 40 * bound
     assert st["rendered"] > 20 and st["error"] is None

@@ -65,7 +65,9 @@ def data(tmp_path_factory):
 
 
 def _configs(prefetch):
-    return load_configs("tiny", {"data": {"image_size": 32, "num_rays": 128, "cache_size": 64},
+    # preload never: the prefetcher serves the cache (preloaded frames need none)
+    return load_configs("tiny", {"data": {"image_size": 32, "num_rays": 128, "cache_size": 64,
+                                          "preload": "never"},
                                  "train": {"iters": 8, "checkpoint_every": 0, "val_every": 0,
                                            "log_every": 4, "grid_update_every": 4,
                                            "prefetch_frames": prefetch}})

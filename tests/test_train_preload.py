@@ -121,30 +121,48 @@ def test_preloaded_frames_are_the_decoded_ones(data, tmp_path, torso_imgs):
             assert torch.equal(x, y)
 
 
-def test_auto_keeps_the_cache_on_the_cpu_and_when_frames_do_not_fit(data, monkeypatch, caplog):
+def test_auto_preloads_when_frames_fit_and_the_run_draws_them(data, monkeypatch, caplog):
     cfg = DataConfig(image_size=32, preload="auto")
-    assert TalkingHeadDataset(data, cfg).preload("cpu") is None  # a CPU: the cache
     assert TalkingHeadDataset(data, DataConfig(image_size=32, preload="never")).preload("cpu") is None
-    # a device with 100 kB free: the 11 training frames (68 kB) are more than half of it
+    # the CPU: a run drawing fewer frames than the clip's 11 keeps the cache
+    ds = TalkingHeadDataset(data, cfg)
+    with caplog.at_level(logging.INFO, logger="nerfhead.data"):
+        assert ds.preload("cpu", draws=10) is None
+    assert "the run's steps draw 10 frames, fewer than the clip's 11" in caplog.text
+    # a device with 100 kB free: the 11 training frames (68 kB) are more than its share
     monkeypatch.setattr(dataset_module, "free_device_memory", lambda device: 100_000)
     ds = TalkingHeadDataset(data, cfg)
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="nerfhead.data"):
-        assert ds.preload("cpu") is None
+        assert ds.preload("cpu", draws=100) is None
     assert ds.preloaded is None and len(ds) == 11
-    assert ("the 11 training frames need 0.07 MB, more than 50% of the 0.10 MB free on cpu: "
+    assert ("the 11 training frames need 0.07 MB, more than 25% of the 0.10 MB free on cpu: "
             "frames are decoded on use into the cache") in caplog.text
-    # room enough: auto preloads
+    # room enough and frames enough drawn: auto preloads
     monkeypatch.setattr(dataset_module, "free_device_memory", lambda device: 10**9)
     ds = TalkingHeadDataset(data, cfg)
     with caplog.at_level(logging.INFO, logger="nerfhead.data"):
-        assert ds.preload("cpu") is not None
+        assert ds.preload("cpu", draws=11) is not None
     assert "data.preload: 11 training frames (target + head background) decoded onto cpu" in caplog.text
+    # memory unknown: the cache
+    monkeypatch.setattr(dataset_module, "free_device_memory", lambda device: None)
+    assert TalkingHeadDataset(data, cfg).preload("cpu", draws=100) is None
 
 
-def test_auto_training_on_the_cpu_uses_the_cache_and_the_prefetcher(data, tmp_path):
-    tr = Trainer(data, _configs("auto", iters=2), tmp_path / "run")
+def test_free_memory_of_the_cpu_is_the_available_ram():
+    free = dataset_module.free_device_memory(torch.device("cpu"))
+    assert free is not None and 10 << 20 < free < 1 << 50
+
+
+def test_auto_training_on_the_cpu_preloads_a_run_that_draws_every_frame(data, tmp_path):
+    # 2 steps x 4 frames draw 8 of the 11 frames: the cache and its prefetcher
+    tr = Trainer(data, _configs("auto", iters=2), tmp_path / "short")
     tr.fit(progress=False)
     assert tr.train_set.preloaded is None and tr.prefetcher is not None
+    # 6 steps x 4 frames: preloaded, no prefetcher
+    tr = Trainer(data, _configs("auto", iters=6), tmp_path / "long")
+    tr.fit(progress=False)
+    assert tr.train_set.preloaded is not None and tr.prefetcher is None
 
 
 @pytest.mark.parametrize("broken", ["gt_imgs/5.jpg", "torso_imgs/7.png"])

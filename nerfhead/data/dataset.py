@@ -93,19 +93,23 @@ class DataConfig:
     max_frames: int = 0
     """Use only the first max_frames frames of the split (0: all); for quick experiments."""
     preload: Literal["auto", "always", "never"] = "auto"
-    """Training frames on the training device: auto = when training on a CUDA device, decode
-    every training frame's target and the background behind its head (the torso stage: the
-    plate) once at the start into uint8 tensors on the device and gather each step's ray
-    colours there, if they take at most ``PRELOAD_MEMORY_SHARE`` (half) of the device's free
-    memory (else the reason is logged and the cache is used); always = preload on any
-    device, the CPU included, whatever the size; never = decode on use into the LRU cache
-    of cache_size. The rays and their colours are the same bits either way (preloaded frames
-    spare a step the host gathers and copies: on an H200 they were half the step's time)."""
+    """Training frames on the training device: auto = decode every training frame's target
+    and the background behind its head (the torso stage: the plate) once at the start into
+    uint8 tensors on the training device and gather each step's ray colours there, if they
+    take at most ``PRELOAD_MEMORY_SHARE`` of its free memory (a CUDA device: half; the CPU:
+    a quarter of the available RAM) and, on the CPU, if the run draws at least as many
+    frames as the clip has (else each frame would be decoded once up front for steps that
+    never need it); otherwise the reason is logged and the cache is used. always = preload
+    whatever the size; never = decode on use into the LRU cache of cache_size. The rays and
+    their colours are the same bits either way. Preloaded frames spare each step the host's
+    decodes, gathers and copies: on an H200 they were half the step's time (12.6 -> 35 it/s);
+    on a 2-core CPU the tiny preset at 128 px ran 1.25x faster (docs/benchmarks.md)."""
 
 
 #: data.preload = auto preloads the training frames when they take at most this share of the
-#: device's free memory at the start (the rest is the training's: 7 GiB at the head preset)
-PRELOAD_MEMORY_SHARE = 0.5
+#: device's free memory at the start: on a GPU the rest is the training's (7 GiB at the head
+#: preset); on the CPU the rest is everything else the machine runs
+PRELOAD_MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.25}
 
 
 def _mb(nbytes: float) -> str:
@@ -113,11 +117,24 @@ def _mb(nbytes: float) -> str:
 
 
 def free_device_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA ``device``; None for any other device (data.preload = auto then
-    keeps the cache: a CPU gains nothing from holding every frame in memory)."""
-    if device.type != "cuda":
+    """Free bytes on ``device``: a CUDA device's free memory, the CPU's available RAM
+    (``MemAvailable``: free plus what the kernel can reclaim); None where unknown
+    (data.preload = auto then keeps the cache)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
         return None
-    return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # not Linux: the free pages
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_dataset_dir(root) -> Path:
@@ -444,13 +461,14 @@ class TalkingHeadDataset:
     def cache_nbytes(self) -> int:
         return self._cache.nbytes()
 
-    def preload(self, device, head_backgrounds: bool = True,
-                progress: bool = False) -> PreloadedFrames | None:
+    def preload(self, device, head_backgrounds: bool = True, progress: bool = False,
+                draws: int | None = None) -> PreloadedFrames | None:
         """Apply data.preload for training on ``device``: decode every frame's target (and,
         with ``head_backgrounds``, its head_background; the torso stage needs only the
         plate) into ``self.preloaded``, on a thread pool (OpenCV's decoders release the GIL),
-        or keep the cache, saying why. A frame that cannot be read raises its DatasetError
-        here. Returns ``self.preloaded``."""
+        or keep the cache, saying why. ``draws``: the frames the run's steps will draw (None:
+        unknown); on the CPU, auto preloads only when they are at least the clip's frames. A
+        frame that cannot be read raises its DatasetError here. Returns ``self.preloaded``."""
         device, mode = torch.device(device), self.cfg.preload
         H, W = self.size
         n = len(self)
@@ -460,11 +478,17 @@ class TalkingHeadDataset:
         free = free_device_memory(device) if mode == "auto" else None
         if mode == "never" or (mode == "auto" and free is None):
             return self.preloaded
-        if mode == "auto" and nbytes > PRELOAD_MEMORY_SHARE * free:
+        share = PRELOAD_MEMORY_SHARE.get(device.type, 0.5)
+        if mode == "auto" and nbytes > share * free:
             log.warning("data.preload: the %d training frames need %s, more than %.0f%% of the "
                         "%s free on %s: frames are decoded on use into the cache "
                         "(data.cache_size %d) instead, slower", n, _mb(nbytes),
-                        100 * PRELOAD_MEMORY_SHARE, _mb(free), device, self.cfg.cache_size)
+                        100 * share, _mb(free), device, self.cfg.cache_size)
+            return self.preloaded
+        if mode == "auto" and device.type == "cpu" and draws is not None and draws < n:
+            # decoding all n frames first costs more than the steps' own decodes would
+            log.info("data.preload: the run's steps draw %d frames, fewer than the clip's %d: "
+                     "frames are decoded on use into the cache", draws, n)
             return self.preloaded
         from tqdm import tqdm
 

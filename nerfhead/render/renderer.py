@@ -398,7 +398,10 @@ def warn_if_silent(samples, audio_path) -> None:
 
     report = find_speech(samples)
     if report.speech_seconds == 0:
-        log.warning("%s: no speech found in its %.1f s (%s): the rendered mouth will not move",
-                    audio_path, report.seconds, report.detector)
+        from nerfhead.audio.channels import cancelling_channels
+
+        cause = cancelling_channels(audio_path) if audio_path else None
+        log.warning("%s: no speech found in its %.1f s (%s): the rendered mouth will not move%s",
+                    audio_path, report.seconds, report.detector, f"; {cause}" if cause else "")
     elif gaps := report.silent_longer_than(2.0):
         log.warning("%s: no speech in %s (%s)", audio_path, format_ranges(gaps), report.detector)

@@ -241,6 +241,8 @@ class LiveSession:
             "latency_ms": None if self.latency is None else round(1000 * self.latency, 1),
             "lookahead_ms": round(1000 * self.lookahead, 1),
             "render_ms": round(1000 * float(np.mean(rs)), 1) if rs else None,
+            # the slowest of the last 100: what bounds how far a shown frame lags its sound
+            "render_ms_max": round(1000 * float(np.max(rs)), 1) if rs else None,
             "render_fps": round(len(rs) / sum(rs), 2) if rs and sum(rs) > 0 else None,
             "rendered": s.rendered, "dropped": s.dropped, "shown": s.shown,
             "repeated": s.repeated, "late": s.late,

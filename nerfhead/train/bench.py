@@ -158,7 +158,8 @@ def run_train_bench(trainer, steps: int = 20, warmup: int = 3, profile: str | No
     from nerfhead.train.prefetch import FramePrefetcher
 
     t = trainer.tcfg
-    frames = trainer.preload_frames()
+    # as a training of the whole stage would decide (a finished run has no steps left)
+    frames = trainer.preload_frames(steps=t.iters)
     preload = (None if frames is None else
                {"frames": int(frames.images.shape[0]), "bytes": frames.nbytes,
                 "seconds": frames.seconds, "device": str(frames.images.device)})

@@ -517,17 +517,23 @@ class Trainer:
         """The training frames of ``step``: the first draw of the step's generator, exactly
         what :meth:`train_step` draws (the prefetcher decodes them ahead of time)."""
         g = step_generator(self.tcfg.seed, step)
-        k = self.tcfg.frames_per_step if self.stage == "head" and self.tcfg.frames_per_step > 1 else 1
-        k = min(k, self.dcfg.num_rays)
-        return torch.randint(0, len(self.train_set), (k,), generator=g).tolist()
+        return torch.randint(0, len(self.train_set), (self.frames_per_step(),), generator=g).tolist()
 
-    def preload_frames(self, progress: bool = False):
+    def frames_per_step(self) -> int:
+        """Training frames one step draws (the head stage's frames_per_step, else one)."""
+        t = self.tcfg
+        k = t.frames_per_step if self.stage == "head" and t.frames_per_step > 1 else 1
+        return min(k, self.dcfg.num_rays)
+
+    def preload_frames(self, progress: bool = False, steps: int | None = None):
         """Apply data.preload once (``TalkingHeadDataset.preload``: the training frames decoded
-        onto the training device, or the cache kept); returns the preloaded frames or None."""
+        onto the training device, or the cache kept); returns the preloaded frames or None.
+        ``steps``: the steps that will run (default: those left to train.iters)."""
         if not self._preload_applied:
+            steps = max(0, self.tcfg.iters - self.step) if steps is None else steps
             # the torso stage composites over the plate, never over a head background
             self.train_set.preload(self.device, head_backgrounds=self.stage != "torso",
-                                   progress=progress)
+                                   progress=progress, draws=steps * self.frames_per_step())
             self._preload_applied = True
         return self.train_set.preloaded
 
@@ -588,7 +594,8 @@ class Trainer:
         self._fit_t0 = time.perf_counter()
         # before the step bar (the preload draws its own); preloaded frames leave the
         # prefetcher nothing to decode
-        preloaded = self.preload_frames(progress) if self.step < stop else self.train_set.preloaded
+        preloaded = (self.preload_frames(progress, steps=stop - self.step) if self.step < stop
+                     else self.train_set.preloaded)
         bar = tqdm(total=t.iters, initial=self.step, disable=not progress, unit="it",
                    desc=f"train {self.stage}", dynamic_ncols=True)
         window_t, window_n, saved_at, validated_at = time.perf_counter(), 0, -1, -1
