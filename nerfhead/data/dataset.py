@@ -97,7 +97,8 @@ class DataConfig:
     and the background behind its head (the torso stage: the plate) once at the start into
     uint8 tensors on the training device and gather each step's ray colours there, if they
     take at most ``PRELOAD_MEMORY_SHARE`` of its free memory (a CUDA device: half; the CPU:
-    a quarter of the available RAM) and, on the CPU, if the run draws at least as many
+    a tenth of the available RAM, since the workers of ``nerfhead batch`` may each take
+    theirs at once) and, on the CPU, if the run draws at least as many
     frames as the clip has (else each frame would be decoded once up front for steps that
     never need it); otherwise the reason is logged and the cache is used. always = preload
     whatever the size; never = decode on use into the LRU cache of cache_size. The rays and
@@ -108,8 +109,9 @@ class DataConfig:
 
 #: data.preload = auto preloads the training frames when they take at most this share of the
 #: device's free memory at the start: on a GPU the rest is the training's (7 GiB at the head
-#: preset); on the CPU the rest is everything else the machine runs
-PRELOAD_MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.25}
+#: preset); on the CPU the rest is everything else the machine runs, other trainings of
+#: ``nerfhead batch`` among them (each measures the same available RAM when they start together)
+PRELOAD_MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.1}
 
 
 def _mb(nbytes: float) -> str:
@@ -480,7 +482,8 @@ class TalkingHeadDataset:
             return self.preloaded
         share = PRELOAD_MEMORY_SHARE.get(device.type, 0.5)
         if mode == "auto" and nbytes > share * free:
-            log.warning("data.preload: the %d training frames need %s, more than %.0f%% of the "
+            # on the CPU the cache is the usual path (a long clip at full size), not a warning
+            (log.warning if device.type == "cuda" else log.info)("data.preload: the %d training frames need %s, more than %.0f%% of the "
                         "%s free on %s: frames are decoded on use into the cache "
                         "(data.cache_size %d) instead, slower", n, _mb(nbytes),
                         100 * share, _mb(free), device, self.cfg.cache_size)
