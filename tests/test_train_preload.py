@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import nerfhead.data.dataset as dataset_module
+import nerfhead.data.preload as preload_module
 from nerfhead.data.dataset import DataConfig, DatasetError, TalkingHeadDataset
 from nerfhead.data.synthetic import make_dataset
 from nerfhead.train.config import load_configs
@@ -130,7 +130,7 @@ def test_auto_preloads_when_frames_fit_and_the_run_draws_them(data, monkeypatch,
         assert ds.preload("cpu", draws=10) is None
     assert "the run's steps draw 10 frames, fewer than the clip's 11" in caplog.text
     # a device with 100 kB free: the 11 training frames (68 kB) are more than its share
-    monkeypatch.setattr(dataset_module, "free_device_memory", lambda device: 100_000)
+    monkeypatch.setattr(preload_module, "free_device_memory", lambda device: 100_000)
     ds = TalkingHeadDataset(data, cfg)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="nerfhead.data"):
@@ -139,18 +139,18 @@ def test_auto_preloads_when_frames_fit_and_the_run_draws_them(data, monkeypatch,
     assert ("the 11 training frames need 0.07 MB, more than 10% of the 0.10 MB free on cpu: "
             "frames are decoded on use into the cache") in caplog.text
     # room enough and frames enough drawn: auto preloads
-    monkeypatch.setattr(dataset_module, "free_device_memory", lambda device: 10**9)
+    monkeypatch.setattr(preload_module, "free_device_memory", lambda device: 10**9)
     ds = TalkingHeadDataset(data, cfg)
     with caplog.at_level(logging.INFO, logger="nerfhead.data"):
         assert ds.preload("cpu", draws=11) is not None
     assert "data.preload: 11 training frames (target + head background) decoded onto cpu" in caplog.text
     # memory unknown: the cache
-    monkeypatch.setattr(dataset_module, "free_device_memory", lambda device: None)
+    monkeypatch.setattr(preload_module, "free_device_memory", lambda device: None)
     assert TalkingHeadDataset(data, cfg).preload("cpu", draws=100) is None
 
 
 def test_free_memory_of_the_cpu_is_the_available_ram():
-    free = dataset_module.free_device_memory(torch.device("cpu"))
+    free = preload_module.free_device_memory(torch.device("cpu"))
     assert free is not None and 10 << 20 < free < 1 << 50
 
 
@@ -218,9 +218,9 @@ def test_cuda_preloaded_colours_are_the_caches():
     f = torch.from_numpy(rng.integers(0, 3, 4096))
     u, v = torch.from_numpy(rng.integers(0, 16, 4096)), torch.from_numpy(rng.integers(0, 16, 4096))
     want = torch.from_numpy(images)[f, v, u].float() / 255.0
-    p = dataset_module.PreloadedFrames(torch.from_numpy(images).cuda(), None,
+    p = preload_module.PreloadedFrames(torch.from_numpy(images).cuda(), None,
                                        torch.from_numpy(images[0]).cuda(),
-                                       dataset_module._UNIT.cuda(), 0, 0.0)
+                                       preload_module._UNIT.cuda(), 0, 0.0)
     ds.preloaded = p
     rgb, bg = ds.colours(f, u, v, "plate")
     assert rgb.is_cuda and torch.equal(rgb.cpu(), want)

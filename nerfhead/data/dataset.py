@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +36,7 @@ from torch import Tensor
 
 from nerfhead.audio.features import COMBINED
 from nerfhead.data.cache import LRUCache
+from nerfhead.data.preload import PreloadedFrames
 from nerfhead.models.rays import Camera, nerf_matrix_to_ngp
 
 log = logging.getLogger("nerfhead.data")
@@ -105,38 +104,6 @@ class DataConfig:
     their colours are the same bits either way. Preloaded frames spare each step the host's
     decodes, gathers and copies: on an H200 they were half the step's time (12.6 -> 35 it/s);
     on a 2-core CPU the tiny preset at 128 px ran 1.25x faster (docs/benchmarks.md)."""
-
-
-#: data.preload = auto preloads the training frames when they take at most this share of the
-#: device's free memory at the start: on a GPU the rest is the training's (7 GiB at the head
-#: preset); on the CPU the rest is everything else the machine runs, other trainings of
-#: ``nerfhead batch`` among them (each measures the same available RAM when they start together)
-PRELOAD_MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.1}
-
-
-def _mb(nbytes: float) -> str:
-    return f"{nbytes / 1e6:.0f} MB" if nbytes >= 1e7 else f"{nbytes / 1e6:.2f} MB"
-
-
-def free_device_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device``: a CUDA device's free memory, the CPU's available RAM
-    (``MemAvailable``: free plus what the kernel can reclaim); None where unknown
-    (data.preload = auto then keeps the cache)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:  # not Linux: the free pages
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_dataset_dir(root) -> Path:
@@ -328,32 +295,6 @@ def _read_rgb(path: Path, size: tuple[int, int], flags=cv2.IMREAD_COLOR) -> np.n
     return np.ascontiguousarray(img)
 
 
-#: byte value -> value / 255 as the CPU computes it: preloaded frames turn their bytes into
-#: colours through this table, because a GPU's ``x / 255.0`` multiplies by the reciprocal,
-#: which is one ulp off for about half the byte values, and the colours must be the same bits
-#: as the cache's (``torch.from_numpy(img)[v, u].float() / 255.0`` on the CPU)
-_UNIT = torch.arange(256, dtype=torch.float32) / 255.0
-
-
-@dataclass
-class PreloadedFrames:
-    """Every frame of a split decoded once, uint8 on one device (``TalkingHeadDataset.preload``)."""
-
-    images: Tensor  #: [N, H, W, 3] targets (gt_imgs)
-    backgrounds: Tensor | None  #: [N, H, W, 3] head_background of each frame (None: not loaded)
-    plate: Tensor  #: [H, W, 3] bc.jpg
-    unit: Tensor  #: [256] float32 on the device: _UNIT
-    nbytes: int  #: bytes held on the device
-    seconds: float  #: wall time of the decode
-
-    def colours(self, f: Tensor, u: Tensor, v: Tensor, bg_kind: str) -> tuple[Tensor, Tensor]:
-        """Target and background colours [R, 3] at frame ``f``, pixel (u, v) per ray: one
-        copy of the coordinates to the device, one gather per image."""
-        f, v, u = torch.stack([f, v, u]).to(self.images.device).unbind()
-        bg = self.plate[v, u] if bg_kind == "plate" else self.backgrounds[f, v, u]
-        return self.unit[self.images[f, v, u].long()], self.unit[bg.long()]
-
-
 @dataclass
 class RayBatch:
     """Pixels of one frame: coordinates, targets and the background behind the head."""
@@ -439,19 +380,19 @@ class TalkingHeadDataset:
 
     def image(self, i: int) -> np.ndarray:
         """Target frame ``i`` (gt_imgs/<img_id>.jpg), uint8 [H, W, 3], cached."""
-        return self._cache.get(("gt", int(self.img_ids[i])), lambda: self._decode_image(i))
+        return self._cache.get(("gt", int(self.img_ids[i])), lambda: self.decode_image(i))
 
     def head_background(self, i: int) -> np.ndarray:
         """What lies behind the head in frame ``i``: torso_imgs RGBA over bc.jpg (uint8)."""
         if not self.has_torso_imgs:
             return self.background()
-        return self._cache.get(("torso", int(self.img_ids[i])), lambda: self._decode_head_background(i))
+        return self._cache.get(("torso", int(self.img_ids[i])), lambda: self.decode_head_background(i))
 
     # the two decoders of the cache and of preload (the same pixels whichever holds them)
-    def _decode_image(self, i: int) -> np.ndarray:
+    def decode_image(self, i: int) -> np.ndarray:
         return _read_rgb(self.root / "gt_imgs" / f"{int(self.img_ids[i])}.jpg", self.size)
 
-    def _decode_head_background(self, i: int) -> np.ndarray:
+    def decode_head_background(self, i: int) -> np.ndarray:
         img_id = int(self.img_ids[i])
         rgba = _read_rgb(self.root / "torso_imgs" / f"{img_id}.png", self.size, cv2.IMREAD_UNCHANGED)
         if rgba.shape[2] != 4:
@@ -465,62 +406,16 @@ class TalkingHeadDataset:
 
     def preload(self, device, head_backgrounds: bool = True, progress: bool = False,
                 draws: int | None = None) -> PreloadedFrames | None:
-        """Apply data.preload for training on ``device``: decode every frame's target (and,
-        with ``head_backgrounds``, its head_background; the torso stage needs only the
-        plate) into ``self.preloaded``, on a thread pool (OpenCV's decoders release the GIL),
-        or keep the cache, saying why. ``draws``: the frames the run's steps will draw (None:
-        unknown); on the CPU, auto preloads only when they are at least the clip's frames. A
-        frame that cannot be read raises its DatasetError here. Returns ``self.preloaded``."""
-        device, mode = torch.device(device), self.cfg.preload
-        H, W = self.size
-        n = len(self)
-        # without torso_imgs every frame's head background is the plate: kept once
-        per_frame = 2 if head_backgrounds and self.has_torso_imgs else 1
-        nbytes = (n * per_frame + 1) * H * W * 3
-        free = free_device_memory(device) if mode == "auto" else None
-        if mode == "never" or (mode == "auto" and free is None):
-            return self.preloaded
-        share = PRELOAD_MEMORY_SHARE.get(device.type, 0.5)
-        if mode == "auto" and nbytes > share * free:
-            # on the CPU the cache is the usual path (a long clip at full size), not a warning
-            (log.warning if device.type == "cuda" else log.info)("data.preload: the %d training frames need %s, more than %.0f%% of the "
-                        "%s free on %s: frames are decoded on use into the cache "
-                        "(data.cache_size %d) instead, slower", n, _mb(nbytes),
-                        100 * share, _mb(free), device, self.cfg.cache_size)
-            return self.preloaded
-        if mode == "auto" and device.type == "cpu" and draws is not None and draws < n:
-            # decoding all n frames first costs more than the steps' own decodes would
-            log.info("data.preload: the run's steps draw %d frames, fewer than the clip's %d: "
-                     "frames are decoded on use into the cache", draws, n)
-            return self.preloaded
-        from tqdm import tqdm
+        """Apply data.preload for training on ``device`` (``nerfhead.data.preload``): every
+        frame's target (and, with ``head_backgrounds``, its head_background; the torso stage
+        needs only the plate) decoded into ``self.preloaded``, or the cache kept, saying why.
+        ``draws``: the frames the run's steps will draw (None: unknown). A frame that cannot
+        be read raises its DatasetError here. Returns ``self.preloaded``."""
+        from nerfhead.data.preload import preload_frames
 
-        t0 = time.perf_counter()
-        plate = torch.from_numpy(self.background()).to(device)  # read before the threads use it
-        images = torch.empty((n, H, W, 3), dtype=torch.uint8, device=device)
-        backgrounds = (images.new_empty((n, H, W, 3)) if per_frame == 2 else
-                       plate.expand(n, H, W, 3) if head_backgrounds else None)
-
-        def load(i: int) -> None:
-            images[i].copy_(torch.from_numpy(self._decode_image(i)))
-            if per_frame == 2:
-                backgrounds[i].copy_(torch.from_numpy(self._decode_head_background(i)))
-
-        pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1), thread_name_prefix="nerfhead-preload")
-        try:
-            for _ in tqdm(pool.map(load, range(n)), total=n, disable=not progress, unit="frame",
-                          desc="preload frames", dynamic_ncols=True):
-                pass
-        finally:  # a frame that failed: the rest are not decoded for nothing
-            pool.shutdown(cancel_futures=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        self.preloaded = PreloadedFrames(images, backgrounds, plate, _UNIT.to(device), nbytes, seconds)
-        log.info("data.preload: %d training frames (%s) decoded onto %s: %s in %.1f s",
-                 n, "target + head background" if per_frame == 2 else
-                 "target; the plate behind every head" if head_backgrounds else "target + plate",
-                 device, _mb(nbytes), seconds)
+        frames = preload_frames(self, torch.device(device), head_backgrounds, progress, draws)
+        if frames is not None:
+            self.preloaded = frames
         return self.preloaded
 
     # ------------------------------------------------------------------ mouth

@@ -400,8 +400,7 @@ def render_rays_fixed(field_fn: FieldFn, rays_o: Tensor, rays_d: Tensor, grid: O
     loop.start(rays_o.float().contiguous(), rays_d.float().contiguous(), channels, nears=nears,
                fars=fars, aabb=aabb, min_near=min_near, buffers=buffers)
     if read_back:
-        while loop.step(field_fn, read_back=True):
-            pass
+        loop.run_exact(field_fn)
     else:
         loop.run_fixed(field_fn, fixed_steps if fixed_steps is not None
                        else steps_to_finish(schedule, max_steps))

@@ -83,7 +83,7 @@ class PhaseTimer:
         ds, m, opt = trainer.train_set, trainer.model, trainer.optimizer
         for attr in ("sample", "pixels", "colours"):
             self.wrap(ds, attr, "data")
-        for attr in ("_with_mouth_rays", "_mouth_pixels", "_with_frame_rays"):
+        for attr in ("_with_mouth_pixels", "_with_frame_rays"):
             self.wrap(trainer, attr, "data")
         self.wrap(m, "update_grid", "grid update")
         for attr in ("conditions", "render_head_rays", "torso_rgba"):

@@ -370,28 +370,20 @@ class Trainer:
                         rgb=torch.cat([patch.rgb, full.rgb]), bg=torch.cat([patch.bg, full.bg]),
                         patch=patch.patch)
 
-    def _mouth_pixels(self, i: int, rays: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head stage: the ``mouth_ray_fraction`` of ``rays`` drawn uniformly inside the mouth
-        box of frame ``i`` (u, v; none drawn when that rounds to 0)."""
-        n = round(self.tcfg.mouth_ray_fraction * rays)
+    def _with_mouth_pixels(self, i: int, u: torch.Tensor, v: torch.Tensor,
+                           g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head stage: the last ``mouth_ray_fraction`` of the pixels (u, v) replaced by pixels
+        drawn uniformly inside the mouth box of frame ``i`` (nothing drawn when that share
+        rounds to 0)."""
+        n = round(self.tcfg.mouth_ray_fraction * u.shape[0])
         if n <= 0:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+            return u, v
         x0, y0, x1, y1 = self.train_set.mouth_box(i)
         H, W = self.train_set.size
-        u = torch.randint(x0, max(x1, x0 + 1), (n,), generator=g).clamp(0, W - 1)
-        v = torch.randint(y0, max(y1, y0 + 1), (n,), generator=g).clamp(0, H - 1)
-        return u, v
-
-    def _with_mouth_rays(self, batch, i: int, g: torch.Generator):
-        """Head stage: replace the last ``mouth_ray_fraction`` of the random rays by rays drawn
-        uniformly inside the mouth box of frame ``i``."""
-        u, v = self._mouth_pixels(i, batch.u.shape[0], g)
-        if not u.numel():
-            return batch
-        rgb, bg = self.train_set.colours(i, u, v, "head")
-        k = batch.u.shape[0] - u.shape[0]
-        return RayBatch(u=torch.cat([batch.u[:k], u]), v=torch.cat([batch.v[:k], v]),
-                        rgb=torch.cat([batch.rgb[:k], rgb]), bg=torch.cat([batch.bg[:k], bg]))
+        mu = torch.randint(x0, max(x1, x0 + 1), (n,), generator=g).clamp(0, W - 1)
+        mv = torch.randint(y0, max(y1, y0 + 1), (n,), generator=g).clamp(0, H - 1)
+        k = u.shape[0] - n
+        return torch.cat([u[:k], mu]), torch.cat([v[:k], mv])
 
     def _lips_loss(self, pred, target, head, n_patch: int, patch) -> torch.Tensor:
         """MSE of the mouth patch + MSE of the frame rays (each a mean, so the mouth weighs as
@@ -419,13 +411,14 @@ class Trainer:
         if self.stage == "head" and t.frames_per_step > 1:
             return self._multi_frame_step(step, g)
         i = int(torch.randint(0, len(ds), (1,), generator=g))
-        batch = ds.sample(i, "mouth" if self.stage == "lips" else "random", g,
-                          bg_kind="plate" if self.stage == "torso" else "head")
+        u, v, patch = ds.pixels(i, "mouth" if self.stage == "lips" else "random", g)
+        if self.stage == "head":
+            u, v = self._with_mouth_pixels(i, u, v, g)
+        rgb, bg = ds.colours(i, u, v, "plate" if self.stage == "torso" else "head")
+        batch = RayBatch(u=u, v=v, rgb=rgb, bg=bg, patch=patch)
         n_patch = batch.u.shape[0]
         if self.stage == "lips":
             batch = self._with_frame_rays(batch, i, g)
-        elif self.stage == "head" and t.mouth_ray_fraction > 0:
-            batch = self._with_mouth_rays(batch, i, g)
         pose = ds.poses[i].to(dev)
         rays_o, rays_d = pixel_rays(pose, ds.camera, batch.u, batch.v)
         noise = torch.rand(batch.u.shape[0], generator=g).to(dev)
@@ -470,10 +463,8 @@ class Trainer:
         per_frame = [self.dcfg.num_rays // k + (j < self.dcfg.num_rays % k) for j in range(k)]
         us, vs, origins, dirs, conds, owner = [], [], [], [], [], []
         for j, (i, n) in enumerate(zip(frames, per_frame)):
-            # the pixels as _with_mouth_rays draws them: random ones, the last few in the mouth
             u, v, _ = ds.pixels(i, "random", g, num_rays=n)
-            mu, mv = self._mouth_pixels(i, n, g)
-            u, v = torch.cat([u[:n - mu.shape[0]], mu]), torch.cat([v[:n - mv.shape[0]], mv])
+            u, v = self._with_mouth_pixels(i, u, v, g)
             o, d = pixel_rays(ds.poses[i].to(dev), ds.camera, u, v)
             drop = t.latent_dropout > 0 and float(torch.rand(1, generator=g)) < t.latent_dropout
             conds.append(m.conditions(self._frame_audio(g), int(ds.aud_ids[i]), ds.expression(i),
